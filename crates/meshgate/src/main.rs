@@ -1,0 +1,2 @@
+//! meshgate
+fn main() {}
