@@ -1,1 +1,424 @@
-//! placeholder
+//! The SNI route table: which upstream endpoints a server name goes to. Pure data, no IO, no clock.
+//!
+//! A [`RouteTable`] is built once by [`RouteTableBuilder`], validated, and never mutated afterwards; the
+//! data plane holds it behind an `Arc` and swaps in a whole new table on reload. Lookup rules:
+//! - an exact name beats any wildcard (one hash lookup);
+//! - `*.suffix` matches any name with one or more labels before `suffix` (so `*.dc2.internal.td.consul`
+//!   covers `api.default.dc2.internal.td.consul`), and the longest matching suffix wins (one hash lookup per
+//!   label of the name, so lookup cost does not grow with the number of routes);
+//! - otherwise the table's default action applies: reject, or a fallback route.
+//!
+//! A connection without SNI has its own action ([`RouteTable::no_sni`]), rejected unless configured.
+//!
+//! Each route carries endpoint groups in priority order (failover) and a load-balancing policy; the
+//! [`plan`](Route::plan) of a connection — which endpoints to try, in which order — is also computed here, from
+//! state the caller owns (per core), so that it is testable without sockets.
+#![forbid(unsafe_code)]
+
+mod plan;
+
+pub use plan::{LbState, Plan, MAX_ATTEMPTS_PER_GROUP};
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Index of a route in its table; stable for the table's life (per-core state is keyed by it).
+pub type RouteId = usize;
+
+/// How a route spreads connections over the endpoints of one priority group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each core walks the endpoints in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, picking the one with fewer active connections (counted per core).
+    LeastConnections,
+}
+
+/// Endpoints of equal priority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointGroup {
+    /// Addresses to connect to.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// What a name is sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// The pattern as configured (`name` or `*.suffix`), or `<default>` / `<no-sni>`.
+    pub pattern: String,
+    /// Groups in priority order: the next is tried only when every attempt in the previous one failed.
+    pub groups: Vec<EndpointGroup>,
+    /// Load-balancing policy within a group.
+    pub lb: LbPolicy,
+    /// Upstream connect timeout for this route; `None` uses the gateway's default.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_ms")]
+    pub connect_timeout: Option<Duration>,
+    /// Where the route came from (`config`, a plugin name...), for `/routes` and logs.
+    pub source: String,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Description of a route handed to the builder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// `name`, `*.suffix`.
+    pub pattern: String,
+    /// Endpoint groups in priority order.
+    pub groups: Vec<Vec<SocketAddr>>,
+    /// Load-balancing policy.
+    pub lb: LbPolicy,
+    /// Per-route connect timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Origin label.
+    pub source: String,
+}
+
+impl RouteSpec {
+    /// A round-robin route with one group.
+    pub fn new(pattern: impl Into<String>, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            groups: vec![endpoints],
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: None,
+            source: "config".to_owned(),
+        }
+    }
+}
+
+/// Why a table could not be built. The builder refuses the whole table: a half-built table never serves.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The pattern is neither a valid host name nor `*.` followed by one.
+    #[error("route `{pattern}`: {reason}")]
+    InvalidPattern {
+        /// The offending pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two routes with the same pattern (after normalisation).
+    #[error("route `{0}` is defined twice")]
+    Duplicate(String),
+    /// A route without any endpoint.
+    #[error("route `{0}` has no endpoints")]
+    NoEndpoints(String),
+}
+
+/// What happens to names no route matches, and to connections without SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Fallback {
+    /// Close the connection (the default).
+    Reject,
+    /// Send it to this route.
+    Forward(Route),
+}
+
+/// The result of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'t> {
+    /// A route matched the name exactly.
+    Exact(&'t Route, RouteId),
+    /// A wildcard route matched.
+    Wildcard(&'t Route, RouteId),
+    /// Nothing matched; the fallback route applies.
+    Fallback(&'t Route, RouteId),
+    /// Nothing matched and the action is reject.
+    Reject,
+}
+
+impl<'t> Match<'t> {
+    /// The route and its id, if the connection is to be forwarded.
+    pub fn route(&self) -> Option<(&'t Route, RouteId)> {
+        match *self {
+            Match::Exact(r, id) | Match::Wildcard(r, id) | Match::Fallback(r, id) => Some((r, id)),
+            Match::Reject => None,
+        }
+    }
+}
+
+/// An immutable, validated route table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteTable {
+    /// All routes; ids index this vector. Exact and wildcard routes first, then the fallbacks.
+    routes: Vec<Route>,
+    #[serde(skip)]
+    exact: HashMap<Box<str>, RouteId>,
+    /// Keyed by the suffix after `*.`.
+    #[serde(skip)]
+    wildcard: HashMap<Box<str>, RouteId>,
+    /// Route for unmatched names, if any.
+    #[serde(skip)]
+    default_route: Option<RouteId>,
+    /// Route for connections without SNI, if any.
+    #[serde(skip)]
+    no_sni_route: Option<RouteId>,
+}
+
+impl RouteTable {
+    /// Looks a normalised name up: exact, then the longest wildcard suffix, then the default action.
+    pub fn lookup(&self, name: &str) -> Match<'_> {
+        if let Some(&id) = self.exact.get(name) {
+            return Match::Exact(&self.routes[id], id);
+        }
+        if !self.wildcard.is_empty() {
+            // Suffixes after each dot, longest first.
+            for (i, b) in name.bytes().enumerate() {
+                if b == b'.' {
+                    if let Some(&id) = self.wildcard.get(&name[i + 1..]) {
+                        return Match::Wildcard(&self.routes[id], id);
+                    }
+                }
+            }
+        }
+        self.fallback(self.default_route)
+    }
+
+    /// The action for a connection that sent no SNI.
+    pub fn no_sni(&self) -> Match<'_> {
+        self.fallback(self.no_sni_route)
+    }
+
+    fn fallback(&self, id: Option<RouteId>) -> Match<'_> {
+        match id {
+            Some(id) => Match::Fallback(&self.routes[id], id),
+            None => Match::Reject,
+        }
+    }
+
+    /// Every route, ids in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Number of routes (fallbacks included).
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when the table has no route at all (every connection is rejected).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// Builds a [`RouteTable`], validating every route.
+#[derive(Debug, Default)]
+pub struct RouteTableBuilder {
+    table: RouteTable,
+}
+
+impl RouteTableBuilder {
+    /// An empty builder (default action: reject).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a route with this pattern (after normalisation) is already present.
+    pub fn contains(&self, pattern: &str) -> bool {
+        match parse_pattern(pattern) {
+            Ok(Pattern::Exact(n)) => self.table.exact.contains_key(n.as_str()),
+            Ok(Pattern::Wildcard(s)) => self.table.wildcard.contains_key(s.as_str()),
+            Err(_) => false,
+        }
+    }
+
+    /// Adds a route; a duplicate or invalid pattern is an error.
+    pub fn add(&mut self, spec: RouteSpec) -> Result<RouteId, BuildError> {
+        let pattern = parse_pattern(&spec.pattern)?;
+        let (map, key, shown) = match pattern {
+            Pattern::Exact(n) => (&mut self.table.exact, n.clone(), n),
+            Pattern::Wildcard(s) => (&mut self.table.wildcard, s.clone(), format!("*.{s}")),
+        };
+        if map.contains_key(key.as_str()) {
+            return Err(BuildError::Duplicate(shown));
+        }
+        let route = make_route(shown, spec)?;
+        let id = self.table.routes.len();
+        map.insert(key.into_boxed_str(), id);
+        self.table.routes.push(route);
+        Ok(id)
+    }
+
+    /// Sends names that match no route to these endpoints instead of rejecting them.
+    pub fn default_route(&mut self, spec: RouteSpec) -> Result<RouteId, BuildError> {
+        let id = self.table.routes.len();
+        self.table
+            .routes
+            .push(make_route("<default>".to_owned(), spec)?);
+        self.table.default_route = Some(id);
+        Ok(id)
+    }
+
+    /// Sends connections without SNI to these endpoints instead of rejecting them.
+    pub fn no_sni_route(&mut self, spec: RouteSpec) -> Result<RouteId, BuildError> {
+        let id = self.table.routes.len();
+        self.table
+            .routes
+            .push(make_route("<no-sni>".to_owned(), spec)?);
+        self.table.no_sni_route = Some(id);
+        Ok(id)
+    }
+
+    /// The finished table.
+    pub fn build(self) -> RouteTable {
+        self.table
+    }
+}
+
+fn make_route(pattern: String, spec: RouteSpec) -> Result<Route, BuildError> {
+    let groups: Vec<EndpointGroup> = spec
+        .groups
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|endpoints| EndpointGroup { endpoints })
+        .collect();
+    if groups.is_empty() {
+        return Err(BuildError::NoEndpoints(pattern));
+    }
+    Ok(Route {
+        pattern,
+        groups,
+        lb: spec.lb,
+        connect_timeout: spec.connect_timeout,
+        source: spec.source,
+    })
+}
+
+enum Pattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+fn parse_pattern(pattern: &str) -> Result<Pattern, BuildError> {
+    let invalid = |reason: String| BuildError::InvalidPattern {
+        pattern: pattern.to_owned(),
+        reason,
+    };
+    let (wild, name) = match pattern.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    if name.contains('*') {
+        return Err(invalid(
+            "`*` is only allowed as the whole first label (`*.suffix`)".to_owned(),
+        ));
+    }
+    let name = meshgate_sni::normalize_host_name(name.as_bytes())
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(if wild {
+        Pattern::Wildcard(name)
+    } else {
+        Pattern::Exact(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16) -> Vec<SocketAddr> {
+        vec![SocketAddr::from(([127, 0, 0, 1], port))]
+    }
+
+    fn table() -> RouteTable {
+        let mut b = RouteTableBuilder::new();
+        b.add(RouteSpec::new("api.default.dc1.internal.td.consul", ep(1)))
+            .expect("add");
+        b.add(RouteSpec::new("*.dc2.internal.td.consul", ep(2)))
+            .expect("add");
+        b.add(RouteSpec::new("*.internal.td.consul", ep(3)))
+            .expect("add");
+        b.add(RouteSpec::new("*.default.dc2.internal.td.consul", ep(4)))
+            .expect("add");
+        b.add(RouteSpec::new("exact.dc2.internal.td.consul", ep(5)))
+            .expect("add");
+        b.build()
+    }
+
+    fn port(m: Match<'_>) -> Option<u16> {
+        m.route().map(|(r, _)| r.groups[0].endpoints[0].port())
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longest_suffix_wins() {
+        let t = table();
+        assert_eq!(port(t.lookup("api.default.dc1.internal.td.consul")), Some(1));
+        assert_eq!(port(t.lookup("exact.dc2.internal.td.consul")), Some(5));
+        assert_eq!(port(t.lookup("api.default.dc2.internal.td.consul")), Some(4));
+        assert_eq!(port(t.lookup("v1.api.default.dc2.internal.td.consul")), Some(4));
+        assert_eq!(port(t.lookup("api.other.dc2.internal.td.consul")), Some(2));
+        assert_eq!(port(t.lookup("web.default.dc3.internal.td.consul")), Some(3));
+        assert!(matches!(t.lookup("dc2.internal.td.consul"), Match::Wildcard(..)));
+        assert_eq!(t.lookup("internal.td.consul"), Match::Reject);
+        assert_eq!(t.lookup("unknown.example"), Match::Reject);
+        assert_eq!(t.no_sni(), Match::Reject);
+    }
+
+    #[test]
+    fn wildcard_does_not_match_its_own_suffix() {
+        let mut b = RouteTableBuilder::new();
+        b.add(RouteSpec::new("*.example", ep(1))).expect("add");
+        let t = b.build();
+        assert_eq!(t.lookup("example"), Match::Reject);
+        assert!(matches!(t.lookup("a.example"), Match::Wildcard(..)));
+        assert!(matches!(t.lookup("a.b.c.example"), Match::Wildcard(..)));
+    }
+
+    #[test]
+    fn fallbacks() {
+        let mut b = RouteTableBuilder::new();
+        b.default_route(RouteSpec::new("", ep(7))).expect("default");
+        b.no_sni_route(RouteSpec::new("", ep(8))).expect("no sni");
+        let t = b.build();
+        assert_eq!(port(t.lookup("anything.example")), Some(7));
+        assert!(matches!(t.lookup("x.example"), Match::Fallback(..)));
+        assert_eq!(port(t.no_sni()), Some(8));
+    }
+
+    #[test]
+    fn patterns_are_normalised_and_validated() {
+        let mut b = RouteTableBuilder::new();
+        b.add(RouteSpec::new("API.Example.", ep(1))).expect("add");
+        assert_eq!(
+            b.add(RouteSpec::new("api.example", ep(2))),
+            Err(BuildError::Duplicate("api.example".into()))
+        );
+        for bad in ["a.*.example", "*", "*.", "10.0.0.1", "a..b", "**.example", ""] {
+            assert!(
+                matches!(
+                    b.add(RouteSpec::new(bad, ep(3))),
+                    Err(BuildError::InvalidPattern { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            b.add(RouteSpec::new("empty.example", vec![])),
+            Err(BuildError::NoEndpoints("empty.example".into()))
+        );
+        let t = b.build();
+        assert_eq!(port(t.lookup("api.example")), Some(1));
+    }
+
+    #[test]
+    fn serialises_for_the_admin_endpoint() {
+        let json = serde_json::to_value(table()).expect("json");
+        assert_eq!(json["routes"][1]["pattern"], "*.dc2.internal.td.consul");
+        assert_eq!(json["routes"][0]["groups"][0]["endpoints"][0], "127.0.0.1:1");
+        assert_eq!(json["routes"][0]["lb"], "round_robin");
+    }
+}
