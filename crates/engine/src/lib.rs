@@ -1,1 +1,225 @@
-//! placeholder
+//! meshgate's data plane: accept mesh connections, read the SNI without decrypting, pick an upstream from
+//! the route table, and relay raw bytes both ways with zero copies.
+//!
+//! # Shape
+//! - One glommio executor per core, pinned, each with its **own SO_REUSEPORT listener** on every listen
+//!   address; the kernel spreads connections. A connection lives and dies on the core that accepted it.
+//! - Nothing on the per-connection path is shared between cores: load-balancing state, per-endpoint
+//!   connection counts, pipe pools and counters are per core. The only cross-core read is one relaxed
+//!   atomic load per connection to notice a new route-table snapshot ([`Engine::install`]).
+//! - Relay: `splice(2)` socket → pipe → socket (pipes pooled per core), driven by io_uring readiness
+//!   polls (see `vendor/README.md`); a buffered copy where no pipe can be made, or when configured.
+//! - glommio locks memory for io_uring buffers per executor; TCP does not use them, so `io_memory_kib`
+//!   defaults to glommio's minimum (512 KiB) and [`Engine::start`] raises `RLIMIT_MEMLOCK` to fit.
+//!
+//! # Non-goals
+//! No TLS termination, no private keys, no L7: the gateway never sees plaintext.
+//!
+//! The control plane (config reloads, plugins, admin HTTP) lives outside this crate and talks to it only
+//! through [`Engine`].
+
+mod conn;
+mod worker;
+mod relay;
+pub mod stats;
+mod sys;
+
+use arc_swap::ArcSwap;
+use meshgate_config::GatewaySettings;
+use meshgate_route::RouteTable;
+use stats::{ControlStats, CoreStats, EngineMetrics};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// What the cores route with: a table and the settings that apply to new connections. Immutable; a
+/// reload publishes a new one.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The route table.
+    pub table: RouteTable,
+    /// Timeouts and limits for new connections.
+    pub settings: GatewaySettings,
+}
+
+/// State shared by the cores and the control plane. Cores only read it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    /// Bumped after each new snapshot; cores compare it with their own copy per connection.
+    generation: AtomicU64,
+    shutdown: AtomicBool,
+    listening: AtomicUsize,
+    exited: AtomicUsize,
+}
+
+/// The engine could not start or failed while running.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An executor could not be created (often: locked-memory limit too low).
+    #[error("cannot start core {core}: {message}")]
+    Executor {
+        /// Core index.
+        core: usize,
+        /// glommio's message.
+        message: String,
+    },
+    /// A core thread panicked or failed.
+    #[error("core {0} failed: {1}")]
+    Core(usize, String),
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    metrics: EngineMetrics,
+    workers: usize,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts one executor per worker, binds every listener on every core, and returns once all cores
+    /// listen (or the first error).
+    pub fn start(settings: GatewaySettings, table: RouteTable) -> Result<Engine, EngineError> {
+        let cpus = sys::allowed_cpus();
+        let workers = settings.workers.unwrap_or(cpus.len()).max(1);
+        let io_memory = settings.io_memory_kib * 1024;
+        // glommio locks its io memory plus ring buffers; leave room for both on every core.
+        let memlock = (workers * (io_memory + 512 * 1024)) as u64;
+        if let Err(e) = sys::ensure_memlock(memlock) {
+            tracing::warn!(error = %e, needed_bytes = memlock, "could not raise RLIMIT_MEMLOCK; glommio may refuse to start");
+        }
+        let listeners: Arc<[String]> = settings.listen.iter().map(|a| a.to_string()).collect();
+        let cores: Arc<[CoreStats]> = (0..workers)
+            .map(|_| CoreStats::new(settings.listen.len()))
+            .collect();
+        let control = Arc::new(ControlStats::default());
+        control
+            .routes
+            .store(table.len() as u64, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                table,
+                settings: settings.clone(),
+            }),
+            generation: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            listening: AtomicUsize::new(0),
+            exited: AtomicUsize::new(0),
+        });
+        let metrics = EngineMetrics {
+            cores,
+            listeners,
+            control,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
+        let mut handles = Vec::with_capacity(workers);
+        for core in 0..workers {
+            let cpu = cpus.get(core % cpus.len().max(1)).copied().unwrap_or(0);
+            let shared = shared.clone();
+            let stats = metrics.cores.clone();
+            let tx = tx.clone();
+            let addrs = settings.listen.clone();
+            let backlog = settings.backlog;
+            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+                .name(&format!("meshgate-core-{core}"))
+                .io_memory(io_memory)
+                .spawn(move || worker::run(core, shared, stats, addrs, backlog, tx))
+                .map_err(|e| EngineError::Executor {
+                    core,
+                    message: e.to_string(),
+                })?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let engine = Engine {
+            shared,
+            metrics,
+            workers,
+            handles,
+        };
+        for _ in 0..workers {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    engine.shutdown();
+                    let _ = engine.wait();
+                    return Err(e);
+                }
+                Err(_) => {
+                    return Err(EngineError::Core(0, "core exited during start-up".into()));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Publishes a new table and settings; connections accepted from now on use them, live ones keep
+    /// the snapshot they started with.
+    pub fn install(&self, table: RouteTable, settings: GatewaySettings) {
+        self.metrics
+            .control
+            .routes
+            .store(table.len() as u64, Ordering::Relaxed);
+        self.shared
+            .snapshot
+            .store(Arc::new(Snapshot { table, settings }));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// True while every core listens and the engine is not draining.
+    pub fn ready(&self) -> bool {
+        !self.shared.shutdown.load(Ordering::Relaxed)
+            && self.shared.listening.load(Ordering::Relaxed) == self.workers
+    }
+
+    /// Metrics view (cheap to clone, summed at scrape).
+    pub fn metrics(&self) -> EngineMetrics {
+        self.metrics.clone()
+    }
+
+    /// Number of data-plane cores.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Begins a graceful shutdown: listeners close, live connections get the drain timeout.
+    pub fn shutdown(&self) {
+        self.metrics
+            .control
+            .draining
+            .store(true, Ordering::Relaxed);
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// True once every core has finished (after [`Engine::shutdown`]).
+    pub fn finished(&self) -> bool {
+        self.shared.exited.load(Ordering::Relaxed) == self.workers
+    }
+
+    /// Waits for every core to finish.
+    pub fn wait(self) -> Result<(), EngineError> {
+        for (core, handle) in self.handles.into_iter().enumerate() {
+            handle
+                .join()
+                .map_err(|e| EngineError::Core(core, e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! One downstream connection, start to end: read the ClientHello under a total deadline, route it,
+//! connect upstream (retrying and failing over while nothing has been forwarded), forward the buffered
+//! hello, relay, and write one access-log line.
+
+use crate::relay::{self, Outcome};
+use crate::stats::End;
+use crate::sys;
+use crate::worker::Core;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use meshgate_route::Plan;
+use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+/// How the ClientHello phase ended without a hello.
+enum HelloFailure {
+    Rejected(Reject),
+    Timeout,
+    Eof,
+    Io(io::Error),
+}
+
+/// Serves one accepted connection on listener `li`.
+pub(crate) async fn handle(core: &Core, down: TcpStream, li: usize) {
+    let stats = core.stats();
+    stats.listeners[li].accepted.inc();
+    stats.listeners[li].active.inc();
+    core.live.set(core.live.get() + 1);
+    let started = Instant::now();
+    let peer = down.peer_addr().ok();
+    let end = serve(core, &down, peer, started).await;
+    stats.end(end);
+    stats.listeners[li].active.dec();
+    core.live.set(core.live.get() - 1);
+}
+
+async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started: Instant) -> End {
+    let stats = core.stats();
+    let snapshot = core.snapshot();
+    let settings = &snapshot.settings;
+    let down_fd = fd(down);
+    if let Err(e) = sys::set_nonblocking(down_fd) {
+        tracing::debug!(error = %e, "downstream socket setup failed");
+        return End::DownstreamError;
+    }
+
+    // 1. The ClientHello, under one total deadline.
+    let mut reader = HelloReader::new(Limits::with_max_hello_bytes(settings.max_client_hello_bytes));
+    let hello = futures_lite::future::or(read_hello(core, down_fd, &mut reader), async {
+        Timer::new(settings.hello_timeout()).await;
+        Err(HelloFailure::Timeout)
+    })
+    .await;
+    let hello = match hello {
+        Ok(h) => h,
+        Err(failure) => {
+            let (label, detail) = match &failure {
+                HelloFailure::Rejected(r) => (r.label(), r.to_string()),
+                HelloFailure::Timeout => ("timeout", "no complete ClientHello in time".to_owned()),
+                HelloFailure::Eof => ("eof", "client closed before a complete ClientHello".to_owned()),
+                HelloFailure::Io(e) => ("eof", e.to_string()),
+            };
+            stats.hello_outcome(label);
+            tracing::info!(target: "meshgate::access", peer = ?peer, outcome = label, detail = %detail, end = End::HelloFailed.label(), "connection refused");
+            return End::HelloFailed;
+        }
+    };
+    stats.hello_outcome(if hello.sni.is_some() { "ok" } else { "no_sni" });
+    stats.hello_size.observe(hello.size as f64);
+
+    // 2. Route.
+    let found = match &hello.sni {
+        Some(name) => snapshot.table.lookup(name),
+        None => snapshot.table.no_sni(),
+    };
+    let Some((route, route_id)) = found.route() else {
+        tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), alpn = %hello.alpn_display(), end = End::NoRoute.label(), "no route");
+        return End::NoRoute;
+    };
+    core.count_routed(&route.pattern, hello.sni.as_deref());
+
+    // 3. Connect: each endpoint of the plan in turn; safe to retry, nothing was forwarded yet.
+    let timeout = route.connect_timeout.unwrap_or(settings.connect_timeout());
+    let mut plan = Plan::new(route_id);
+    let mut attempts = 0u32;
+    let (up, upstream) = loop {
+        let next = plan.next(route, &mut core.lb.borrow_mut(), |a| core.active_to(a));
+        let Some(addr) = next else {
+            tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), route = %route.pattern, attempts, end = End::UpstreamUnavailable.label(), "all upstreams failed");
+            return End::UpstreamUnavailable;
+        };
+        attempts += 1;
+        stats.connect_attempts.inc();
+        match TcpStream::connect_timeout(addr, timeout).await {
+            Ok(s) => break (s, addr),
+            Err(e) => {
+                let e = io::Error::from(e);
+                stats.connect_failures.inc();
+                if e.kind() == io::ErrorKind::TimedOut {
+                    stats.connect_timeouts.inc();
+                }
+                tracing::debug!(upstream = %addr, error = %e, "upstream connect failed");
+            }
+        }
+    };
+    core.endpoint_opened(upstream);
+    let end = forward(core, down_fd, &up, reader, &hello, settings, started).await;
+    core.endpoint_closed(upstream);
+    let outcome = end;
+    stats.duration.observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "meshgate::access",
+        peer = ?peer,
+        sni = hello.sni.as_deref().unwrap_or(""),
+        alpn = %hello.alpn_display(),
+        route = %route.pattern,
+        upstream = %upstream,
+        attempts,
+        bytes_to_upstream = outcome.to_upstream,
+        bytes_to_downstream = outcome.to_downstream,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = outcome.end.label(),
+        "relayed"
+    );
+    outcome.end
+}
+
+/// Sends the buffered hello upstream, then relays.
+async fn forward(
+    core: &Core,
+    down_fd: BorrowedFd<'_>,
+    up: &TcpStream,
+    reader: HelloReader,
+    hello: &ClientHello,
+    settings: &meshgate_config::GatewaySettings,
+    started: Instant,
+) -> Outcome {
+    let up_fd = fd(up);
+    let _ = up.set_nodelay(true);
+    if let Err(e) = sys::set_nonblocking(up_fd) {
+        tracing::debug!(error = %e, "upstream socket setup failed");
+        return Outcome::ended(End::UpstreamError);
+    }
+    let first = reader.into_buffered();
+    debug_assert!(first.len() >= hello.consumed);
+    if let Err(e) = relay::write_all(up_fd, &first).await {
+        tracing::debug!(error = %e, "writing the ClientHello upstream failed");
+        let _ = sys::set_linger_zero(down_fd);
+        return Outcome::ended(End::UpstreamError);
+    }
+    core.stats().bytes_to_upstream.add(first.len() as u64);
+    drop(first);
+    let deadline = settings.max_connection_duration().map(|d| started + d);
+    let mut outcome = relay::relay(core, down_fd, up_fd, settings, deadline).await;
+    outcome.to_upstream += hello.consumed as u64;
+    outcome
+}
+
+/// Reads until the reader has a whole ClientHello (or refuses the bytes).
+async fn read_hello(
+    core: &Core,
+    fd: BorrowedFd<'_>,
+    reader: &mut HelloReader,
+) -> Result<ClientHello, HelloFailure> {
+    loop {
+        // The scratch buffer is per core and never held across an await.
+        let read = {
+            let mut scratch = core.scratch.borrow_mut();
+            match sys::recv(fd, &mut scratch) {
+                Ok(0) => return Err(HelloFailure::Eof),
+                Ok(n) => Some(reader.feed(&scratch[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HelloFailure::Io(e)),
+            }
+        };
+        match read {
+            Some(Ok(Progress::Done(hello))) => return Ok(hello),
+            Some(Ok(Progress::NeedMore)) => {}
+            Some(Err(reject)) => return Err(HelloFailure::Rejected(reject)),
+            None => glommio::net::wait_readable(std::os::fd::AsRawFd::as_raw_fd(&fd))
+                .await
+                .map_err(HelloFailure::Io)?,
+        }
+    }
+}
+
+fn fd(stream: &TcpStream) -> BorrowedFd<'_> {
+    sys::borrow_fd(stream)
+}

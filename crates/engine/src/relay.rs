@@ -1,0 +1,260 @@
+//! Moving bytes both ways once a connection is routed.
+//!
+//! Each direction is a pump: wait until the source is readable, move what is there to the destination,
+//! wait until the destination is writable when it is full. With splice the bytes go socket → pipe →
+//! socket and never enter user space; the buffered pump copies through a 16 KiB buffer. Readiness comes
+//! from io_uring polls (`glommio::net::wait_readable` / `wait_writable`).
+//!
+//! Endings: EOF on one side half-closes the other (FIN is passed on, the other direction keeps going);
+//! a reset or error on one side resets the other promptly (SO_LINGER 0); an idle timeout or the maximum
+//! duration closes both.
+
+use crate::stats::{Counter, End};
+use crate::sys::{self, Pipe};
+use crate::worker::Core;
+use glommio::timer::Timer;
+use meshgate_config::{GatewaySettings, RelayMode};
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+/// Bytes asked of one splice(2) call: the pipe's capacity.
+const SPLICE_CHUNK: usize = crate::worker::PIPE_SIZE;
+/// User-space buffer per direction on the buffered path.
+const BUFFER: usize = 16 * 1024;
+
+/// How a relay ended and what it moved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    pub(crate) end: End,
+    pub(crate) to_upstream: u64,
+    pub(crate) to_downstream: u64,
+}
+
+impl Outcome {
+    pub(crate) fn ended(end: End) -> Self {
+        Self {
+            end,
+            to_upstream: 0,
+            to_downstream: 0,
+        }
+    }
+}
+
+/// Which socket failed, for reset propagation and the end reason.
+#[derive(Debug)]
+enum PumpError {
+    /// Reading the source failed (the source's peer reset or errored).
+    Source(io::Error),
+    /// Writing the destination failed.
+    Destination(io::Error),
+}
+
+/// One direction's shared bookkeeping.
+struct Flow<'a> {
+    counter: &'a Counter,
+    moved: Cell<u64>,
+    activity: &'a Cell<Instant>,
+}
+
+impl Flow<'_> {
+    fn moved(&self, n: usize) {
+        self.counter.add(n as u64);
+        self.moved.set(self.moved.get() + n as u64);
+        self.activity.set(Instant::now());
+    }
+}
+
+/// Relays between `down` and `up` until both directions finish, one fails, or a timeout fires.
+pub(crate) async fn relay(
+    core: &Core,
+    down: BorrowedFd<'_>,
+    up: BorrowedFd<'_>,
+    settings: &GatewaySettings,
+    deadline: Option<Instant>,
+) -> Outcome {
+    let stats = core.stats();
+    let activity = Cell::new(Instant::now());
+    let to_up = Flow {
+        counter: &stats.bytes_to_upstream,
+        moved: Cell::new(0),
+        activity: &activity,
+    };
+    let to_down = Flow {
+        counter: &stats.bytes_to_downstream,
+        moved: Cell::new(0),
+        activity: &activity,
+    };
+    let pipes = match settings.relay {
+        RelayMode::Splice => match (core.take_pipe(), core.take_pipe()) {
+            (Ok(a), Ok(b)) => Some((a, b)),
+            (a, b) => {
+                // Out of descriptors or pipe pages: this connection is copied instead.
+                for p in [a, b].into_iter().flatten() {
+                    core.give_pipe(p);
+                }
+                stats.splice_fallbacks.inc();
+                None
+            }
+        },
+        RelayMode::Buffered => None,
+    };
+    let pumps = async {
+        match &pipes {
+            Some((a, b)) => {
+                futures_lite::future::try_zip(
+                    async { splice_pump(down, up, a, &to_up).await.map_err(|e| (true, e)) },
+                    async { splice_pump(up, down, b, &to_down).await.map_err(|e| (false, e)) },
+                )
+                .await
+            }
+            None => {
+                futures_lite::future::try_zip(
+                    async { buffered_pump(down, up, &to_up).await.map_err(|e| (true, e)) },
+                    async { buffered_pump(up, down, &to_down).await.map_err(|e| (false, e)) },
+                )
+                .await
+            }
+        }
+    };
+    // Which side's failure it was decides both the label and whom to reset.
+    let result = futures_lite::future::or(
+        async {
+            match pumps.await {
+                Ok(_) => End::Completed,
+                Err((from_down, err)) => {
+                    let (failed_down, other, error) = match err {
+                        PumpError::Source(e) => (from_down, if from_down { up } else { down }, e),
+                        PumpError::Destination(e) => {
+                            (!from_down, if from_down { down } else { up }, e)
+                        }
+                    };
+                    tracing::debug!(error = %error, downstream = failed_down, "relay side failed; resetting the other");
+                    let _ = sys::set_linger_zero(other);
+                    if failed_down {
+                        End::DownstreamError
+                    } else {
+                        End::UpstreamError
+                    }
+                }
+            }
+        },
+        watchdog(&activity, settings.idle_timeout(), deadline),
+    )
+    .await;
+    if let Some((a, b)) = pipes {
+        core.give_pipe(a);
+        core.give_pipe(b);
+    }
+    Outcome {
+        end: result,
+        to_upstream: to_up.moved.get(),
+        to_downstream: to_down.moved.get(),
+    }
+}
+
+/// Fires on idle timeout or at the deadline; never returns otherwise.
+async fn watchdog(activity: &Cell<Instant>, idle: Duration, deadline: Option<Instant>) -> End {
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return End::MaxDuration;
+        }
+        let idle_at = activity.get() + idle;
+        if now >= idle_at {
+            return End::IdleTimeout;
+        }
+        let wake = deadline.map_or(idle_at, |d| d.min(idle_at));
+        Timer::new(wake - now).await;
+    }
+}
+
+async fn readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    glommio::net::wait_readable(fd.as_raw_fd()).await
+}
+
+async fn writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    glommio::net::wait_writable(fd.as_raw_fd()).await
+}
+
+/// Zero-copy direction: src → pipe → dst. The pipe is empty whenever this returns `Ok`.
+async fn splice_pump(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    pipe: &Pipe,
+    flow: &Flow<'_>,
+) -> Result<(), PumpError> {
+    let mut pending = 0usize;
+    loop {
+        if pending == 0 {
+            match sys::splice(src, pipe.write.as_fd(), SPLICE_CHUNK) {
+                Ok(0) => {
+                    let _ = sys::shutdown_write(dst);
+                    return Ok(());
+                }
+                Ok(n) => pending = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    readable(src).await.map_err(PumpError::Source)?;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PumpError::Source(e)),
+            }
+        }
+        match sys::splice(pipe.read.as_fd(), dst, pending) {
+            Ok(n) => {
+                pending -= n;
+                flow.moved(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                writable(dst)
+                    .await
+                    .map_err(PumpError::Destination)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PumpError::Destination(e)),
+        }
+    }
+}
+
+/// Copying direction: src → buffer → dst.
+async fn buffered_pump(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    flow: &Flow<'_>,
+) -> Result<(), PumpError> {
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match sys::recv(src, &mut buf) {
+            Ok(0) => {
+                let _ = sys::shutdown_write(dst);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                readable(src).await.map_err(PumpError::Source)?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Source(e)),
+        };
+        write_all(dst, &buf[..n])
+            .await
+            .map_err(PumpError::Destination)?;
+        flow.moved(n);
+    }
+}
+
+/// Writes all of `bytes` to a non-blocking socket.
+pub(crate) async fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match sys::send(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

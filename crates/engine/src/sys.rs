@@ -1,0 +1,195 @@
+//! Every system call the engine makes outside glommio, and the crate's only `unsafe` code.
+//!
+//! Each function is a thin, checked wrapper: file descriptors are borrowed (`BorrowedFd`) or owned
+//! (`OwnedFd`), buffers are slices, and every return value is turned into an `io::Result`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Puts a socket in non-blocking mode: splice(2) and our recv/send must never block the executor.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a valid, borrowed descriptor; no memory is passed.
+    unsafe {
+        let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        check(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// A pipe used as the kernel-side buffer between two sockets.
+#[derive(Debug)]
+pub struct Pipe {
+    /// Read end.
+    pub read: OwnedFd,
+    /// Write end.
+    pub write: OwnedFd,
+}
+
+/// Creates a non-blocking pipe and asks for `size` bytes of capacity (the kernel may round or refuse the
+/// size; the pipe is usable either way).
+pub fn pipe(size: usize) -> io::Result<Pipe> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    unsafe { check(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))? };
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let pipe = unsafe {
+        Pipe {
+            read: OwnedFd::from_raw_fd(fds[0]),
+            write: OwnedFd::from_raw_fd(fds[1]),
+        }
+    };
+    if let Ok(size) = libc::c_int::try_from(size) {
+        // SAFETY: fcntl on a descriptor we own. Failure (e.g. over /proc/sys/fs/pipe-max-size) is fine.
+        unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    }
+    Ok(pipe)
+}
+
+/// Moves up to `len` bytes from `from` to `to` without copying through user space. One of the two must
+/// be a pipe. Never blocks: `WouldBlock` means "wait for readiness".
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets (both ends are sockets or pipes); descriptors are valid for the call.
+    check_size(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+/// Bytes waiting in a pipe.
+pub fn pipe_pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer we pass.
+    unsafe { check(libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n))? };
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Non-blocking receive into `buf`.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    check_size(unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// Non-blocking send of `buf`; never raises SIGPIPE.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most buf.len() bytes from buf.
+    check_size(unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
+/// Half-closes the write side (sends FIN after queued data).
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: shutdown on a valid descriptor.
+    unsafe { check(libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR))? };
+    Ok(())
+}
+
+/// Makes the next close send RST instead of FIN, to pass a peer's reset on promptly.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads size_of::<linger>() bytes from the struct we pass.
+    unsafe {
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        ))?
+    };
+    Ok(())
+}
+
+/// Opens a listening socket with SO_REUSEPORT (one per core, the kernel spreads connections) and the given
+/// backlog, owned by this core's executor.
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// CPUs this process may run on (its affinity mask), in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, usize::from)).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Raises the locked-memory limit to at least `bytes` (glommio locks its io_uring buffers).
+pub fn ensure_memlock(bytes: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        check(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim))?;
+        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < bytes {
+            lim.rlim_cur = bytes;
+            if lim.rlim_max != libc::RLIM_INFINITY && lim.rlim_max < bytes {
+                lim.rlim_max = bytes;
+            }
+            check(libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim))?;
+        }
+    }
+    Ok(())
+}
+
+/// Borrows the descriptor of an object that owns one but implements only `AsRawFd` (glommio's sockets);
+/// the borrow cannot outlive the owner, which keeps the descriptor open.
+pub fn borrow_fd<T: std::os::fd::AsRawFd>(owner: &T) -> BorrowedFd<'_> {
+    // SAFETY: `owner` owns an open descriptor for at least the lifetime of the returned borrow.
+    unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
+}
