@@ -275,7 +275,8 @@ impl Config {
         if g.workers == Some(0) {
             return Err(whole("gateway.workers", "must be at least 1".into()));
         }
-        if g.max_client_hello_bytes < 512 || g.max_client_hello_bytes > meshgate_sni::MAX_HELLO_BYTES_LIMIT
+        if g.max_client_hello_bytes < 512
+            || g.max_client_hello_bytes > meshgate_sni::MAX_HELLO_BYTES_LIMIT
         {
             return Err(whole(
                 "gateway.max_client_hello_bytes",
@@ -328,7 +329,13 @@ impl Config {
                     BuildError::NoEndpoints(_) => ("endpoints", r.endpoints.span()),
                     _ => ("sni", r.sni.span()),
                 };
-                locate(text, file, span, Some(&format!("routes[{i}].{field}")), e.to_string())
+                locate(
+                    text,
+                    file,
+                    span,
+                    Some(&format!("routes[{i}].{field}")),
+                    e.to_string(),
+                )
             })?;
         }
         let fb_err = |name: &str, fb: &FallbackConfig, e: BuildError| {
@@ -493,7 +500,10 @@ connect_timeout_ms = 250
 
     #[test]
     fn wrong_type_names_the_field() {
-        let text = GOOD.replace("datacenter = \"dc1\"", "datacenter = \"dc1\"\nworkers = \"two\"");
+        let text = GOOD.replace(
+            "datacenter = \"dc1\"",
+            "datacenter = \"dc1\"\nworkers = \"two\"",
+        );
         let e = parse(&text).expect_err("bad type");
         assert_eq!((e.line, e.field.as_str()), (5, "gateway.workers"), "{e}");
     }
@@ -536,7 +546,8 @@ connect_timeout_ms = 250
         let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nmax_client_hello_bytes = 100000\n")
             .expect_err("hello cap");
         assert_eq!(e.line, 3, "{e}");
-        let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nrelay = \"sendfile\"\n").expect_err("relay");
+        let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nrelay = \"sendfile\"\n")
+            .expect_err("relay");
         assert_eq!((e.line, e.field.as_str()), (3, "gateway.relay"), "{e}");
     }
 

@@ -48,7 +48,9 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
     }
 
     // 1. The ClientHello, under one total deadline.
-    let mut reader = HelloReader::new(Limits::with_max_hello_bytes(settings.max_client_hello_bytes));
+    let mut reader = HelloReader::new(Limits::with_max_hello_bytes(
+        settings.max_client_hello_bytes,
+    ));
     let hello = futures_lite::future::or(read_hello(core, down_fd, &mut reader), async {
         Timer::new(settings.hello_timeout()).await;
         Err(HelloFailure::Timeout)
@@ -60,7 +62,10 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
             let (label, detail) = match &failure {
                 HelloFailure::Rejected(r) => (r.label(), r.to_string()),
                 HelloFailure::Timeout => ("timeout", "no complete ClientHello in time".to_owned()),
-                HelloFailure::Eof => ("eof", "client closed before a complete ClientHello".to_owned()),
+                HelloFailure::Eof => (
+                    "eof",
+                    "client closed before a complete ClientHello".to_owned(),
+                ),
                 HelloFailure::Io(e) => ("eof", e.to_string()),
             };
             stats.hello_outcome(label);

@@ -19,10 +19,10 @@
 //! through [`Engine`].
 
 mod conn;
-mod worker;
 mod relay;
 pub mod stats;
 mod sys;
+mod worker;
 
 use arc_swap::ArcSwap;
 use meshgate_config::GatewaySettings;
@@ -105,9 +105,7 @@ impl Engine {
             .map(|_| CoreStats::new(settings.listen.len()))
             .collect();
         let control = Arc::new(ControlStats::default());
-        control
-            .routes
-            .store(table.len() as u64, Ordering::Relaxed);
+        control.routes.store(table.len() as u64, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 table,
@@ -201,10 +199,7 @@ impl Engine {
 
     /// Begins a graceful shutdown: listeners close, live connections get the drain timeout.
     pub fn shutdown(&self) {
-        self.metrics
-            .control
-            .draining
-            .store(true, Ordering::Relaxed);
+        self.metrics.control.draining.store(true, Ordering::Relaxed);
         self.shared.shutdown.store(true, Ordering::Relaxed);
     }
 

@@ -104,15 +104,27 @@ pub(crate) async fn relay(
         match &pipes {
             Some((a, b)) => {
                 futures_lite::future::try_zip(
-                    async { splice_pump(down, up, a, &to_up).await.map_err(|e| (true, e)) },
-                    async { splice_pump(up, down, b, &to_down).await.map_err(|e| (false, e)) },
+                    async {
+                        splice_pump(down, up, a, &to_up)
+                            .await
+                            .map_err(|e| (true, e))
+                    },
+                    async {
+                        splice_pump(up, down, b, &to_down)
+                            .await
+                            .map_err(|e| (false, e))
+                    },
                 )
                 .await
             }
             None => {
                 futures_lite::future::try_zip(
                     async { buffered_pump(down, up, &to_up).await.map_err(|e| (true, e)) },
-                    async { buffered_pump(up, down, &to_down).await.map_err(|e| (false, e)) },
+                    async {
+                        buffered_pump(up, down, &to_down)
+                            .await
+                            .map_err(|e| (false, e))
+                    },
                 )
                 .await
             }
@@ -208,9 +220,7 @@ async fn splice_pump(
                 flow.moved(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                writable(dst)
-                    .await
-                    .map_err(PumpError::Destination)?;
+                writable(dst).await.map_err(PumpError::Destination)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(PumpError::Destination(e)),

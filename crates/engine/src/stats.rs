@@ -446,7 +446,12 @@ impl EngineMetrics {
                 &|c: &CoreStats| c.splice_fallbacks.get(),
             ),
         ] {
-            out.push(family(name, help, COUNTER, vec![counter(vec![], self.sum(f))]));
+            out.push(family(
+                name,
+                help,
+                COUNTER,
+                vec![counter(vec![], self.sum(f))],
+            ));
         }
         out.push(family(
             "meshgate_bytes_total",
@@ -477,7 +482,10 @@ impl EngineMetrics {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    counter(vec![label("reason", e.label())], self.sum(|c| c.ended[i].get()))
+                    counter(
+                        vec![label("reason", e.label())],
+                        self.sum(|c| c.ended[i].get()),
+                    )
                 })
                 .collect(),
         ));
@@ -488,7 +496,10 @@ impl EngineMetrics {
             COUNTER,
             vec![
                 counter(vec![label("result", "ok")], ctl.reloads_ok.load(Relaxed)),
-                counter(vec![label("result", "failed")], ctl.reloads_failed.load(Relaxed)),
+                counter(
+                    vec![label("result", "failed")],
+                    ctl.reloads_failed.load(Relaxed),
+                ),
             ],
         ));
         out.push(family(
@@ -519,8 +530,15 @@ impl EngineMetrics {
     pub fn render(&self) -> String {
         use prometheus::Encoder;
         let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed families.
-        let _ = prometheus::TextEncoder::new().encode(&self.gather(), &mut buf);
+        // The encoder refuses a family without samples (e.g. no route seen yet); leave those out.
+        let families: Vec<MetricFamily> = self
+            .gather()
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
@@ -572,8 +590,19 @@ mod tests {
             text.contains("meshgate_downstream_connections_total{listener=\"127.0.0.1:8443\"} 5"),
             "{text}"
         );
-        assert!(text.contains("meshgate_client_hello_total{outcome=\"not_tls\"} 1"), "{text}");
-        assert!(text.contains("meshgate_client_hello_bytes_bucket{le=\"512\"} 1"), "{text}");
-        assert!(text.contains("meshgate_connections_closed_total{reason=\"no_route\"} 1"), "{text}");
+        assert!(
+            text.contains("meshgate_client_hello_total{outcome=\"not_tls\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshgate_client_hello_bytes_bucket{le=\"512\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshgate_connections_closed_total{reason=\"no_route\"} 1"),
+            "{text}"
+        );
+        // Families after the (empty) per-route ones are present too.
+        assert!(text.contains("meshgate_draining 0"), "{text}");
     }
 }

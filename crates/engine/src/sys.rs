@@ -29,7 +29,11 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fcntl on a valid, borrowed descriptor; no memory is passed.
     unsafe {
         let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        check(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+        check(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
     }
     Ok(())
 }
@@ -48,7 +52,12 @@ pub struct Pipe {
 pub fn pipe(size: usize) -> io::Result<Pipe> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array we own.
-    unsafe { check(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))? };
+    unsafe {
+        check(libc::pipe2(
+            fds.as_mut_ptr(),
+            libc::O_NONBLOCK | libc::O_CLOEXEC,
+        ))?
+    };
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     let pipe = unsafe {
         Pipe {

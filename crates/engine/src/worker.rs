@@ -99,7 +99,10 @@ impl Core {
 
     /// Returns a pipe to the pool if it is empty; a pipe with bytes left in it is closed.
     pub(crate) fn give_pipe(&self, pipe: Pipe) {
-        let empty = matches!(sys::pipe_pending(std::os::fd::AsFd::as_fd(&pipe.read)), Ok(0));
+        let empty = matches!(
+            sys::pipe_pending(std::os::fd::AsFd::as_fd(&pipe.read)),
+            Ok(0)
+        );
         let mut pool = self.pipes.borrow_mut();
         if empty && pool.len() < PIPE_POOL_MAX {
             pool.push(pipe);
@@ -193,9 +196,18 @@ pub(crate) async fn run(
         .into_iter()
         .enumerate()
         .map(|(li, listener)| {
-            let limit = (settings.max_connections_per_listener > 0)
-                .then(|| Rc::new(Semaphore::new(per_core(settings.max_connections_per_listener))));
-            glommio::spawn_local(accept_loop(core.clone(), listener, li, global.clone(), limit))
+            let limit = (settings.max_connections_per_listener > 0).then(|| {
+                Rc::new(Semaphore::new(per_core(
+                    settings.max_connections_per_listener,
+                )))
+            });
+            glommio::spawn_local(accept_loop(
+                core.clone(),
+                listener,
+                li,
+                global.clone(),
+                limit,
+            ))
         })
         .collect();
 
@@ -215,7 +227,12 @@ pub(crate) async fn run(
     }
     let drain = core.snapshot().settings.drain_timeout();
     let deadline = Instant::now() + drain;
-    tracing::info!(core = index, live = core.live.get(), drain_secs = drain.as_secs(), "draining");
+    tracing::info!(
+        core = index,
+        live = core.live.get(),
+        drain_secs = drain.as_secs(),
+        "draining"
+    );
     while core.live.get() > 0 && Instant::now() < deadline {
         Timer::new(TICK.min(deadline.saturating_duration_since(Instant::now()))).await;
         ticks += 1;
@@ -225,7 +242,11 @@ pub(crate) async fn run(
     }
     core.publish_labelled();
     if core.live.get() > 0 {
-        tracing::warn!(core = index, live = core.live.get(), "drain timeout: closing remaining connections");
+        tracing::warn!(
+            core = index,
+            live = core.live.get(),
+            "drain timeout: closing remaining connections"
+        );
     }
     shared.exited.fetch_add(1, Ordering::Relaxed);
 }

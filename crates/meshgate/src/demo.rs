@@ -48,18 +48,26 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
     let (gw2, _admin2) = gateway::start(&dc2)?;
     let (gw1, _admin1) = gateway::start(&dc1)?;
     let entry = dc1.gateway.listen[0];
-    println!("meshgate demo: dc1 gateway {entry} (admin {:?}), dc2 gateway {} (admin {:?})",
+    println!(
+        "meshgate demo: dc1 gateway {entry} (admin {:?}), dc2 gateway {} (admin {:?})",
         dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default(),
         dc2.gateway.listen[0],
-        dc2.gateway.admin.map(|a| a.to_string()).unwrap_or_default());
+        dc2.gateway.admin.map(|a| a.to_string()).unwrap_or_default()
+    );
     println!("instances: api x2 and web in dc1, api in dc2; every client verifies the instance's certificate\n");
 
     let client = pki.client_config(&["h2"])?;
     let asks = [
-        ("api.default.dc1", "local service, round robin over 2 instances"),
+        (
+            "api.default.dc1",
+            "local service, round robin over 2 instances",
+        ),
         ("api.default.dc1", "local service again"),
         ("web.default.dc1", "local service"),
-        ("api.default.dc2", "dc2 service: dc1 gateway -> dc2 gateway -> instance"),
+        (
+            "api.default.dc2",
+            "dc2 service: dc1 gateway -> dc2 gateway -> instance",
+        ),
     ];
     for (svc, what) in asks {
         let sni = format!("{svc}.internal.{TD}");
@@ -71,7 +79,9 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
     let unknown = format!("db.default.dc1.internal.{TD}");
     match meshgate_tlskit::hello(entry, &unknown, client.clone()) {
         Ok(answer) => println!("  db.default.dc1   unexpected answer: {answer}"),
-        Err(_) => println!("  db.default.dc1   no such service -> closed by the gateway, counted as no_route"),
+        Err(_) => println!(
+            "  db.default.dc1   no such service -> closed by the gateway, counted as no_route"
+        ),
     }
     // Let the last relays close and the per-route counters publish before showing metrics.
     settle(&gw1);
@@ -92,7 +102,10 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
     }
     println!("\nTry it yourself (Ctrl-C to stop):");
     println!("  openssl s_client -connect {entry} -servername api.default.dc2.internal.{TD} -CAfile {} -quiet", ca.display());
-    println!("  curl -s http://{}/metrics | grep meshgate_", dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default());
+    println!(
+        "  curl -s http://{}/metrics | grep meshgate_",
+        dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default()
+    );
     gateway::serve_signals(&gw1, None, dc1.gateway.clone());
     gw2.shutdown();
     gateway::finish(gw1);
@@ -105,9 +118,11 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
 fn settle(engine: &meshgate_engine::Engine) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while std::time::Instant::now() < deadline
-        && engine.metrics().render().lines().any(|l| {
-            l.starts_with("meshgate_downstream_connections_active") && !l.ends_with(" 0")
-        })
+        && engine
+            .metrics()
+            .render()
+            .lines()
+            .any(|l| l.starts_with("meshgate_downstream_connections_active") && !l.ends_with(" 0"))
     {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -27,7 +27,8 @@ impl AdminSource for Admin {
     }
     fn routes_json(&self) -> String {
         let snap = self.0.snapshot();
-        serde_json::to_string_pretty(&snap.table).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        serde_json::to_string_pretty(&snap.table)
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
 
@@ -52,7 +53,12 @@ pub(crate) fn check(file: &Path) -> ExitCode {
                             .iter()
                             .map(|g| format!("{:?}", g.endpoints))
                             .collect();
-                        println!("  route {} -> {} ({:?})", r.pattern, groups.join(" then "), r.lb);
+                        println!(
+                            "  route {} -> {} ({:?})",
+                            r.pattern,
+                            groups.join(" then "),
+                            r.lb
+                        );
                     }
                 }
                 Err(e) => println!("  routes: {e}"),
@@ -67,7 +73,9 @@ pub(crate) fn check(file: &Path) -> ExitCode {
 }
 
 /// Starts an engine and its admin endpoint from a parsed config.
-pub(crate) fn start(config: &Config) -> Result<(Arc<Engine>, Option<meshgate_admin::AdminServer>), String> {
+pub(crate) fn start(
+    config: &Config,
+) -> Result<(Arc<Engine>, Option<meshgate_admin::AdminServer>), String> {
     let table = config.route_table().map_err(|e| e.to_string())?;
     let engine = Arc::new(Engine::start(config.gateway.clone(), table).map_err(|e| e.to_string())?);
     let admin = match config.gateway.admin {
@@ -111,7 +119,11 @@ pub(crate) fn run(path: &Path) -> ExitCode {
 
 /// Handles SIGHUP (reload `path`) until SIGTERM/SIGINT, then starts the drain. A second SIGTERM/SIGINT
 /// during the drain exits at once.
-pub(crate) fn serve_signals(engine: &Arc<Engine>, path: Option<PathBuf>, mut running: GatewaySettings) {
+pub(crate) fn serve_signals(
+    engine: &Arc<Engine>,
+    path: Option<PathBuf>,
+    mut running: GatewaySettings,
+) {
     let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {

@@ -16,12 +16,18 @@ fn table(n: usize) -> &'static RouteTable {
                 let ep = vec![SocketAddr::from(([127, 0, 0, 1], 9000))];
                 let mut b = RouteTableBuilder::new();
                 for i in 0..n {
-                    b.add(RouteSpec::new(format!("svc{i}.default.dc1.internal.td.consul"), ep.clone()))
-                        .expect("route");
+                    b.add(RouteSpec::new(
+                        format!("svc{i}.default.dc1.internal.td.consul"),
+                        ep.clone(),
+                    ))
+                    .expect("route");
                 }
                 for dc in 0..100 {
-                    b.add(RouteSpec::new(format!("*.dc{}.internal.td.consul", dc + 2), ep.clone()))
-                        .expect("route");
+                    b.add(RouteSpec::new(
+                        format!("*.dc{}.internal.td.consul", dc + 2),
+                        ep.clone(),
+                    ))
+                    .expect("route");
                 }
                 (n, b.build())
             })

@@ -317,8 +317,8 @@ fn parse_pattern(pattern: &str) -> Result<Pattern, BuildError> {
             "`*` is only allowed as the whole first label (`*.suffix`)".to_owned(),
         ));
     }
-    let name = meshgate_sni::normalize_host_name(name.as_bytes())
-        .map_err(|e| invalid(e.to_string()))?;
+    let name =
+        meshgate_sni::normalize_host_name(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
     Ok(if wild {
         Pattern::Wildcard(name)
     } else {
@@ -356,13 +356,28 @@ mod tests {
     #[test]
     fn exact_beats_wildcard_and_longest_suffix_wins() {
         let t = table();
-        assert_eq!(port(t.lookup("api.default.dc1.internal.td.consul")), Some(1));
+        assert_eq!(
+            port(t.lookup("api.default.dc1.internal.td.consul")),
+            Some(1)
+        );
         assert_eq!(port(t.lookup("exact.dc2.internal.td.consul")), Some(5));
-        assert_eq!(port(t.lookup("api.default.dc2.internal.td.consul")), Some(4));
-        assert_eq!(port(t.lookup("v1.api.default.dc2.internal.td.consul")), Some(4));
+        assert_eq!(
+            port(t.lookup("api.default.dc2.internal.td.consul")),
+            Some(4)
+        );
+        assert_eq!(
+            port(t.lookup("v1.api.default.dc2.internal.td.consul")),
+            Some(4)
+        );
         assert_eq!(port(t.lookup("api.other.dc2.internal.td.consul")), Some(2));
-        assert_eq!(port(t.lookup("web.default.dc3.internal.td.consul")), Some(3));
-        assert!(matches!(t.lookup("dc2.internal.td.consul"), Match::Wildcard(..)));
+        assert_eq!(
+            port(t.lookup("web.default.dc3.internal.td.consul")),
+            Some(3)
+        );
+        assert!(matches!(
+            t.lookup("dc2.internal.td.consul"),
+            Match::Wildcard(..)
+        ));
         assert_eq!(t.lookup("internal.td.consul"), Match::Reject);
         assert_eq!(t.lookup("unknown.example"), Match::Reject);
         assert_eq!(t.no_sni(), Match::Reject);
@@ -397,7 +412,15 @@ mod tests {
             b.add(RouteSpec::new("api.example", ep(2))),
             Err(BuildError::Duplicate("api.example".into()))
         );
-        for bad in ["a.*.example", "*", "*.", "10.0.0.1", "a..b", "**.example", ""] {
+        for bad in [
+            "a.*.example",
+            "*",
+            "*.",
+            "10.0.0.1",
+            "a..b",
+            "**.example",
+            "",
+        ] {
             assert!(
                 matches!(
                     b.add(RouteSpec::new(bad, ep(3))),
@@ -418,7 +441,10 @@ mod tests {
     fn serialises_for_the_admin_endpoint() {
         let json = serde_json::to_value(table()).expect("json");
         assert_eq!(json["routes"][1]["pattern"], "*.dc2.internal.td.consul");
-        assert_eq!(json["routes"][0]["groups"][0]["endpoints"][0], "127.0.0.1:1");
+        assert_eq!(
+            json["routes"][0]["groups"][0]["endpoints"][0],
+            "127.0.0.1:1"
+        );
         assert_eq!(json["routes"][0]["lb"], "round_robin");
     }
 }

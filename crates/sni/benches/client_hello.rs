@@ -7,8 +7,10 @@ fn main() {
 }
 
 fn hello(kb: &str) -> Vec<u8> {
-    let spec = HelloSpec::new(Some("api.default.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"))
-        .alpn(&["h2", "http/1.1"]);
+    let spec = HelloSpec::new(Some(
+        "api.default.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul",
+    ))
+    .alpn(&["h2", "http/1.1"]);
     let spec = match kb {
         "0.5" => spec.padding(260),
         "1.8" => spec.post_quantum().padding(300),

@@ -83,8 +83,14 @@ mod tests {
             normalize_host_name(b"_grpc.svc-1").as_deref(),
             Ok("_grpc.svc-1")
         );
-        assert_eq!(normalize_host_name(b"localhost").as_deref(), Ok("localhost"));
-        assert_eq!(normalize_host_name(b"1a.example").as_deref(), Ok("1a.example"));
+        assert_eq!(
+            normalize_host_name(b"localhost").as_deref(),
+            Ok("localhost")
+        );
+        assert_eq!(
+            normalize_host_name(b"1a.example").as_deref(),
+            Ok("1a.example")
+        );
     }
 
     #[test]

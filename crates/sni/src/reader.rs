@@ -2,7 +2,9 @@
 //! the fields a gateway routes on.
 
 use crate::host::{normalize_host_name, HostNameError};
-use crate::{DEFAULT_MAX_HELLO_BYTES, MAX_HELLO_BYTES_LIMIT, MAX_HELLO_RECORDS, MAX_RECORD_PAYLOAD};
+use crate::{
+    DEFAULT_MAX_HELLO_BYTES, MAX_HELLO_BYTES_LIMIT, MAX_HELLO_RECORDS, MAX_RECORD_PAYLOAD,
+};
 use thiserror::Error;
 use tls_parser::{TlsExtension, TlsMessageHandshake};
 
@@ -239,7 +241,9 @@ impl HelloReader {
             if let Some(total) = self.handshake_size()? {
                 if self.handshake.len() > total {
                     // RFC 8446 §5.1: nothing may follow the ClientHello in its last record.
-                    return Err(Reject::Malformed("data after the ClientHello in its record"));
+                    return Err(Reject::Malformed(
+                        "data after the ClientHello in its record",
+                    ));
                 }
                 if self.handshake.len() == total {
                     let mut hello = parse_client_hello(&self.handshake[HANDSHAKE_HEADER..])?;
@@ -280,7 +284,8 @@ impl HelloReader {
         if header[0] != HANDSHAKE_CLIENT_HELLO {
             return Err(Reject::NotClientHello);
         }
-        let body = usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
+        let body =
+            usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
         let size = HANDSHAKE_HEADER + body;
         if size > self.limits.max_hello_bytes {
             return Err(Reject::TooLarge {
@@ -485,7 +490,10 @@ mod tests {
 
     #[test]
     fn rejects_sslv2() {
-        assert_eq!(read_all(&[0x80, 0x2e, 0x01, 0x00, 0x02]), Err(Reject::Sslv2));
+        assert_eq!(
+            read_all(&[0x80, 0x2e, 0x01, 0x00, 0x02]),
+            Err(Reject::Sslv2)
+        );
         assert_eq!(read_all(&[0x80, 0x2e]), Ok(Progress::NeedMore));
     }
 
@@ -509,7 +517,10 @@ mod tests {
         let split = refragment(&bytes, &[16_000]).expect("refragment");
         // The header alone is enough to refuse it.
         let mut reader = HelloReader::new(Limits::default());
-        assert!(matches!(reader.feed(&split[..12]), Err(Reject::TooLarge { .. })));
+        assert!(matches!(
+            reader.feed(&split[..12]),
+            Err(Reject::TooLarge { .. })
+        ));
         // A raised limit accepts it.
         let mut big = HelloReader::new(Limits::with_max_hello_bytes(64 * 1024));
         assert!(matches!(big.feed(&split), Ok(Progress::Done(_))));
@@ -543,7 +554,10 @@ mod tests {
             .raw_extension(EXT_ALPN, &[0, 3, 2, b'h', b'2'])
             .raw_extension(EXT_ALPN, &[0, 3, 2, b'h', b'2'])
             .build();
-        assert_eq!(read_all(&bytes), Err(Reject::Malformed("duplicate extension")));
+        assert_eq!(
+            read_all(&bytes),
+            Err(Reject::Malformed("duplicate extension"))
+        );
     }
 
     #[test]
@@ -560,7 +574,10 @@ mod tests {
             read_all(&[22, 3, 1, 0, 0]),
             Err(Reject::Malformed("empty handshake record"))
         ));
-        assert!(matches!(read_all(&[22, 3, 1, 0x40, 1]), Err(Reject::Malformed(_))));
+        assert!(matches!(
+            read_all(&[22, 3, 1, 0x40, 1]),
+            Err(Reject::Malformed(_))
+        ));
     }
 
     #[test]

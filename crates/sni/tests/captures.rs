@@ -72,8 +72,16 @@ fn captured_hellos_every_prefix() {
         ("openssl_sni.bin", Some("web.example"), &[]),
         ("openssl_no_sni.bin", None, &[]),
         ("openssl_tls12.bin", Some("legacy.example"), &[]),
-        ("curl_h2.bin", Some("mixed.case.example"), &["h2", "http/1.1"]),
-        ("curl_http11.bin", Some("db.default.dc1.internal.td.consul"), &["http/1.1"]),
+        (
+            "curl_h2.bin",
+            Some("mixed.case.example"),
+            &["h2", "http/1.1"],
+        ),
+        (
+            "curl_http11.bin",
+            Some("db.default.dc1.internal.td.consul"),
+            &["http/1.1"],
+        ),
     ];
     for (file, sni, alpn) in cases {
         let bytes = capture(file);
@@ -97,7 +105,10 @@ fn rustls_hellos_every_prefix() {
 
 #[test]
 fn post_quantum_sized_hello_in_two_records() {
-    let bytes = HelloSpec::new(Some("pq.example")).post_quantum().padding(400).build();
+    let bytes = HelloSpec::new(Some("pq.example"))
+        .post_quantum()
+        .padding(400)
+        .build();
     assert!(bytes.len() > 1700, "{}", bytes.len());
     let split = refragment(&bytes, &[1000]).expect("refragment");
     let Ok(Progress::Done(h)) = read_all(&split) else {
@@ -119,8 +130,17 @@ fn corpus() -> Vec<Vec<u8>> {
     .map(|f| capture(f))
     .collect();
     v.push(rustls_hello("a.example", &[b"h2"]));
-    v.push(HelloSpec::new(Some("pq.example")).post_quantum().padding(3000).build());
-    v.push(HelloSpec::new(Some("b.example")).extra_host_name("c.example").build());
+    v.push(
+        HelloSpec::new(Some("pq.example"))
+            .post_quantum()
+            .padding(3000)
+            .build(),
+    );
+    v.push(
+        HelloSpec::new(Some("b.example"))
+            .extra_host_name("c.example")
+            .build(),
+    );
     v
 }
 

@@ -11,7 +11,9 @@
 //! - `ECHO\n` → echoes every byte until EOF (request/response benchmarks).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
+};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -68,9 +70,10 @@ impl Pki {
         let key = rcgen::KeyPair::generate()?;
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("backend"));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("backend"),
+        );
         let cert = params.signed_by(&key, &self.ca, &self.ca_key)?;
         Ok(Identity {
             chain: vec![cert.der().clone(), self.ca.der().clone()],
@@ -187,7 +190,7 @@ fn serve_one(stream: TcpStream, config: Arc<ServerConfig>, name: &str) -> Result
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default();
-            write!(inner, "backend={name} sni={sni} alpn={alpn}\n")?;
+            writeln!(inner, "backend={name} sni={sni} alpn={alpn}")?;
             inner.flush()?;
             echo(&mut tls)?;
         }
@@ -239,7 +242,11 @@ fn echo<S: Read + Write>(tls: &mut BufReader<S>) -> io::Result<()> {
 pub type ClientStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects to `addr` (the gateway, or a backend directly) and completes a handshake for `sni`.
-pub fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> Result<ClientStream, Error> {
+pub fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<ClientConfig>,
+) -> Result<ClientStream, Error> {
     let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     sock.set_nodelay(true)?;
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -287,7 +294,7 @@ pub fn bulk(
     down: u64,
 ) -> Result<BulkResult, Error> {
     let mut tls = connect(addr, sni, config)?;
-    write!(tls, "BULK {down}\n")?;
+    writeln!(tls, "BULK {down}")?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;

@@ -1,0 +1,209 @@
+//! Helpers for end-to-end tests: run the real `meshgate` binary on a config file, talk to its admin
+//! endpoint, wait for conditions with a bound instead of sleeping.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Trust domain used in test names.
+pub const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An address on which nothing listens (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `meshgate gateway` child process.
+pub struct Gateway {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "meshgate-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Gateway {
+    /// Writes `[gateway]` (listen, admin, workers = 2, plus `extra_gateway` lines) and `rest` to a file
+    /// and starts the binary; returns once `/ready` answers 200.
+    pub fn start(extra_gateway: &str, rest: &str) -> Gateway {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = TempDir::new("gw");
+        let config = dir.0.join("gateway.toml");
+        let text = format!(
+            "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = 2\n{extra_gateway}\n{rest}"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["gateway", "--config"])
+            .arg(&config)
+            .env("MESHGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn meshgate");
+        let mut gw = Gateway {
+            child,
+            listen,
+            admin,
+            config,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(20), "gateway /ready", || {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("gateway exited early: {status}");
+            }
+            gw.get("/ready")
+                .ok()
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        });
+        gw
+    }
+
+    /// Rewrites the config file (same listen/admin) with new routes.
+    pub fn rewrite(&self, extra_gateway: &str, rest: &str) {
+        let text = format!(
+            "[gateway]\nlisten = [\"{}\"]\nadmin = \"{}\"\nworkers = 2\n{extra_gateway}\n{rest}",
+            self.listen, self.admin
+        );
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    /// GET `path` on the admin endpoint; the whole response.
+    pub fn get(&self, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// The value of the first metric line starting with `series` (name and labels), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").expect("metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` reaches at least `want`.
+    pub fn wait_metric(&self, series: &str, want: f64) {
+        wait_for(Duration::from_secs(10), series, || {
+            (self.metric(series) >= want).then_some(())
+        });
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, for at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for(limit, "gateway exit", || {
+            self.child.try_wait().expect("try_wait")
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain TCP server that records the first `n` bytes of each connection and sends them back on a
+/// channel (for checking what the gateway forwards verbatim).
+pub fn capture_server(n: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = vec![0u8; n];
+                if s.read_exact(&mut buf).is_ok() {
+                    let _ = tx.send(buf);
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Connects to `addr`, writes `bytes`, and reports whether the peer closed the connection (EOF or reset)
+/// within 10 s without sending anything.
+pub fn closed_after_sending(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}

@@ -1,0 +1,470 @@
+//! End-to-end tests of `meshgate gateway`: the real binary, real TLS backends with distinct certificates
+//! (rustls), real clients that verify them, all on loopback.
+
+mod common;
+
+use common::*;
+use meshgate_sni::synth::{refragment, HelloSpec};
+use meshgate_tlskit::{Backend, Pki};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn sni(svc: &str, dc: &str) -> String {
+    format!("{svc}.default.{dc}.internal.{TD}")
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+/// A backend named `name` whose certificate covers `names`.
+fn backend(pki: &Pki, name: &str, names: &[&str]) -> Backend {
+    Backend::start(name, any_port(), pki.issue(names).expect("issue")).expect("backend")
+}
+
+fn route(pattern: &str, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[routes]]\nsni = \"{pattern}\"\nendpoints = [{}]\n",
+        eps.join(", ")
+    )
+}
+
+#[test]
+fn routes_by_sni_to_servers_with_distinct_certificates() {
+    let pki = Pki::new("test CA").expect("ca");
+    let api_name = sni("api", "dc1");
+    let api = backend(&pki, "api", &[&api_name]);
+    let dc2 = backend(
+        &pki,
+        "dc2-gateway",
+        &[&format!("*.default.dc2.internal.{TD}")],
+    );
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            route(&api_name, &[api.addr()]),
+            route(&format!("*.dc2.internal.{TD}"), &[dc2.addr()])
+        ),
+    );
+    let client = pki.client_config(&["h2", "http/1.1"]).expect("client");
+
+    // Exact route; the client verified api's certificate for this name.
+    let answer = meshgate_tlskit::hello(gw.listen, &api_name, client.clone()).expect("api");
+    assert_eq!(answer, format!("backend=api sni={api_name} alpn=h2"));
+
+    // Wildcard route, any number of labels before the suffix.
+    let web2 = sni("web", "dc2");
+    let answer = meshgate_tlskit::hello(gw.listen, &web2, client.clone()).expect("dc2");
+    assert_eq!(answer, format!("backend=dc2-gateway sni={web2} alpn=h2"));
+
+    // Mixed-case SNI is normalised by the gateway (the backend sees what the client sent).
+    let upper = api_name.to_uppercase();
+    let answer = meshgate_tlskit::hello(gw.listen, &upper, client.clone()).expect("upper");
+    assert!(answer.starts_with("backend=api "), "{answer}");
+
+    // Sending api's name to the dc2 backend would fail verification: the gateway is what picked api.
+    assert!(meshgate_tlskit::hello(dc2.addr(), &api_name, client).is_err());
+
+    gw.wait_metric("meshgate_client_hello_total{outcome=\"ok\"}", 3.0);
+    gw.wait_metric(
+        &format!("meshgate_routed_connections_total{{route=\"*.dc2.internal.{TD}\"}}"),
+        1.0,
+    );
+    gw.wait_metric(
+        "meshgate_destination_connections_total{datacenter=\"dc1\",namespace=\"default\",service=\"api\"}",
+        2.0,
+    );
+    let routes = gw.get("/routes").expect("routes");
+    assert!(routes.contains(&api_name), "{routes}");
+}
+
+#[test]
+fn bad_hellos_are_closed_and_counted() {
+    let pki = Pki::new("test CA").expect("ca");
+    let api_name = sni("api", "dc1");
+    let api = backend(&pki, "api", &[&api_name]);
+    let gw = Gateway::start("", &route(&api_name, &[api.addr()]));
+
+    // Unknown SNI: a real TLS client is cut off.
+    let client = pki.client_config(&[]).expect("client");
+    assert!(meshgate_tlskit::hello(gw.listen, &sni("nope", "dc1"), client).is_err());
+    // No SNI, not TLS, SSLv2, oversized, two host names.
+    assert!(closed_after_sending(
+        gw.listen,
+        &HelloSpec::new(None).build()
+    ));
+    assert!(closed_after_sending(
+        gw.listen,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    ));
+    assert!(closed_after_sending(
+        gw.listen,
+        &[0x80, 0x2e, 0x01, 0x03, 0x01]
+    ));
+    let big = HelloSpec::new(Some(&api_name)).padding(20_000).build();
+    assert!(closed_after_sending(gw.listen, &big));
+    let two = HelloSpec::new(Some(&api_name))
+        .extra_host_name("b.example")
+        .build();
+    assert!(closed_after_sending(gw.listen, &two));
+
+    for (outcome, n) in [
+        ("no_sni", 1.0),
+        ("not_tls", 1.0),
+        ("sslv2", 1.0),
+        ("too_large", 1.0),
+        ("multiple_host_names", 1.0),
+    ] {
+        gw.wait_metric(
+            &format!("meshgate_client_hello_total{{outcome=\"{outcome}\"}}"),
+            n,
+        );
+    }
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"no_route\"}",
+        2.0,
+    );
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"hello_failed\"}",
+        4.0,
+    );
+    // The gateway still serves.
+    let client = pki.client_config(&[]).expect("client");
+    assert!(meshgate_tlskit::hello(gw.listen, &api_name, client).is_ok());
+}
+
+#[test]
+fn slow_hello_hits_the_total_deadline() {
+    let (capture, _rx) = capture_server(1);
+    let gw = Gateway::start("hello_timeout_ms = 300", &route("a.example", &[capture]));
+    let hello = HelloSpec::new(Some("a.example")).build();
+    let mut s = TcpStream::connect(gw.listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Half a hello, then nothing: the deadline covers the whole hello, not each read.
+    s.write_all(&hello[..hello.len() / 2]).expect("write");
+    let mut buf = [0u8; 8];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    gw.wait_metric("meshgate_client_hello_total{outcome=\"timeout\"}", 1.0);
+}
+
+#[test]
+fn multi_record_hello_is_forwarded_verbatim() {
+    let hello = HelloSpec::new(Some("pq.example"))
+        .post_quantum()
+        .padding(400)
+        .build();
+    let split = refragment(&hello, &[100, 700]).expect("refragment");
+    let (capture, rx) = capture_server(split.len() + 5);
+    let gw = Gateway::start("", &route("pq.example", &[capture]));
+    let mut s = TcpStream::connect(gw.listen).expect("connect");
+    // In three writes, with bytes after the hello that must follow it unchanged.
+    let mut stream = split.clone();
+    stream.extend_from_slice(b"after");
+    s.write_all(&stream[..50]).expect("write");
+    s.flush().expect("flush");
+    s.write_all(&stream[50..900]).expect("write");
+    s.write_all(&stream[900..]).expect("write");
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("captured");
+    assert_eq!(got, stream);
+}
+
+#[test]
+fn hundred_concurrent_clients() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let a = backend(&pki, "a", &[&name]);
+    let b = backend(&pki, "b", &[&name]);
+    let gw = Gateway::start("", &route(&name, &[a.addr(), b.addr()]));
+    let client = pki.client_config(&[]).expect("client");
+    let listen = gw.listen;
+    let barrier = Arc::new(std::sync::Barrier::new(100));
+    let threads: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            let name = name.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut tls = meshgate_tlskit::connect(listen, &name, client).expect("connect");
+                tls.write_all(b"HELLO\n").expect("hello");
+                let mut reader = BufReader::new(tls);
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("answer");
+                // All 100 are open at once here.
+                barrier.wait();
+                let msg = format!("client {i}\n");
+                reader.get_mut().write_all(msg.as_bytes()).expect("write");
+                let mut echo = String::new();
+                reader.read_line(&mut echo).expect("echo");
+                assert_eq!(echo, msg);
+                line
+            })
+        })
+        .collect();
+    let mut per_backend = [0; 2];
+    for t in threads {
+        let line = t.join().expect("client thread");
+        per_backend[usize::from(line.starts_with("backend=b "))] += 1;
+    }
+    assert_eq!(per_backend[0] + per_backend[1], 100);
+    assert!(
+        per_backend[0] > 10 && per_backend[1] > 10,
+        "{per_backend:?}"
+    );
+    let accepted = gw.metric(
+        "meshgate_downstream_connections_total{listener=\""
+            .to_owned()
+            .as_str(),
+    );
+    let _ = accepted;
+    gw.wait_metric(
+        &format!(
+            "meshgate_downstream_connections_total{{listener=\"{}\"}}",
+            gw.listen
+        ),
+        100.0,
+    );
+}
+
+fn bulk_through(relay: &str, bytes: u64) {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("bulk", "dc1");
+    let b = backend(&pki, "bulk", &[&name]);
+    let gw = Gateway::start(&format!("relay = \"{relay}\""), &route(&name, &[b.addr()]));
+    let client = pki.client_config(&[]).expect("client");
+    let r = meshgate_tlskit::bulk(gw.listen, &name, client, bytes, bytes).expect("bulk");
+    assert_eq!(r.sent, r.backend_received, "upstream direction corrupted");
+    assert_eq!(r.received_len, bytes);
+    assert!(r.received_intact, "downstream direction corrupted");
+    gw.wait_metric(
+        "meshgate_bytes_total{direction=\"to_upstream\"}",
+        bytes as f64,
+    );
+    gw.wait_metric(
+        "meshgate_bytes_total{direction=\"to_downstream\"}",
+        bytes as f64,
+    );
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"completed\"}",
+        1.0,
+    );
+}
+
+/// 100 MiB each way through splice, with the client half-closing before the backend answers.
+#[test]
+fn bulk_100_mib_each_way_with_half_close_splice() {
+    bulk_through("splice", 100 << 20);
+}
+
+#[test]
+fn bulk_with_half_close_buffered() {
+    bulk_through("buffered", 16 << 20);
+}
+
+#[test]
+fn failover_to_next_endpoint_and_group() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let live = backend(&pki, "live", &[&name]);
+    let other = sni("db", "dc1");
+    let spare = backend(&pki, "spare", &[&other]);
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}[[routes]]\nsni = \"{other}\"\nendpoints = [\"{}\"]\nfailover = [[\"{}\"]]\n",
+            route(&name, &[dead_addr(), live.addr()]),
+            dead_addr(),
+            spare.addr()
+        ),
+    );
+    let client = pki.client_config(&[]).expect("client");
+    for _ in 0..4 {
+        let a =
+            meshgate_tlskit::hello(gw.listen, &name, client.clone()).expect("failover in group");
+        assert!(a.starts_with("backend=live "), "{a}");
+    }
+    let a = meshgate_tlskit::hello(gw.listen, &other, client).expect("failover to group 2");
+    assert!(a.starts_with("backend=spare "), "{a}");
+    gw.wait_metric("meshgate_upstream_connect_failures_total", 3.0);
+}
+
+#[test]
+fn all_endpoints_down_closes_and_counts() {
+    let gw = Gateway::start("", &route("down.example", &[dead_addr(), dead_addr()]));
+    assert!(closed_after_sending(
+        gw.listen,
+        &HelloSpec::new(Some("down.example")).build()
+    ));
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"upstream_unavailable\"}",
+        1.0,
+    );
+    gw.wait_metric("meshgate_upstream_connect_failures_total", 2.0);
+}
+
+#[test]
+fn idle_connections_time_out() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let b = backend(&pki, "api", &[&name]);
+    let gw = Gateway::start("idle_timeout_secs = 1", &route(&name, &[b.addr()]));
+    let client = pki.client_config(&[]).expect("client");
+    let mut tls = meshgate_tlskit::connect(gw.listen, &name, client).expect("connect");
+    tls.write_all(b"HELLO\n").expect("write");
+    let mut reader = BufReader::new(tls);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("answer");
+    // Now silent: the gateway closes after one idle second.
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"idle_timeout\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn sighup_reload_swaps_routes_and_keeps_live_connections() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let old = backend(&pki, "old", &[&name]);
+    let new = backend(&pki, "new", &[&name]);
+    let gw = Gateway::start("", &route(&name, &[old.addr()]));
+    let client = pki.client_config(&[]).expect("client");
+
+    let mut live = meshgate_tlskit::connect(gw.listen, &name, client.clone()).expect("connect");
+    live.write_all(b"HELLO\n").expect("hello");
+    let mut live = BufReader::new(live);
+    let mut line = String::new();
+    live.read_line(&mut line).expect("answer");
+    assert!(line.starts_with("backend=old "));
+
+    // A broken file is refused; the old table keeps serving.
+    std::fs::write(
+        &gw.config,
+        "[gateway]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n",
+    )
+    .expect("write");
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"failed\"}", 1.0);
+    let a = meshgate_tlskit::hello(gw.listen, &name, client.clone()).expect("still routed");
+    assert!(a.starts_with("backend=old "), "{a}");
+
+    gw.rewrite("", &route(&name, &[new.addr()]));
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"ok\"}", 1.0);
+    let a = meshgate_tlskit::hello(gw.listen, &name, client).expect("new route");
+    assert!(a.starts_with("backend=new "), "{a}");
+
+    // The connection opened before both reloads still talks to the old backend.
+    live.get_mut().write_all(b"still here\n").expect("write");
+    let mut echo = String::new();
+    live.read_line(&mut echo).expect("echo");
+    assert_eq!(echo, "still here\n");
+}
+
+#[test]
+fn sigterm_drains_live_connections_then_exits_zero() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let b = backend(&pki, "api", &[&name]);
+    let mut gw = Gateway::start("drain_timeout_secs = 20", &route(&name, &[b.addr()]));
+    let client = pki.client_config(&[]).expect("client");
+    let mut live = meshgate_tlskit::connect(gw.listen, &name, client).expect("connect");
+    live.write_all(b"HELLO\n").expect("hello");
+    let mut live = BufReader::new(live);
+    let mut line = String::new();
+    live.read_line(&mut line).expect("answer");
+
+    gw.signal("TERM");
+    // Not ready any more, and the listener closes; the live connection keeps working.
+    wait_for(Duration::from_secs(10), "listener closed", || {
+        TcpStream::connect(gw.listen).is_err().then_some(())
+    });
+    let payload = vec![b'x'; 1 << 20];
+    let tls = live.get_mut();
+    tls.write_all(&payload).expect("write during drain");
+    tls.write_all(b"\n").expect("newline");
+    let mut echo = Vec::new();
+    live.read_until(b'\n', &mut echo)
+        .expect("echo during drain");
+    assert_eq!(echo.len(), payload.len() + 1);
+    // Closing the last connection lets the process finish well before the drain timeout.
+    drop(live);
+    let status = gw.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn check_command_reports_file_line_and_field() {
+    let dir = TempDir::new("check");
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, "[gateway]\nlisten = [\"127.0.0.1:8443\"]\n\n[[routes]]\nsni = \"a.example\"\nendpoints = [\"127.0.0.1:1\"]\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("check")
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("route a.example"));
+
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "[gateway]\nlisten = [\"127.0.0.1:8443\"]\n\n[[routes]]\nsni = \"a.*.example\"\nendpoints = [\"127.0.0.1:1\"]\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:5:7: routes[0].sni:"), "{err}");
+
+    // The shipped configs are valid.
+    for f in [
+        "configs/demo/dc1-gateway.toml",
+        "configs/demo/dc2-gateway.toml",
+        "configs/gateway.example.toml",
+    ] {
+        let path = format!("{}/../../{f}", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["check", &path])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn demo_runs_once() {
+    // The README's run command, in its one-shot form. Uses fixed demo ports, so it runs alone here.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["demo", "--once"])
+        .output()
+        .expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("-> backend=api-dc2-1 sni=api.default.dc2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> backend=api-dc1-1") && text.contains("-> backend=api-dc1-2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshgate_connections_closed_total{reason=\"no_route\"} 1"),
+        "{text}"
+    );
+}
