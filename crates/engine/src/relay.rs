@@ -51,18 +51,16 @@ enum PumpError {
     Destination(io::Error),
 }
 
-/// One direction's shared bookkeeping.
+/// One direction's bookkeeping. No clock is read per move: the idle watchdog compares byte counts.
 struct Flow<'a> {
     counter: &'a Counter,
     moved: Cell<u64>,
-    activity: &'a Cell<Instant>,
 }
 
 impl Flow<'_> {
     fn moved(&self, n: usize) {
         self.counter.add(n as u64);
         self.moved.set(self.moved.get() + n as u64);
-        self.activity.set(Instant::now());
     }
 }
 
@@ -75,16 +73,13 @@ pub(crate) async fn relay(
     deadline: Option<Instant>,
 ) -> Outcome {
     let stats = core.stats();
-    let activity = Cell::new(Instant::now());
     let to_up = Flow {
         counter: &stats.bytes_to_upstream,
         moved: Cell::new(0),
-        activity: &activity,
     };
     let to_down = Flow {
         counter: &stats.bytes_to_downstream,
         moved: Cell::new(0),
-        activity: &activity,
     };
     let pipes = match settings.relay {
         RelayMode::Splice => match (core.take_pipe(), core.take_pipe()) {
@@ -152,7 +147,11 @@ pub(crate) async fn relay(
                 }
             }
         },
-        watchdog(&activity, settings.idle_timeout(), deadline),
+        watchdog(
+            || to_up.moved.get() + to_down.moved.get(),
+            settings.idle_timeout(),
+            deadline,
+        ),
     )
     .await;
     if let Some((a, b)) = pipes {
@@ -167,18 +166,27 @@ pub(crate) async fn relay(
 }
 
 /// Fires on idle timeout or at the deadline; never returns otherwise.
-async fn watchdog(activity: &Cell<Instant>, idle: Duration, deadline: Option<Instant>) -> End {
+///
+/// Idleness is judged by byte counts at timer expiry rather than by a clock read per move: a connection is
+/// closed once a whole idle period passed without a byte, which is between one and two idle periods after
+/// its last byte.
+async fn watchdog(moved: impl Fn() -> u64, idle: Duration, deadline: Option<Instant>) -> End {
+    let mut last = moved();
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             return End::MaxDuration;
         }
-        let idle_at = activity.get() + idle;
-        if now >= idle_at {
+        let wake = deadline.map_or(idle, |d| idle.min(d - now));
+        Timer::new(wake).await;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return End::MaxDuration;
+        }
+        let current = moved();
+        if current == last && wake == idle {
             return End::IdleTimeout;
         }
-        let wake = deadline.map_or(idle_at, |d| d.min(idle_at));
-        Timer::new(wake - now).await;
+        last = current;
     }
 }
 

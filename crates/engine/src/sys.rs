@@ -157,6 +157,20 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net::TcpLis
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
+    // TLS clients speak first: have accept complete only once the ClientHello's first bytes are in, which
+    // saves a readiness round trip per connection. A silent client is still accepted after the timeout
+    // (and then meets the hello deadline).
+    let defer_secs: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from the pointer we pass.
+    unsafe {
+        check(libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&defer_secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?
+    };
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })

@@ -7,13 +7,12 @@
 //! Backend protocol, after the handshake (one command per connection):
 //! - `HELLO\n` → `backend=<name> sni=<sni> alpn=<alpn>\n`, then an echo of anything else until EOF;
 //! - `BULK <n>\n` → the backend reads the client's bytes to EOF (the client half-closes), hashing them, then
-//!   sends the 32-byte SHA-256 of what it read followed by `n` bytes of [`pattern`], and closes;
+//!   sends the 32-byte SHA-256 of what it read followed by `n` bytes of [`pattern_slice`], and closes;
 //! - `ECHO\n` → echoes every byte until EOF (request/response benchmarks).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{
-    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
-};
+pub use rustls::ClientConfig;
+use rustls::{ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -99,16 +98,35 @@ impl Pki {
     }
 }
 
-/// The deterministic byte at offset `i` of a bulk transfer: both ends can check a stream without storing it.
-pub fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+/// Period of the bulk pattern: a prime, so it never lines up with TLS records, pipe pages or read sizes.
+const PATTERN_PERIOD: usize = 65_521;
+/// Longest slice [`pattern_slice`] hands out.
+pub const PATTERN_MAX_SLICE: usize = 64 * 1024;
+
+fn pattern_table() -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = Vec::with_capacity(PATTERN_PERIOD + PATTERN_MAX_SLICE);
+        let mut x: u64 = 0x243f_6a88_85a3_08d3;
+        for _ in 0..PATTERN_PERIOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            table.push((x >> 24) as u8);
+        }
+        // Repeat the start so any slice up to the maximum is contiguous.
+        for i in 0..PATTERN_MAX_SLICE {
+            table.push(table[i]);
+        }
+        table
+    })
 }
 
-/// Fills `buf` with [`pattern`] starting at offset `start`.
-pub fn fill_pattern(buf: &mut [u8], start: u64) {
-    for (k, b) in buf.iter_mut().enumerate() {
-        *b = pattern(start + k as u64);
-    }
+/// The bytes of a bulk stream from offset `start`, `len` bytes (at most [`PATTERN_MAX_SLICE`]): both ends
+/// can produce and check a stream of any length without storing it.
+pub fn pattern_slice(start: u64, len: usize) -> &'static [u8] {
+    let at = (start % PATTERN_PERIOD as u64) as usize;
+    &pattern_table()[at..at + len.min(PATTERN_MAX_SLICE)]
 }
 
 /// A TLS backend serving the protocol above on its own thread.
@@ -210,9 +228,8 @@ fn serve_one(stream: TcpStream, config: Arc<ServerConfig>, name: &str) -> Result
             inner.write_all(&hasher.finalize())?;
             let mut sent = 0u64;
             while sent < n {
-                let k = (n - sent).min(buf.len() as u64) as usize;
-                fill_pattern(&mut buf[..k], sent);
-                inner.write_all(&buf[..k])?;
+                let k = (n - sent).min(PATTERN_MAX_SLICE as u64) as usize;
+                inner.write_all(pattern_slice(sent, k))?;
                 sent += k as u64;
             }
             inner.conn.send_close_notify();
@@ -281,7 +298,7 @@ pub struct BulkResult {
     pub backend_received: [u8; 32],
     /// Bytes the client received after the hash.
     pub received_len: u64,
-    /// Whether every received byte matched [`pattern`].
+    /// Whether every received byte matched [`pattern_slice`].
     pub received_intact: bool,
 }
 
@@ -299,11 +316,11 @@ pub fn bulk(
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
     while sent < up {
-        let k = (up - sent).min(buf.len() as u64) as usize;
-        // A different stream than the backend's, so a mix-up of directions cannot pass.
-        fill_pattern(&mut buf[..k], sent.wrapping_add(7));
-        hasher.update(&buf[..k]);
-        tls.write_all(&buf[..k])?;
+        let k = (up - sent).min(PATTERN_MAX_SLICE as u64) as usize;
+        // A different offset than the backend's stream, so a mix-up of directions cannot pass.
+        let chunk = pattern_slice(sent + 7, k);
+        hasher.update(chunk);
+        tls.write_all(chunk)?;
         sent += k as u64;
     }
     tls.conn.send_close_notify();
@@ -321,8 +338,11 @@ pub fn bulk(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e.into()),
         };
-        for (j, b) in buf[..k].iter().enumerate() {
-            intact &= *b == pattern(received_len + j as u64);
+        let mut off = 0;
+        while off < k {
+            let n = (k - off).min(PATTERN_MAX_SLICE);
+            intact &= buf[off..off + n] == *pattern_slice(received_len + off as u64, n);
+            off += n;
         }
         received_len += k as u64;
     }

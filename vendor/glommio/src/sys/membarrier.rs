@@ -26,14 +26,14 @@ enum Strategy {
 
 lazy_static! {
     /// The right strategy to use on the current machine.
+    // meshgate patch (see vendor/README.md): the executor issues `heavy()` every time it is about to
+    // sleep, and a process-wide barrier (membarrier/mprotect) interrupts every CPU the process runs on
+    // -- costly per idle cycle, and very costly in VMs. The barrier only orders the sleeping flag against
+    // *other executors'* wake-ups through glommio's shared channels and foreign wakers, which meshgate
+    // does not use (its cores share only atomics, read on their own timers), so plain SeqCst fences do.
     static ref STRATEGY: Strategy = {
-        if syscall::is_supported() {
-            Strategy::Membarrier
-        } else if mprotect::is_supported() {
-            Strategy::Mprotect
-        } else {
-            Strategy::Fallback
-        }
+        let _ = (syscall::is_supported as fn() -> bool, mprotect::is_supported as fn() -> bool);
+        Strategy::Fallback
     };
 }
 
