@@ -264,7 +264,7 @@ fn main() {
     )
     .expect("backend");
     let client = pki.client_config(&[]).expect("client config");
-    let targets = vec![
+    let targets = [
         Target {
             name: "direct".into(),
             addr: backend.addr(),

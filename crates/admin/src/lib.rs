@@ -49,18 +49,28 @@ pub fn serve(addr: SocketAddr, source: Arc<dyn AdminSource>) -> io::Result<Admin
     let thread = std::thread::Builder::new()
         .name("meshgate-admin".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
+            // A descriptor held in reserve: when the process runs out (the moment an operator most wants
+            // metrics), it is released to accept one admin connection, then taken back.
+            let mut reserve = std::fs::File::open("/dev/null").ok();
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => {
                         if let Err(e) = handle(s, source.as_ref()) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
+                    Err(e) if is_out_of_descriptors(&e) && reserve.is_some() => {
+                        reserve = None;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "admin accept failed");
-                        // Out of descriptors: don't spin.
+                        // Don't spin on a persistent error.
                         std::thread::sleep(Duration::from_millis(50));
                     }
+                }
+                if reserve.is_none() {
+                    reserve = std::fs::File::open("/dev/null").ok();
                 }
             }
         })?;
@@ -70,10 +80,16 @@ pub fn serve(addr: SocketAddr, source: Arc<dyn AdminSource>) -> io::Result<Admin
     })
 }
 
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23) on Linux.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 fn handle(stream: TcpStream, source: &dyn AdminSource) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?).take(MAX_REQUEST_HEAD as u64);
+    // Read through a shared reference: no duplicated descriptor, so this works when descriptors are short.
+    let mut reader = BufReader::new(&stream).take(MAX_REQUEST_HEAD as u64);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Read (and ignore) the headers, so the client sees its request consumed.
@@ -110,7 +126,7 @@ fn handle(stream: TcpStream, source: &dyn AdminSource) -> io::Result<()> {
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET and HEAD\n".to_owned()),
     };
-    let mut out = stream;
+    let mut out = &stream;
     write!(
         out,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

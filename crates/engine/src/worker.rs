@@ -29,7 +29,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const PIPE_POOL_MAX: usize = 1024;
 /// Capacity asked for each pipe, in bytes (the kernel default is 64 KiB; 256 KiB moves bulk data in
 /// fewer splice calls).
-pub(crate) const PIPE_SIZE: usize = 256 * 1024;
+pub(crate) const PIPE_SIZE: usize = 64 * 1024;
 /// Scratch buffer for reading ClientHello bytes, per core.
 const SCRATCH: usize = 16 * 1024;
 

@@ -468,3 +468,165 @@ fn demo_runs_once() {
         "{text}"
     );
 }
+
+/// A plain TCP backend that reads the first bytes of each connection, then resets it (SO_LINGER 0).
+fn resetting_backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            let _ = socket_linger_zero(&s);
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// Makes the next close send RST (std has no stable SO_LINGER setter).
+fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(s).set_linger(Some(Duration::ZERO))
+}
+
+#[test]
+fn upstream_reset_reaches_the_client_promptly() {
+    let gw = Gateway::start("", &route("reset.example", &[resetting_backend()]));
+    let mut s = TcpStream::connect(gw.listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&HelloSpec::new(Some("reset.example")).build())
+        .expect("hello");
+    let mut buf = [0u8; 16];
+    let got = s.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {got:?}"
+    );
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"upstream_error\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn connection_limit_queues_excess_in_the_backlog() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let b = backend(&pki, "api", &[&name]);
+    // One core, one connection at a time.
+    let gw = Gateway::start(
+        "max_connections = 1\nworkers = 1",
+        &route(&name, &[b.addr()]),
+    );
+    let client = pki.client_config(&[]).expect("client");
+    let first = meshgate_tlskit::connect(gw.listen, &name, client.clone()).expect("first");
+
+    // The second connection is accepted by the kernel but not served while the first is open.
+    let listen = gw.listen;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c2 = client.clone();
+    let n2 = name.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(meshgate_tlskit::hello(listen, &n2, c2).map_err(|e| e.to_string()));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "served beyond the limit"
+    );
+    assert_eq!(
+        gw.metric(&format!(
+            "meshgate_downstream_connections_active{{listener=\"{listen}\"}}"
+        )),
+        1.0
+    );
+    // Closing the first lets the queued one through; nothing was dropped.
+    drop(first);
+    let answer = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("queued connection served")
+        .expect("hello");
+    assert!(answer.starts_with("backend=api "), "{answer}");
+}
+
+#[test]
+fn maximum_connection_duration_closes_busy_connections() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let b = backend(&pki, "api", &[&name]);
+    let gw = Gateway::start(
+        "max_connection_duration_secs = 1",
+        &route(&name, &[b.addr()]),
+    );
+    let client = pki.client_config(&[]).expect("client");
+    let mut tls = meshgate_tlskit::connect(gw.listen, &name, client).expect("connect");
+    tls.write_all(b"ECHO\n").expect("echo");
+    // Keep it busy: echo every 50 ms until the gateway cuts it (bounded by 200 rounds = 10 s).
+    let mut cut = false;
+    for _ in 0..200 {
+        if tls.write_all(b"ping").is_err() || tls.flush().is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 4];
+        if tls.read_exact(&mut buf).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cut, "connection outlived its maximum duration");
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"max_duration\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn out_of_descriptors_backs_off_without_spinning() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let b = backend(&pki, "api", &[&name]);
+    let rest = route(&name, &[b.addr()]);
+    let extra = "workers = 1\nhello_timeout_ms = 300";
+    // Measure what the gateway needs at rest, then allow only three descriptors more.
+    let baseline = {
+        let probe = Gateway::start(extra, &rest);
+        probe.open_fds()
+    };
+    let gw = Gateway::start_with_fd_limit(
+        extra,
+        &rest,
+        Some(u32::try_from(baseline + 3).expect("small")),
+    );
+    // Ten clients that send half a hello and wait: three fit, the rest make accept fail with EMFILE.
+    let hello = HelloSpec::new(Some(&name)).build();
+    let clients: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.listen).expect("connect");
+            s.write_all(&hello[..10]).expect("partial hello");
+            s
+        })
+        .collect();
+    gw.wait_metric("meshgate_accept_backoffs_total", 1.0);
+    let cpu0 = gw.cpu_seconds();
+    let backoffs0 = gw.metric("meshgate_accept_backoffs_total");
+    std::thread::sleep(Duration::from_secs(1));
+    // Backing off, not spinning: a handful of retries and little CPU in that second.
+    let retries = gw.metric("meshgate_accept_backoffs_total") - backoffs0;
+    assert!(retries <= 20.0, "{retries} accept retries in one second");
+    assert!(
+        gw.cpu_seconds() - cpu0 < 0.5,
+        "gateway spun while out of descriptors"
+    );
+    // Once the clients go, the gateway serves again.
+    drop(clients);
+    let client = pki.client_config(&[]).expect("client");
+    let answer = wait_for(
+        Duration::from_secs(20),
+        "service after fd exhaustion",
+        || meshgate_tlskit::hello(gw.listen, &name, client.clone()).ok(),
+    );
+    assert!(answer.starts_with("backend=api "), "{answer}");
+}

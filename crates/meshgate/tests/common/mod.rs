@@ -71,17 +71,42 @@ impl Gateway {
     /// Writes `[gateway]` (listen, admin, workers = 2, plus `extra_gateway` lines) and `rest` to a file
     /// and starts the binary; returns once `/ready` answers 200.
     pub fn start(extra_gateway: &str, rest: &str) -> Gateway {
+        Self::start_with_fd_limit(extra_gateway, rest, None)
+    }
+
+    /// Like [`Gateway::start`], with `ulimit -n` set to `fds` for the gateway process.
+    pub fn start_with_fd_limit(extra_gateway: &str, rest: &str, fds: Option<u32>) -> Gateway {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = TempDir::new("gw");
         let config = dir.0.join("gateway.toml");
+        let workers = if extra_gateway.contains("workers") {
+            ""
+        } else {
+            "workers = 2\n"
+        };
         let text = format!(
-            "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = 2\n{extra_gateway}\n{rest}"
+            "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\n{workers}{extra_gateway}\n{rest}"
         );
         std::fs::write(&config, text).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["gateway", "--config"])
-            .arg(&config)
+        let mut command = match fds {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "ulimit -n {n} && exec \"$0\" gateway --config \"$1\""
+                    ))
+                    .arg(env!("CARGO_BIN_EXE_meshgate"))
+                    .arg(&config);
+                c
+            }
+            None => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_meshgate"));
+                c.args(["gateway", "--config"]).arg(&config);
+                c
+            }
+        };
+        let child = command
             .env("MESHGATE_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -151,6 +176,28 @@ impl Gateway {
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Open file descriptors of the gateway process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the gateway process used so far, in seconds (utime + stime).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses and may contain spaces).
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // utime and stime are fields 14 and 15 of the full line, 12 and 13 after the name and state.
+        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        ticks as f64 / 100.0
     }
 
     /// Waits for the process to exit, for at most `limit`.
