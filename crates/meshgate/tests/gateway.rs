@@ -215,12 +215,6 @@ fn hundred_concurrent_clients() {
         per_backend[0] > 10 && per_backend[1] > 10,
         "{per_backend:?}"
     );
-    let accepted = gw.metric(
-        "meshgate_downstream_connections_total{listener=\""
-            .to_owned()
-            .as_str(),
-    );
-    let _ = accepted;
     gw.wait_metric(
         &format!(
             "meshgate_downstream_connections_total{{listener=\"{}\"}}",
