@@ -1,0 +1,325 @@
+//! The catalog (what a catalog plugin returns), gateway-mode resolution with Consul's precedence, and
+//! the two compilations built on them: a mesh gateway's routes, and a sidecar's upstream plan.
+
+use crate::model::{ConfigEntry, EntryKind, GatewayMode, Health, Service, ServiceKind, Upstream};
+use crate::names::{self, SniName};
+use serde::Serialize;
+
+/// Meta key that marks a gateway as exposing Consul servers over WAN federation.
+pub const WAN_FEDERATION_META: &str = "consul-wan-federation";
+
+/// One registered instance in one datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    /// Its datacenter.
+    pub datacenter: String,
+    /// Its node's address (used when the service has none).
+    pub node_address: String,
+    /// The registration.
+    pub service: Service,
+}
+
+impl Instance {
+    /// `host:port` to reach it inside its datacenter.
+    pub fn endpoint(&self) -> String {
+        self.service.endpoint(&self.node_address)
+    }
+
+    /// Only passing instances receive traffic.
+    pub fn healthy(&self) -> bool {
+        self.service.health() == Health::Passing
+    }
+}
+
+/// Everything routing needs to know about the mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Catalog {
+    /// `<cluster-uuid>.consul`.
+    pub trust_domain: String,
+    /// Every instance in every datacenter (sidecars and gateways included).
+    pub instances: Vec<Instance>,
+    /// Config entries (global: they replicate from the primary).
+    pub config_entries: Vec<ConfigEntry>,
+}
+
+/// Which level decided a gateway mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeSource {
+    /// `upstreams[].mesh_gateway`.
+    Upstream,
+    /// The proxy registration's `proxy.mesh_gateway`.
+    ServiceInstance,
+    /// The service's `service-defaults` entry.
+    ServiceDefaults,
+    /// `proxy-defaults` (`global`).
+    ProxyDefaults,
+    /// Nothing set: `none`.
+    Default,
+}
+
+/// Consul's precedence: upstream > service instance > service-defaults > proxy-defaults > `none`.
+pub fn resolve_mode(
+    upstream: Option<GatewayMode>,
+    instance: Option<GatewayMode>,
+    service_defaults: Option<GatewayMode>,
+    proxy_defaults: Option<GatewayMode>,
+) -> (GatewayMode, ModeSource) {
+    [
+        (upstream, ModeSource::Upstream),
+        (instance, ModeSource::ServiceInstance),
+        (service_defaults, ModeSource::ServiceDefaults),
+        (proxy_defaults, ModeSource::ProxyDefaults),
+    ]
+    .into_iter()
+    .find_map(|(m, s)| m.map(|m| (m, s)))
+    .unwrap_or((GatewayMode::None, ModeSource::Default))
+}
+
+/// A route a gateway should serve: an SNI pattern and its endpoints (`host:port`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteDef {
+    /// Exact name or `*.suffix`.
+    pub pattern: String,
+    /// Endpoints, all of equal priority.
+    pub endpoints: Vec<String>,
+    /// Why this route exists (`local service api`, `datacenter dc2`...).
+    pub reason: String,
+}
+
+impl Catalog {
+    fn entry(&self, kind: EntryKind, name: &str) -> Option<&ConfigEntry> {
+        self.config_entries
+            .iter()
+            .find(|e| e.kind == kind && e.name == name)
+    }
+
+    /// Healthy mesh gateways of a datacenter.
+    pub fn gateways<'a>(&'a self, datacenter: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances.iter().filter(move |i| {
+            i.datacenter == datacenter && i.service.kind == ServiceKind::MeshGateway && i.healthy()
+        })
+    }
+
+    /// Datacenters that have at least one mesh gateway registered (healthy or not), sorted.
+    pub fn datacenters_with_gateways(&self) -> Vec<&str> {
+        let mut dcs: Vec<&str> = self
+            .instances
+            .iter()
+            .filter(|i| i.service.kind == ServiceKind::MeshGateway)
+            .map(|i| i.datacenter.as_str())
+            .collect();
+        dcs.sort_unstable();
+        dcs.dedup();
+        dcs
+    }
+
+    /// Healthy mesh-capable endpoints of a service in a datacenter: its sidecar proxies, or the service
+    /// itself when it is Connect-native.
+    pub fn service_endpoints(
+        &self,
+        service: &str,
+        namespace: &str,
+        datacenter: &str,
+    ) -> Vec<String> {
+        let mut eps: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|i| {
+                i.datacenter == datacenter && i.service.namespace == namespace && i.healthy()
+            })
+            .filter(|i| {
+                let s = &i.service;
+                (s.kind == ServiceKind::ConnectProxy
+                    && s.proxy
+                        .as_ref()
+                        .is_some_and(|p| p.destination_service_name == service))
+                    || (s.connect_native && s.name == service)
+            })
+            .map(Instance::endpoint)
+            .collect();
+        eps.sort();
+        eps.dedup();
+        eps
+    }
+
+    /// The routes of a mesh gateway in `local_dc`, Consul's way: each local service's SNI to its healthy
+    /// sidecars; `*.<dc>.internal.<td>` for every other datacenter to that datacenter's healthy gateways
+    /// (WAN addresses); with WAN federation, Consul server names too. Anything else is not routed.
+    pub fn gateway_routes(&self, local_dc: &str, wan_federation: bool) -> Vec<RouteDef> {
+        let td = &self.trust_domain;
+        let mut routes = Vec::new();
+        let mut services: Vec<(&str, &str)> = self
+            .instances
+            .iter()
+            .filter(|i| i.datacenter == local_dc)
+            .filter_map(|i| {
+                let s = &i.service;
+                match (s.kind, &s.proxy) {
+                    (ServiceKind::ConnectProxy, Some(p)) => {
+                        Some((p.destination_service_name.as_str(), s.namespace.as_str()))
+                    }
+                    (ServiceKind::Typical, _) if s.connect_native => {
+                        Some((s.name.as_str(), s.namespace.as_str()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        for (svc, ns) in services {
+            let endpoints = self.service_endpoints(svc, ns, local_dc);
+            if endpoints.is_empty() {
+                // No healthy instance: no route, so the gateway refuses (fails closed) and counts it.
+                continue;
+            }
+            routes.push(RouteDef {
+                pattern: SniName::service(svc, ns, local_dc, td).to_string(),
+                endpoints,
+                reason: format!("local service {svc}"),
+            });
+        }
+        for dc in self.datacenters_with_gateways() {
+            if dc == local_dc {
+                continue;
+            }
+            let endpoints = self.wan_endpoints(dc);
+            if endpoints.is_empty() {
+                continue;
+            }
+            routes.push(RouteDef {
+                pattern: format!("*.{dc}.internal.{td}"),
+                endpoints: endpoints.clone(),
+                reason: format!("datacenter {dc}"),
+            });
+            if wan_federation {
+                routes.push(RouteDef {
+                    pattern: format!("*.server.{dc}.{}", names::DEFAULT_DOMAIN),
+                    endpoints,
+                    reason: format!("consul servers in {dc}"),
+                });
+            }
+        }
+        if wan_federation {
+            for i in self
+                .instances
+                .iter()
+                .filter(|i| i.datacenter == local_dc && i.service.name == "consul" && i.healthy())
+            {
+                let node = i
+                    .service
+                    .meta
+                    .get("node")
+                    .cloned()
+                    .unwrap_or_else(|| i.service.id.clone());
+                routes.push(RouteDef {
+                    pattern: SniName::Server {
+                        node: Some(node.clone()),
+                        datacenter: local_dc.to_owned(),
+                        domain: names::DEFAULT_DOMAIN.to_owned(),
+                    }
+                    .to_string(),
+                    endpoints: vec![i.endpoint()],
+                    reason: format!("local consul server {node}"),
+                });
+            }
+        }
+        routes
+    }
+
+    /// Healthy gateways of `dc` by WAN address (else their address).
+    pub fn wan_endpoints(&self, dc: &str) -> Vec<String> {
+        let mut eps: Vec<String> = self
+            .gateways(dc)
+            .map(|g| g.service.tagged("wan").unwrap_or_else(|| g.endpoint()))
+            .collect();
+        eps.sort();
+        eps.dedup();
+        eps
+    }
+
+    /// Healthy gateways of `dc` by LAN address (else their address).
+    pub fn lan_endpoints(&self, dc: &str) -> Vec<String> {
+        let mut eps: Vec<String> = self
+            .gateways(dc)
+            .map(|g| g.service.tagged("lan").unwrap_or_else(|| g.endpoint()))
+            .collect();
+        eps.sort();
+        eps.dedup();
+        eps
+    }
+
+    /// The upstream plan of a sidecar registered in `local_dc`: per upstream, the SNI to send, the
+    /// identity to expect, the resolved gateway mode and where to dial.
+    pub fn upstream_plan(&self, local_dc: &str, sidecar: &Service) -> Vec<UpstreamPlan> {
+        let Some(proxy) = &sidecar.proxy else {
+            return Vec::new();
+        };
+        let source = &proxy.destination_service_name;
+        let service_defaults = self
+            .entry(EntryKind::ServiceDefaults, source)
+            .and_then(|e| e.mesh_gateway);
+        let proxy_defaults = self
+            .entry(EntryKind::ProxyDefaults, "global")
+            .and_then(|e| e.mesh_gateway);
+        proxy
+            .upstreams
+            .iter()
+            .map(|u| {
+                let dc = u.datacenter.clone().unwrap_or_else(|| local_dc.to_owned());
+                let ns = u
+                    .destination_namespace
+                    .clone()
+                    .unwrap_or_else(|| names::DEFAULT.to_owned());
+                let (mode, mode_source) = resolve_mode(
+                    u.mesh_gateway,
+                    proxy.mesh_gateway,
+                    service_defaults,
+                    proxy_defaults,
+                );
+                // Intra-datacenter upstreams never use a gateway, whatever the mode says.
+                let cross = dc != local_dc;
+                let next_hops = match (cross, mode) {
+                    (false, _) | (true, GatewayMode::None) => {
+                        self.service_endpoints(&u.destination_name, &ns, &dc)
+                    }
+                    (true, GatewayMode::Local) => self.lan_endpoints(local_dc),
+                    (true, GatewayMode::Remote) => self.wan_endpoints(&dc),
+                };
+                UpstreamPlan {
+                    upstream: u.clone(),
+                    datacenter: dc.clone(),
+                    sni: SniName::service(&u.destination_name, &ns, &dc, &self.trust_domain)
+                        .to_string(),
+                    identity: names::spiffe_id(&self.trust_domain, &ns, &dc, &u.destination_name),
+                    mode,
+                    mode_source,
+                    via_gateway: cross && mode != GatewayMode::None,
+                    next_hops,
+                }
+            })
+            .collect()
+    }
+}
+
+/// How one upstream of a sidecar is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamPlan {
+    /// The upstream as registered.
+    pub upstream: Upstream,
+    /// Destination datacenter.
+    pub datacenter: String,
+    /// SNI the sidecar sends.
+    pub sni: String,
+    /// SPIFFE identity the destination must present.
+    pub identity: String,
+    /// Resolved gateway mode.
+    pub mode: GatewayMode,
+    /// Which level decided it.
+    pub mode_source: ModeSource,
+    /// Whether the connection goes through a gateway (cross-datacenter and mode not `none`).
+    pub via_gateway: bool,
+    /// Addresses to dial, in any order (empty: nowhere to go).
+    pub next_hops: Vec<String>,
+}

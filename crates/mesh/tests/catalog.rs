@@ -1,0 +1,243 @@
+//! Gateway-mode precedence over every combination of the four levels, and the compilation of a catalog
+//! into gateway routes and sidecar upstream plans, as Consul does it.
+
+use meshgate_mesh::catalog::{resolve_mode, Catalog, Instance, ModeSource};
+use meshgate_mesh::model::{ConfigEntry, EntryKind, GatewayMode, Health};
+use meshgate_mesh::{load_document, Document};
+use std::path::Path;
+
+const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+fn instances(dc: &str, node: &str, hcl: &str) -> Vec<Instance> {
+    match load_document(hcl, Path::new("t.hcl")).expect("valid") {
+        Document::Services { services, .. } => services
+            .into_iter()
+            .flat_map(|s| {
+                let sidecar = s.sidecar.clone();
+                std::iter::once(*Box::new(s)).chain(sidecar.map(|b| *b))
+            })
+            .map(|service| Instance {
+                datacenter: dc.to_owned(),
+                node_address: node.to_owned(),
+                service,
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn entry(kind: EntryKind, name: &str, mode: Option<GatewayMode>) -> ConfigEntry {
+    ConfigEntry {
+        kind,
+        name: name.to_owned(),
+        mesh_gateway: mode,
+        other: Default::default(),
+    }
+}
+
+const MODES: [Option<GatewayMode>; 4] = [
+    None,
+    Some(GatewayMode::None),
+    Some(GatewayMode::Local),
+    Some(GatewayMode::Remote),
+];
+
+#[test]
+fn precedence_every_combination() {
+    for u in MODES {
+        for i in MODES {
+            for s in MODES {
+                for p in MODES {
+                    let (mode, source) = resolve_mode(u, i, s, p);
+                    let want = if let Some(m) = u {
+                        (m, ModeSource::Upstream)
+                    } else if let Some(m) = i {
+                        (m, ModeSource::ServiceInstance)
+                    } else if let Some(m) = s {
+                        (m, ModeSource::ServiceDefaults)
+                    } else if let Some(m) = p {
+                        (m, ModeSource::ProxyDefaults)
+                    } else {
+                        (GatewayMode::None, ModeSource::Default)
+                    };
+                    assert_eq!((mode, source), want, "{u:?} {i:?} {s:?} {p:?}");
+                }
+            }
+        }
+    }
+}
+
+/// dc1: web (+sidecar), db (+sidecar), a gateway; dc2: api (+sidecar, one healthy one critical), a gateway.
+fn mesh() -> Catalog {
+    let mut c = Catalog {
+        trust_domain: TD.to_owned(),
+        ..Default::default()
+    };
+    c.instances.extend(instances(
+        "dc1",
+        "10.1.0.5",
+        r#"
+        services = [
+          { name = "web", port = 8080, connect { sidecar_service {
+              port = 21000
+              proxy { upstreams = [
+                { destination_name = "api", datacenter = "dc2", local_bind_port = 10000 },
+                { destination_name = "db", local_bind_port = 10001, mesh_gateway { mode = "remote" } },
+              ] } } } },
+          { name = "db", port = 5432, connect { sidecar_service { port = 21001 } } },
+          { name = "mesh-gateway", kind = "mesh-gateway", port = 8443,
+            tagged_addresses { lan { address = "10.1.0.5", port = 8443 }
+                               wan { address = "198.51.100.1", port = 443 } } },
+        ]"#,
+    ));
+    c.instances.extend(instances(
+        "dc2",
+        "10.2.0.7",
+        r#"
+        services = [
+          { name = "api", port = 9090, connect { sidecar_service { port = 21000 } } },
+          { name = "api-sidecar-proxy", id = "api-2-sidecar", kind = "connect-proxy", address = "10.2.0.8", port = 21000,
+            proxy { destination_service_name = "api" }, check { id = "down", status = "critical" } },
+          { name = "mesh-gateway", kind = "mesh-gateway", port = 8443,
+            tagged_addresses { wan { address = "198.51.100.2", port = 443 } } },
+        ]"#,
+    ));
+    c
+}
+
+#[test]
+fn gateway_routes_follow_consul() {
+    let c = mesh();
+    let routes = c.gateway_routes("dc1", false);
+    let table: Vec<(&str, Vec<&str>)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r.pattern.as_str(),
+                r.endpoints.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let db = format!("db.default.dc1.internal.{TD}");
+    let web = format!("web.default.dc1.internal.{TD}");
+    let dc2 = format!("*.dc2.internal.{TD}");
+    assert_eq!(
+        table,
+        vec![
+            (db.as_str(), vec!["10.1.0.5:21001"]),
+            (web.as_str(), vec!["10.1.0.5:21000"]),
+            (dc2.as_str(), vec!["198.51.100.2:443"]),
+        ]
+    );
+    // dc2's gateway: its api has one healthy sidecar of two.
+    let routes = c.gateway_routes("dc2", false);
+    let api = routes
+        .iter()
+        .find(|r| r.pattern.starts_with("api."))
+        .expect("api route");
+    assert_eq!(api.endpoints, vec!["10.2.0.7:21000"]);
+    assert!(routes
+        .iter()
+        .any(|r| r.pattern == format!("*.dc1.internal.{TD}")
+            && r.endpoints == vec!["198.51.100.1:443"]));
+}
+
+#[test]
+fn unhealthy_service_gets_no_route() {
+    let mut c = mesh();
+    for i in &mut c.instances {
+        if i.datacenter == "dc2" && i.service.name == "api-sidecar-proxy" {
+            i.service.checks = vec![meshgate_mesh::model::Check {
+                name: "down".into(),
+                status: Health::Critical,
+            }];
+        }
+    }
+    assert!(!c
+        .gateway_routes("dc2", false)
+        .iter()
+        .any(|r| r.pattern.starts_with("api.")));
+}
+
+#[test]
+fn upstream_plans_by_mode() {
+    let mut c = mesh();
+    let web_sidecar = c
+        .instances
+        .iter()
+        .find(|i| i.service.name == "web-sidecar-proxy")
+        .expect("sidecar")
+        .service
+        .clone();
+
+    // Nothing set: none → dial api's instances in dc2 directly.
+    let plan = c.upstream_plan("dc1", &web_sidecar);
+    assert_eq!(plan[0].sni, format!("api.default.dc2.internal.{TD}"));
+    assert_eq!(
+        plan[0].identity,
+        format!("spiffe://{TD}/ns/default/dc/dc2/svc/api")
+    );
+    assert_eq!(
+        (plan[0].mode, plan[0].mode_source),
+        (GatewayMode::None, ModeSource::Default)
+    );
+    assert_eq!(plan[0].next_hops, vec!["10.2.0.7:21000"]);
+    // db is intra-datacenter: never through a gateway, even with mode remote.
+    assert_eq!(plan[1].mode, GatewayMode::Remote);
+    assert!(!plan[1].via_gateway);
+    assert_eq!(plan[1].next_hops, vec!["10.1.0.5:21001"]);
+
+    // proxy-defaults local → dc1's gateway (LAN).
+    c.config_entries.push(entry(
+        EntryKind::ProxyDefaults,
+        "global",
+        Some(GatewayMode::Local),
+    ));
+    let plan = c.upstream_plan("dc1", &web_sidecar);
+    assert_eq!(
+        (plan[0].mode, plan[0].mode_source),
+        (GatewayMode::Local, ModeSource::ProxyDefaults)
+    );
+    assert_eq!(plan[0].next_hops, vec!["10.1.0.5:8443"]);
+
+    // service-defaults for web (the source) remote → dc2's gateway (WAN) wins over proxy-defaults.
+    c.config_entries.push(entry(
+        EntryKind::ServiceDefaults,
+        "web",
+        Some(GatewayMode::Remote),
+    ));
+    let plan = c.upstream_plan("dc1", &web_sidecar);
+    assert_eq!(
+        (plan[0].mode, plan[0].mode_source),
+        (GatewayMode::Remote, ModeSource::ServiceDefaults)
+    );
+    assert_eq!(plan[0].next_hops, vec!["198.51.100.2:443"]);
+    // service-defaults of another service does not apply.
+    c.config_entries
+        .retain(|e| e.kind != EntryKind::ServiceDefaults);
+    c.config_entries.push(entry(
+        EntryKind::ServiceDefaults,
+        "api",
+        Some(GatewayMode::Remote),
+    ));
+    let plan = c.upstream_plan("dc1", &web_sidecar);
+    assert_eq!(plan[0].mode_source, ModeSource::ProxyDefaults);
+}
+
+#[test]
+fn wan_federation_routes_servers() {
+    let mut c = mesh();
+    c.instances.extend(instances(
+        "dc1",
+        "10.1.0.9",
+        r#"service { name = "consul", id = "server-1", port = 8300, meta { node = "server-1" } }"#,
+    ));
+    let routes = c.gateway_routes("dc1", true);
+    assert!(routes.iter().any(|r| r.pattern == "*.server.dc2.consul"));
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.pattern == "server-1.server.dc1.consul"
+                && r.endpoints == vec!["10.1.0.9:8300"])
+    );
+}
