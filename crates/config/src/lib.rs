@@ -36,6 +36,14 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 100_000;
 pub const DEFAULT_IO_MEMORY_KIB: usize = 512;
 /// Default listen backlog: connections over the limit wait here, in the kernel.
 pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Default per-call deadline of a plugin, in milliseconds.
+pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 1_000;
+/// Default linear-memory cap of a plugin, in MiB.
+pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 64;
+/// Default interval between catalog polls, in milliseconds (a file catalog notices edits this fast).
+pub const DEFAULT_CATALOG_POLL_MS: u64 = 250;
+/// The router used when `[catalog]` is set and `[router]` is not.
+pub const DEFAULT_ROUTER_PLUGIN: &str = "consul-router";
 
 /// How bytes are moved once a connection is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -65,6 +73,88 @@ pub struct Config {
     /// Where connections without SNI go; rejected when absent.
     #[serde(default)]
     pub no_sni: Option<FallbackConfig>,
+    /// The catalog plugin (services, gateways, config entries).
+    #[serde(default)]
+    pub catalog: Option<PluginSection>,
+    /// The router plugin (catalog → routes); `consul-router` when a catalog is set and this is not.
+    #[serde(default)]
+    pub router: Option<PluginSection>,
+    /// Directory of the config file: relative paths in it (plugins, granted directories) start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[catalog]` / `[router]`: a Wasm plugin, its settings and what it may reach.
+///
+/// Routes from the router plugin are added after the static `[[routes]]`; a pattern defined statically
+/// wins over the same pattern from the plugin (so an operator can always pin a route by hand).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// A shipped plugin's name (`file-catalog`, `consul-router`, `export-control`) or a path to a
+    /// `.wasm` component.
+    pub plugin: String,
+    /// Settings handed to the plugin as strings.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, toml::Value>,
+    /// Directories the plugin may read.
+    #[serde(default)]
+    pub allow_dirs: Vec<PathBuf>,
+    /// HTTP origins (`http://host:port`) the plugin may GET.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Environment variables the plugin may read.
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// Per-call deadline, in milliseconds.
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear-memory cap, in MiB.
+    #[serde(default = "default_plugin_memory_mib")]
+    pub memory_mib: u64,
+    /// Catalog plugins: interval between polls, in milliseconds.
+    #[serde(default = "default_catalog_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_plugin_deadline_ms() -> u64 {
+    DEFAULT_PLUGIN_DEADLINE_MS
+}
+fn default_plugin_memory_mib() -> u64 {
+    DEFAULT_PLUGIN_MEMORY_MIB
+}
+fn default_catalog_poll_ms() -> u64 {
+    DEFAULT_CATALOG_POLL_MS
+}
+
+impl PluginSection {
+    /// A section for a shipped plugin with default limits and no grants.
+    pub fn shipped(name: &str) -> Self {
+        Self {
+            plugin: name.to_owned(),
+            config: Default::default(),
+            allow_dirs: Vec::new(),
+            allow_origins: Vec::new(),
+            allow_env: Vec::new(),
+            deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
+            memory_mib: DEFAULT_PLUGIN_MEMORY_MIB,
+            poll_ms: DEFAULT_CATALOG_POLL_MS,
+        }
+    }
+
+    /// The settings as the plugin sees them: key/value strings, sorted by key.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
 }
 
 /// `[gateway]`: settings that apply to the whole process. Changing `listen`, `admin`, `workers` or
@@ -250,12 +340,25 @@ impl Config {
         Ok(Self::parse(&text, path)?)
     }
 
+    /// The router section in force: `[router]`, or `consul-router` when only `[catalog]` is set.
+    pub fn router_section(&self) -> Option<PluginSection> {
+        match (&self.catalog, &self.router) {
+            (_, Some(r)) => Some(r.clone()),
+            (Some(_), None) => Some(PluginSection::shipped(DEFAULT_ROUTER_PLUGIN)),
+            (None, None) => None,
+        }
+    }
+
     /// Parses and validates configuration text; `file` is used in errors only.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             locate(text, file, span, None, e.message().trim_end().to_owned())
         })?;
+        config.base_dir = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
         config.validate(text, file)?;
         Ok(config)
     }
@@ -302,11 +405,41 @@ impl Config {
                 format!("glommio needs at least {DEFAULT_IO_MEMORY_KIB} KiB"),
             ));
         }
+        if self.router.is_some() && self.catalog.is_none() {
+            let span = find_key(text, "router", "plugin");
+            return Err(locate(
+                text,
+                file,
+                span,
+                Some("router"),
+                "a router plugin needs a [catalog] plugin to route from".into(),
+            ));
+        }
+        for (name, section) in [("catalog", &self.catalog), ("router", &self.router)] {
+            if let Some(s) = section {
+                for (field, value) in [
+                    ("deadline_ms", s.deadline_ms),
+                    ("memory_mib", s.memory_mib),
+                    ("poll_ms", s.poll_ms),
+                ] {
+                    if value == 0 {
+                        let span = find_key(text, name, field);
+                        return Err(locate(
+                            text,
+                            file,
+                            span,
+                            Some(&format!("{name}.{field}")),
+                            "must be greater than 0".into(),
+                        ));
+                    }
+                }
+            }
+        }
         self.route_table_located(text, file).map(|_| ())
     }
 
-    /// Compiles the static routes into a route table.
-    pub fn route_table(&self) -> Result<RouteTable, BuildError> {
+    /// A builder holding the static routes and fallbacks, for callers that add routes of their own.
+    pub fn route_builder(&self) -> Result<RouteTableBuilder, BuildError> {
         let mut b = RouteTableBuilder::new();
         for r in &self.routes {
             b.add(route_spec(r))?;
@@ -317,7 +450,12 @@ impl Config {
         if let Some(n) = &self.no_sni {
             b.no_sni_route(fallback_spec(n))?;
         }
-        Ok(b.build())
+        Ok(b)
+    }
+
+    /// Compiles the static routes into a route table.
+    pub fn route_table(&self) -> Result<RouteTable, BuildError> {
+        self.route_builder().map(RouteTableBuilder::build)
     }
 
     /// Like [`Config::route_table`], with errors located at the offending route.
@@ -549,6 +687,37 @@ connect_timeout_ms = 250
         let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nrelay = \"sendfile\"\n")
             .expect_err("relay");
         assert_eq!((e.line, e.field.as_str()), (3, "gateway.relay"), "{e}");
+    }
+
+    #[test]
+    fn plugin_sections() {
+        let text = format!("{GOOD}\n[catalog]\nplugin = \"file-catalog\"\nconfig = {{ dir = \"dc1\", poll = 3 }}\nallow_dirs = [\"dc1\"]\n");
+        let c = Config::parse(&text, Path::new("configs/demo/gw.toml")).expect("valid");
+        let cat = c.catalog.as_ref().expect("catalog");
+        assert_eq!(
+            cat.settings(),
+            vec![("dir".into(), "dc1".into()), ("poll".into(), "3".into())]
+        );
+        assert_eq!(cat.deadline_ms, DEFAULT_PLUGIN_DEADLINE_MS);
+        assert_eq!(
+            c.router_section().expect("router").plugin,
+            DEFAULT_ROUTER_PLUGIN
+        );
+        assert_eq!(c.base_dir, Path::new("configs/demo"));
+
+        let e = parse(&format!("{GOOD}\n[router]\nplugin = \"consul-router\"\n"))
+            .expect_err("router alone");
+        assert_eq!(e.field, "router", "{e}");
+        let e = parse(&format!(
+            "{GOOD}\n[catalog]\nplugin = \"x\"\ndeadline_ms = 0\n"
+        ))
+        .expect_err("zero");
+        assert_eq!(e.field, "catalog.deadline_ms", "{e}");
+        let e = parse(&format!(
+            "{GOOD}\n[catalog]\nplugin = \"x\"\nallow_dir = []\n"
+        ))
+        .expect_err("typo");
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! Shared code for meshgate plugins written in Rust: the host imports (generated once from
+//! `plugins/wit`), settings lookup, and conversions between the WIT types and `meshgate_mesh`'s model, so a
+//! plugin can use Consul's semantics from `meshgate_mesh` directly.
+
+wit_bindgen::generate!({
+    world: "guest-common",
+    path: "../wit",
+});
+
+pub use meshgate::plugin::host;
+pub use meshgate::plugin::types;
+
+use meshgate_mesh::catalog::{Catalog, Instance, RouteDef};
+use meshgate_mesh::model::{
+    ConfigEntry, EntryKind, GatewayMode, Health, HostPort, Proxy, Service, ServiceKind, Upstream,
+};
+
+/// A setting from the plugin's `config = { .. }`.
+pub fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    settings
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Logs through the host.
+pub fn log(level: types::LogLevel, message: &str) {
+    host::log(level, message);
+}
+
+fn mode_to(m: GatewayMode) -> types::GatewayMode {
+    match m {
+        GatewayMode::None => types::GatewayMode::None,
+        GatewayMode::Local => types::GatewayMode::Local,
+        GatewayMode::Remote => types::GatewayMode::Remote,
+    }
+}
+
+fn mode_from(m: types::GatewayMode) -> GatewayMode {
+    match m {
+        types::GatewayMode::None => GatewayMode::None,
+        types::GatewayMode::Local => GatewayMode::Local,
+        types::GatewayMode::Remote => GatewayMode::Remote,
+    }
+}
+
+fn upstream_to(u: &Upstream) -> types::Upstream {
+    types::Upstream {
+        destination_type: u.destination_type.clone(),
+        destination_name: u.destination_name.clone(),
+        destination_namespace: u.destination_namespace.clone(),
+        datacenter: u.datacenter.clone(),
+        local_bind_address: u.local_bind_address.clone(),
+        local_bind_port: u.local_bind_port,
+        mesh_gateway: u.mesh_gateway.map(mode_to),
+    }
+}
+
+fn upstream_from(u: types::Upstream) -> Upstream {
+    Upstream {
+        destination_type: u.destination_type,
+        destination_name: u.destination_name,
+        destination_namespace: u.destination_namespace,
+        datacenter: u.datacenter,
+        local_bind_address: u.local_bind_address,
+        local_bind_port: u.local_bind_port,
+        mesh_gateway: u.mesh_gateway.map(mode_from),
+    }
+}
+
+/// The WIT form of a catalog.
+pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
+    types::Catalog {
+        trust_domain: c.trust_domain.clone(),
+        instances: c
+            .instances
+            .iter()
+            .map(|i| {
+                let s = &i.service;
+                let hp = |t: &str| {
+                    s.tagged_addresses.get(t).map(|a| types::HostPort {
+                        address: a.address.clone(),
+                        port: a.port,
+                    })
+                };
+                types::Instance {
+                    datacenter: i.datacenter.clone(),
+                    node_address: i.node_address.clone(),
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    kind: match s.kind {
+                        ServiceKind::Typical => types::ServiceKind::Typical,
+                        ServiceKind::ConnectProxy => types::ServiceKind::ConnectProxy,
+                        ServiceKind::MeshGateway => types::ServiceKind::MeshGateway,
+                    },
+                    namespace: s.namespace.clone(),
+                    address: s.address.clone(),
+                    port: s.port,
+                    tags: s.tags.clone(),
+                    meta: s.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    lan: hp("lan"),
+                    wan: hp("wan"),
+                    proxy: s.proxy.as_ref().map(|p| types::Proxy {
+                        destination_service_name: p.destination_service_name.clone(),
+                        local_service_address: p.local_service_address.clone(),
+                        local_service_port: p.local_service_port,
+                        mesh_gateway: p.mesh_gateway.map(mode_to),
+                        upstreams: p.upstreams.iter().map(upstream_to).collect(),
+                    }),
+                    connect_native: s.connect_native,
+                    health: match s.health() {
+                        Health::Passing => types::Health::Passing,
+                        Health::Warning => types::Health::Warning,
+                        Health::Critical => types::Health::Critical,
+                        Health::Maintenance => types::Health::Maintenance,
+                    },
+                }
+            })
+            .collect(),
+        config_entries: c
+            .config_entries
+            .iter()
+            .map(|e| types::ConfigEntry {
+                kind: match e.kind {
+                    EntryKind::ProxyDefaults => types::EntryKind::ProxyDefaults,
+                    EntryKind::ServiceDefaults => types::EntryKind::ServiceDefaults,
+                },
+                name: e.name.clone(),
+                mesh_gateway: e.mesh_gateway.map(mode_to),
+            })
+            .collect(),
+    }
+}
+
+/// The model form of a catalog received from the host.
+pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
+    Catalog {
+        trust_domain: c.trust_domain,
+        instances: c
+            .instances
+            .into_iter()
+            .map(|i| {
+                let mut tagged = std::collections::BTreeMap::new();
+                for (tag, hp) in [("lan", i.lan), ("wan", i.wan)] {
+                    if let Some(hp) = hp {
+                        tagged.insert(
+                            tag.to_owned(),
+                            HostPort {
+                                address: hp.address,
+                                port: hp.port,
+                            },
+                        );
+                    }
+                }
+                let status = match i.health {
+                    types::Health::Passing => Health::Passing,
+                    types::Health::Warning => Health::Warning,
+                    types::Health::Critical => Health::Critical,
+                    types::Health::Maintenance => Health::Maintenance,
+                };
+                Instance {
+                    datacenter: i.datacenter,
+                    node_address: i.node_address,
+                    service: Service {
+                        id: i.id,
+                        name: i.name,
+                        kind: match i.kind {
+                            types::ServiceKind::Typical => ServiceKind::Typical,
+                            types::ServiceKind::ConnectProxy => ServiceKind::ConnectProxy,
+                            types::ServiceKind::MeshGateway => ServiceKind::MeshGateway,
+                        },
+                        namespace: i.namespace,
+                        address: i.address,
+                        port: i.port,
+                        tags: i.tags,
+                        meta: i.meta.into_iter().collect(),
+                        tagged_addresses: tagged,
+                        proxy: i.proxy.map(|p| Proxy {
+                            destination_service_name: p.destination_service_name,
+                            destination_service_id: None,
+                            local_service_address: p.local_service_address,
+                            local_service_port: p.local_service_port,
+                            mesh_gateway: p.mesh_gateway.map(mode_from),
+                            upstreams: p.upstreams.into_iter().map(upstream_from).collect(),
+                        }),
+                        sidecar: None,
+                        connect_native: i.connect_native,
+                        checks: vec![meshgate_mesh::model::Check {
+                            name: "catalog".to_owned(),
+                            status,
+                        }],
+                    },
+                }
+            })
+            .collect(),
+        config_entries: c
+            .config_entries
+            .into_iter()
+            .map(|e| ConfigEntry {
+                kind: match e.kind {
+                    types::EntryKind::ProxyDefaults => EntryKind::ProxyDefaults,
+                    types::EntryKind::ServiceDefaults => EntryKind::ServiceDefaults,
+                },
+                name: e.name,
+                mesh_gateway: e.mesh_gateway.map(mode_from),
+                other: Default::default(),
+            })
+            .collect(),
+    }
+}
+
+/// The WIT form of compiled routes.
+pub fn routes_to_wit(routes: Vec<RouteDef>) -> Vec<types::Route> {
+    routes
+        .into_iter()
+        .map(|r| types::Route {
+            pattern: r.pattern,
+            endpoints: r.endpoints,
+            reason: r.reason,
+        })
+        .collect()
+}
