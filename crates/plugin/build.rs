@@ -50,6 +50,7 @@ fn main() {
         .nth(4)
         .map(|t| t.join("wasm-plugins"))
         .unwrap_or_else(|| out.join("wasm-plugins"));
+    ensure_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -84,6 +85,28 @@ fn main() {
         let component = componentize(&module).unwrap_or_else(|e| panic!("{name}: {e}"));
         std::fs::write(out.join(format!("{stem}.wasm")), component).expect("write component");
     }
+}
+
+/// Installs the Wasm target with rustup when it is missing, so a fresh clone builds with plain `cargo`.
+fn ensure_wasm_target() {
+    let libdir = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.is_some_and(|d| d.exists()) {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-unknown-unknown target (rustup target add)");
+    let _ = Command::new("rustup")
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .status();
 }
 
 fn componentize(module: &Path) -> Result<Vec<u8>, String> {

@@ -1,20 +1,62 @@
-//! `meshgate demo`: two datacenters on loopback, from the configs embedded at build time.
+//! `meshgate demo`: two datacenters on loopback, from `configs/demo` (embedded at build time and written
+//! to a temporary directory, so the command works from anywhere).
 //!
-//! dc1's gateway (127.0.0.1:8443) routes dc1's services to their instances and every dc2 name to dc2's
-//! gateway (127.0.0.1:8444), which routes to dc2's instances. Service instances are TLS backends with
-//! their own certificates from a demo CA; clients verify them, so a line like
-//! `backend=api-dc2-1 sni=api.default.dc2...` proves the connection crossed both gateways to the right
-//! place without either gateway holding a key.
+//! Each gateway's routes come from its catalog directory (Consul registrations in HCL, JSON and YAML, read
+//! by the shipped `file-catalog` plugin) and Consul's rules (the `consul-router` plugin): dc1's gateway
+//! (127.0.0.1:8443) routes dc1's services to their sidecars and every dc2 name to dc2's gateway
+//! (127.0.0.1:8444), which routes to dc2's sidecars. The sidecars here are TLS backends with their own
+//! certificates from a demo CA; clients verify them, so a line like `backend=api-dc2-1 sni=api.default.dc2...`
+//! proves the connection crossed both gateways to the right place without either gateway holding a key.
 
 use crate::gateway;
 use meshgate_config::Config;
 use meshgate_tlskit::{Backend, Pki};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 
-const DC1: &str = include_str!("../../../configs/demo/dc1-gateway.toml");
-const DC2: &str = include_str!("../../../configs/demo/dc2-gateway.toml");
+/// `configs/demo`, file by file.
+const FILES: [(&str, &str); 10] = [
+    (
+        "dc1-gateway.toml",
+        include_str!("../../../configs/demo/dc1-gateway.toml"),
+    ),
+    (
+        "dc2-gateway.toml",
+        include_str!("../../../configs/demo/dc2-gateway.toml"),
+    ),
+    (
+        "catalog/dc1/web.hcl",
+        include_str!("../../../configs/demo/catalog/dc1/web.hcl"),
+    ),
+    (
+        "catalog/dc1/api.hcl",
+        include_str!("../../../configs/demo/catalog/dc1/api.hcl"),
+    ),
+    (
+        "catalog/dc1/mesh-gateway.hcl",
+        include_str!("../../../configs/demo/catalog/dc1/mesh-gateway.hcl"),
+    ),
+    (
+        "catalog/dc1/proxy-defaults.hcl",
+        include_str!("../../../configs/demo/catalog/dc1/proxy-defaults.hcl"),
+    ),
+    (
+        "catalog/dc1/dc2/mesh-gateway.json",
+        include_str!("../../../configs/demo/catalog/dc1/dc2/mesh-gateway.json"),
+    ),
+    (
+        "catalog/dc2/api.yaml",
+        include_str!("../../../configs/demo/catalog/dc2/api.yaml"),
+    ),
+    (
+        "catalog/dc2/mesh-gateway.hcl",
+        include_str!("../../../configs/demo/catalog/dc2/mesh-gateway.hcl"),
+    ),
+    (
+        "catalog/dc2/dc1/mesh-gateway.hcl",
+        include_str!("../../../configs/demo/catalog/dc2/dc1/mesh-gateway.hcl"),
+    ),
+];
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 /// Service instances: (name, address, service SNI the certificate is for).
@@ -43,10 +85,31 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
         let addr: SocketAddr = addr.parse()?;
         backends.push(Backend::start(name, addr, pki.issue(&[&sni])?)?);
     }
-    let dc1 = Config::parse(DC1, Path::new("configs/demo/dc1-gateway.toml"))?;
-    let dc2 = Config::parse(DC2, Path::new("configs/demo/dc2-gateway.toml"))?;
-    let (gw2, _admin2) = gateway::start(&dc2)?;
-    let (gw1, _admin1) = gateway::start(&dc1)?;
+    let dir = std::env::temp_dir().join(format!("meshgate-demo-{}", std::process::id()));
+    for (name, text) in FILES {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)?;
+    }
+    let dc1 = Config::load(&dir.join("dc1-gateway.toml"))?;
+    let dc2 = Config::load(&dir.join("dc2-gateway.toml"))?;
+    let running2 = gateway::start(&dc2)?;
+    let running1 = gateway::start(&dc1)?;
+    let (gw1, gw2) = (running1.engine.clone(), running2.engine.clone());
+    println!(
+        "catalogs: {} (Consul registrations, read by the file-catalog plugin)",
+        dir.join("catalog").display()
+    );
+    for (dc, engine) in [("dc1", &gw1), ("dc2", &gw2)] {
+        for r in engine.snapshot().table.routes() {
+            println!(
+                "  {dc} gateway route {} -> {:?}",
+                r.pattern, r.groups[0].endpoints
+            );
+        }
+    }
     let entry = dc1.gateway.listen[0];
     println!(
         "meshgate demo: dc1 gateway {entry} (admin {:?}), dc2 gateway {} (admin {:?})",
@@ -96,8 +159,10 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
     if once {
         gw1.shutdown();
         gw2.shutdown();
+        drop((running1, running2));
         gateway::finish(gw1);
         gateway::finish(gw2);
+        let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
     println!("\nTry it yourself (Ctrl-C to stop):");
@@ -106,11 +171,17 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
         "  curl -s http://{}/metrics | grep meshgate_",
         dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default()
     );
-    gateway::serve_signals(&gw1, None, dc1.gateway.clone());
+    println!(
+        "  edit {} and watch the routes change within a second (curl .../routes)",
+        dir.join("catalog").display()
+    );
+    gateway::serve_signals(&gw1, || {});
     gw2.shutdown();
+    drop((running1, running2));
     gateway::finish(gw1);
     gateway::finish(gw2);
     drop(backends);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! `meshgate gateway` and `meshgate check`: load the config, start the engine and the admin endpoint,
 //! and turn signals into reloads and drains.
 
+use crate::control::{Control, PluginMetrics};
 use meshgate_admin::AdminSource;
 use meshgate_config::{Config, GatewaySettings};
 use meshgate_engine::Engine;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,17 +17,22 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 /// The admin endpoint's view of a running gateway.
-pub(crate) struct Admin(pub(crate) Arc<Engine>);
+pub(crate) struct Admin {
+    engine: Arc<Engine>,
+    plugins: Arc<PluginMetrics>,
+}
 
 impl AdminSource for Admin {
     fn metrics(&self) -> String {
-        self.0.metrics().render()
+        let mut text = self.engine.metrics().render();
+        text.push_str(&self.plugins.render());
+        text
     }
     fn ready(&self) -> bool {
-        self.0.ready()
+        self.engine.ready() && self.plugins.table_ready.load(Ordering::Relaxed)
     }
     fn routes_json(&self) -> String {
-        let snap = self.0.snapshot();
+        let snap = self.engine.snapshot();
         serde_json::to_string_pretty(&snap.table)
             .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
@@ -72,20 +78,64 @@ pub(crate) fn check(file: &Path) -> ExitCode {
     }
 }
 
-/// Starts an engine and its admin endpoint from a parsed config.
-pub(crate) fn start(
-    config: &Config,
-) -> Result<(Arc<Engine>, Option<meshgate_admin::AdminServer>), String> {
-    let table = config.route_table().map_err(|e| e.to_string())?;
+/// A running gateway: its engine, admin endpoint and control thread.
+pub(crate) struct Running {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) admin: Option<meshgate_admin::AdminServer>,
+    control: std::sync::mpsc::Sender<Config>,
+}
+
+impl Running {
+    /// Hands a new configuration to the control thread.
+    pub(crate) fn reload(&self, config: Config) {
+        let _ = self.control.send(config);
+    }
+}
+
+/// Starts the control plane (plugins, first table), the engine and the admin endpoint.
+pub(crate) fn start(config: &Config) -> Result<Running, String> {
+    let mut control = Control::new(config.clone())?;
+    let table = control.initial_table()?;
     let engine = Arc::new(Engine::start(config.gateway.clone(), table).map_err(|e| e.to_string())?);
+    let plugins = control.metrics.clone();
     let admin = match config.gateway.admin {
         Some(addr) => Some(
-            meshgate_admin::serve(addr, Arc::new(Admin(engine.clone())))
-                .map_err(|e| format!("admin endpoint {addr}: {e}"))?,
+            meshgate_admin::serve(
+                addr,
+                Arc::new(Admin {
+                    engine: engine.clone(),
+                    plugins,
+                }),
+            )
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?,
         ),
         None => None,
     };
-    Ok((engine, admin))
+    let (tx, rx) = std::sync::mpsc::channel::<Config>();
+    let eng = engine.clone();
+    std::thread::Builder::new()
+        .name("meshgate-control".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(control.poll_interval()) {
+                Ok(config) => {
+                    let counters = eng.metrics().control;
+                    if control.reload(config, &eng) {
+                        counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("configuration reloaded");
+                    } else {
+                        counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => control.tick(&eng),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Running {
+        engine,
+        admin,
+        control: tx,
+    })
 }
 
 /// `meshgate gateway --config FILE`.
@@ -97,33 +147,32 @@ pub(crate) fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (engine, admin) = match start(&config) {
+    let gw = match start(&config) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(EXIT_RUNTIME);
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     tracing::info!(
         gateway = %config.gateway.name,
         datacenter = %config.gateway.datacenter,
         listen = ?config.gateway.listen,
-        admin = ?admin.as_ref().map(|a| a.local_addr()),
-        workers = engine.workers(),
-        routes = engine.snapshot().table.len(),
+        admin = ?gw.admin.as_ref().map(|a| a.local_addr()),
+        workers = gw.engine.workers(),
+        routes = gw.engine.snapshot().table.len(),
         "meshgate gateway ready"
     );
-    serve_signals(&engine, Some(path.to_owned()), config.gateway);
-    finish(engine)
+    let path = path.to_owned();
+    let mut running = config.gateway.clone();
+    serve_signals(&gw.engine, || reload(&gw, &path, &mut running));
+    finish(gw.engine)
 }
 
-/// Handles SIGHUP (reload `path`) until SIGTERM/SIGINT, then starts the drain. A second SIGTERM/SIGINT
+/// Handles SIGHUP (calls `on_hup`) until SIGTERM/SIGINT, then starts the drain. A second SIGTERM/SIGINT
 /// during the drain exits at once.
-pub(crate) fn serve_signals(
-    engine: &Arc<Engine>,
-    path: Option<PathBuf>,
-    mut running: GatewaySettings,
-) {
+pub(crate) fn serve_signals(engine: &Arc<Engine>, mut on_hup: impl FnMut()) {
     let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
@@ -133,10 +182,7 @@ pub(crate) fn serve_signals(
     };
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match &path {
-                Some(p) => reload(engine, p, &mut running),
-                None => tracing::info!("SIGHUP: nothing to reload"),
-            },
+            SIGHUP => on_hup(),
             _ => break,
         }
     }
@@ -150,21 +196,10 @@ pub(crate) fn serve_signals(
     });
 }
 
-fn reload(engine: &Engine, path: &Path, running: &mut GatewaySettings) {
-    let control = engine.metrics().control;
-    match Config::load(path).and_then(|c| {
-        let table = c.route_table().map_err(|e| {
-            meshgate_config::LoadError::Invalid(meshgate_config::ConfigError {
-                file: path.to_owned(),
-                line: 0,
-                column: 0,
-                field: "routes".into(),
-                message: e.to_string(),
-            })
-        })?;
-        Ok((c, table))
-    }) {
-        Ok((config, table)) => {
+/// SIGHUP: re-read the file; a valid one goes to the control thread, an invalid one is counted and logged.
+fn reload(gw: &Running, path: &Path, running: &mut GatewaySettings) {
+    match Config::load(path) {
+        Ok(config) => {
             let new = &config.gateway;
             if new.listen != running.listen
                 || new.admin != running.admin
@@ -174,14 +209,15 @@ fn reload(engine: &Engine, path: &Path, running: &mut GatewaySettings) {
             {
                 tracing::warn!("reload: listen, admin, workers, backlog and io_memory_kib apply only after a restart");
             }
-            let routes = table.len();
-            engine.install(table, config.gateway.clone());
-            *running = config.gateway;
-            control.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(file = %path.display(), routes, "configuration reloaded");
+            *running = config.gateway.clone();
+            gw.reload(config);
         }
         Err(e) => {
-            control.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            gw.engine
+                .metrics()
+                .control
+                .reloads_failed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "reload refused; the running configuration stays");
         }
     }

@@ -1,6 +1,7 @@
 //! The `meshgate` command: argument parsing and logging set-up; the work is in the library crates.
 #![forbid(unsafe_code)]
 
+mod control;
 mod demo;
 mod gateway;
 
