@@ -76,9 +76,28 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with `ulimit -n` set to `fds` for the gateway process.
     pub fn start_with_fd_limit(extra_gateway: &str, rest: &str, fds: Option<u32>) -> Gateway {
+        Self::start_full(extra_gateway, rest, fds, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra files (relative path, content) written beside the config first.
+    pub fn start_with_files(extra_gateway: &str, rest: &str, files: &[(&str, &str)]) -> Gateway {
+        Self::start_full(extra_gateway, rest, None, files)
+    }
+
+    fn start_full(
+        extra_gateway: &str,
+        rest: &str,
+        fds: Option<u32>,
+        files: &[(&str, &str)],
+    ) -> Gateway {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = TempDir::new("gw");
+        for (name, text) in files {
+            let path = dir.0.join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, text).expect("write file");
+        }
         let config = dir.0.join("gateway.toml");
         let workers = if extra_gateway.contains("workers") {
             ""
@@ -127,6 +146,13 @@ impl Gateway {
                 .filter(|r| r.starts_with("HTTP/1.1 200"))
         });
         gw
+    }
+
+    /// Writes a file beside the config (e.g. into a catalog directory).
+    pub fn write_file(&self, name: &str, text: &str) {
+        let path = self.config.parent().expect("dir").join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write file");
     }
 
     /// Rewrites the config file (same listen/admin) with new routes.
