@@ -38,9 +38,36 @@ impl AdminSource for Admin {
     }
 }
 
-/// `meshgate check FILE`.
+/// `meshgate check FILE`: a gateway config, or a Consul registration / config entry in any format.
 pub(crate) fn check(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let is_gateway_config = meshgate_mesh::Format::detect(file, &text)
+        == meshgate_mesh::Format::Toml
+        && text.lines().any(|l| l.trim() == "[gateway]");
+    if is_gateway_config {
+        return check_gateway(file, &text);
+    }
+    match meshgate_mesh::load_document(&text, file) {
+        Ok(doc) => {
+            println!("{}: valid", file.display());
+            print!("{}", describe(&doc));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn check_gateway(file: &Path, text: &str) -> ExitCode {
+    match Config::parse(text, file) {
         Ok(config) => {
             let g = &config.gateway;
             println!("{}: valid", file.display());
@@ -51,6 +78,16 @@ pub(crate) fn check(file: &Path) -> ExitCode {
                 g.listen,
                 g.admin.map_or("off".to_owned(), |a| a.to_string())
             );
+            if let Some(c) = &config.catalog {
+                println!(
+                    "  catalog plugin {} (settings {:?})",
+                    c.plugin,
+                    c.settings()
+                );
+            }
+            if let Some(r) = config.router_section() {
+                println!("  router plugin {} (settings {:?})", r.plugin, r.settings());
+            }
             match config.route_table() {
                 Ok(table) => {
                     for r in table.routes() {
@@ -76,6 +113,88 @@ pub(crate) fn check(file: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// What meshgate understood of a Consul file, for humans.
+fn describe(doc: &meshgate_mesh::Document) -> String {
+    use meshgate_mesh::Document;
+    use std::fmt::Write;
+    let mode =
+        |m: Option<meshgate_mesh::GatewayMode>| m.map_or("(not set)".to_owned(), |m| m.to_string());
+    let mut out = String::new();
+    match doc {
+        Document::ConfigEntry(e) => {
+            let kind = match e.kind {
+                meshgate_mesh::EntryKind::ProxyDefaults => "proxy-defaults",
+                meshgate_mesh::EntryKind::ServiceDefaults => "service-defaults",
+            };
+            let _ = writeln!(
+                out,
+                "config entry {kind} {:?}: mesh gateway mode {}",
+                e.name,
+                mode(e.mesh_gateway)
+            );
+            if !e.other.is_empty() {
+                let keys: Vec<&String> = e.other.keys().collect();
+                let _ = writeln!(out, "  other fields kept: {keys:?}");
+            }
+        }
+        Document::Services {
+            services,
+            datacenter,
+            ..
+        } => {
+            if let Some(dc) = datacenter {
+                let _ = writeln!(out, "datacenter {dc}");
+            }
+            let mut all = Vec::new();
+            for s in services {
+                all.push(("", s));
+                if let Some(sc) = &s.sidecar {
+                    all.push(("  inline sidecar of the above: ", sc.as_ref()));
+                }
+            }
+            for (prefix, s) in all {
+                let kind = match s.kind {
+                    meshgate_mesh::ServiceKind::Typical => "service",
+                    meshgate_mesh::ServiceKind::ConnectProxy => "connect-proxy",
+                    meshgate_mesh::ServiceKind::MeshGateway => "mesh-gateway",
+                };
+                let _ = writeln!(
+                    out,
+                    "{prefix}{kind} {:?} (id {:?}, port {}, health {:?})",
+                    s.name,
+                    s.id,
+                    s.port,
+                    s.health()
+                );
+                for (tag, a) in &s.tagged_addresses {
+                    let _ = writeln!(out, "    {tag} address {}:{}", a.address, a.port);
+                }
+                if let Some(p) = &s.proxy {
+                    let _ = writeln!(
+                        out,
+                        "    proxy for {:?}, instance mesh gateway mode {}",
+                        p.destination_service_name,
+                        mode(p.mesh_gateway)
+                    );
+                    for u in &p.upstreams {
+                        let _ = writeln!(
+                            out,
+                            "    upstream {} (namespace {}, datacenter {}) on {}:{}, mesh gateway mode {}",
+                            u.destination_name,
+                            u.destination_namespace.as_deref().unwrap_or("default"),
+                            u.datacenter.as_deref().unwrap_or("local"),
+                            u.local_bind_address.as_deref().unwrap_or("127.0.0.1"),
+                            u.local_bind_port,
+                            mode(u.mesh_gateway)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A running gateway: its engine, admin endpoint and control thread.

@@ -417,6 +417,36 @@ fn check_command_reports_file_line_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:5:7: routes[0].sni:"), "{err}");
 
+    // Consul files in any format: what meshgate understood, or where it stopped.
+    let seed = |f: &str| format!("{}/../mesh/testdata/seed/{f}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["check", &seed("per-upstream-modes.hcl")])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("connect-proxy \"web-sidecar-proxy\""),
+        "{text}"
+    );
+    assert!(text.contains("upstream db (namespace default, datacenter local) on 127.0.0.1:10001, mesh gateway mode local"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["check", &seed("proxy-defaults.yaml")])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("config entry proxy-defaults \"global\": mesh gateway mode local"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["check", &seed("broken-list-closed-with-brace.hcl")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken-list-closed-with-brace.hcl:12:") && err.contains("`,` or `]`"),
+        "{err}"
+    );
+
     // The shipped configs are valid.
     for f in [
         "configs/demo/dc1-gateway.toml",
