@@ -4,6 +4,7 @@
 use crate::model::{ConfigEntry, EntryKind, GatewayMode, Health, Service, ServiceKind, Upstream};
 use crate::names::{self, SniName};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Meta key that marks a gateway as exposing Consul servers over WAN federation.
 pub const WAN_FEDERATION_META: &str = "consul-wan-federation";
@@ -149,42 +150,55 @@ impl Catalog {
     pub fn gateway_routes(&self, local_dc: &str, wan_federation: bool) -> Vec<RouteDef> {
         let td = &self.trust_domain;
         let mut routes = Vec::new();
-        let mut services: Vec<(&str, &str)> = self
-            .instances
-            .iter()
-            .filter(|i| i.datacenter == local_dc)
-            .filter_map(|i| {
-                let s = &i.service;
-                match (s.kind, &s.proxy) {
-                    (ServiceKind::ConnectProxy, Some(p)) => {
-                        Some((p.destination_service_name.as_str(), s.namespace.as_str()))
-                    }
-                    (ServiceKind::Typical, _) if s.connect_native => {
-                        Some((s.name.as_str(), s.namespace.as_str()))
-                    }
-                    _ => None,
+        // One pass over the local instances: every mesh-capable service, with its healthy endpoints.
+        let mut services: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+        for i in self.instances.iter().filter(|i| i.datacenter == local_dc) {
+            let s = &i.service;
+            let key = match (s.kind, &s.proxy) {
+                (ServiceKind::ConnectProxy, Some(p)) => {
+                    (p.destination_service_name.as_str(), s.namespace.as_str())
                 }
-            })
-            .collect();
-        services.sort_unstable();
-        services.dedup();
-        for (svc, ns) in services {
-            let endpoints = self.service_endpoints(svc, ns, local_dc);
+                (ServiceKind::Typical, _) if s.connect_native => {
+                    (s.name.as_str(), s.namespace.as_str())
+                }
+                _ => continue,
+            };
+            let endpoints = services.entry(key).or_default();
+            if i.healthy() {
+                endpoints.push(i.endpoint());
+            }
+        }
+        for ((svc, ns), mut endpoints) in services {
             if endpoints.is_empty() {
                 // No healthy instance: no route, so the gateway refuses (fails closed) and counts it.
                 continue;
             }
+            endpoints.sort();
+            endpoints.dedup();
             routes.push(RouteDef {
                 pattern: SniName::service(svc, ns, local_dc, td).to_string(),
                 endpoints,
                 reason: format!("local service {svc}"),
             });
         }
-        for dc in self.datacenters_with_gateways() {
+        // One pass over the gateways too: WAN endpoints of every datacenter's healthy gateways.
+        let mut gateways: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for g in self
+            .instances
+            .iter()
+            .filter(|i| i.service.kind == ServiceKind::MeshGateway)
+        {
+            let eps = gateways.entry(g.datacenter.as_str()).or_default();
+            if g.healthy() {
+                eps.push(g.service.tagged("wan").unwrap_or_else(|| g.endpoint()));
+            }
+        }
+        for (dc, mut endpoints) in gateways {
             if dc == local_dc {
                 continue;
             }
-            let endpoints = self.wan_endpoints(dc);
+            endpoints.sort();
+            endpoints.dedup();
             if endpoints.is_empty() {
                 continue;
             }
