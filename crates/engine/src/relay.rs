@@ -81,38 +81,24 @@ pub(crate) async fn relay(
         counter: &stats.bytes_to_downstream,
         moved: Cell::new(0),
     };
-    let pipes = match settings.relay {
-        RelayMode::Splice => match (core.take_pipe(), core.take_pipe()) {
-            (Ok(a), Ok(b)) => Some((a, b)),
-            (a, b) => {
-                // Out of descriptors or pipe pages: this connection is copied instead.
-                for p in [a, b].into_iter().flatten() {
-                    core.give_pipe(p);
-                }
-                stats.splice_fallbacks.inc();
-                None
-            }
-        },
-        RelayMode::Buffered => None,
-    };
     let pumps = async {
-        match &pipes {
-            Some((a, b)) => {
+        match settings.relay {
+            RelayMode::Splice => {
                 futures_lite::future::try_zip(
                     async {
-                        splice_pump(down, up, a, &to_up)
+                        splice_pump(core, down, up, &to_up)
                             .await
                             .map_err(|e| (true, e))
                     },
                     async {
-                        splice_pump(up, down, b, &to_down)
+                        splice_pump(core, up, down, &to_down)
                             .await
                             .map_err(|e| (false, e))
                     },
                 )
                 .await
             }
-            None => {
+            RelayMode::Buffered => {
                 futures_lite::future::try_zip(
                     async { buffered_pump(down, up, &to_up).await.map_err(|e| (true, e)) },
                     async {
@@ -154,10 +140,6 @@ pub(crate) async fn relay(
         ),
     )
     .await;
-    if let Some((a, b)) = pipes {
-        core.give_pipe(a);
-        core.give_pipe(b);
-    }
     Outcome {
         end: result,
         to_upstream: to_up.moved.get(),
@@ -198,16 +180,47 @@ async fn writable(fd: BorrowedFd<'_>) -> io::Result<()> {
     glommio::net::wait_writable(fd.as_raw_fd()).await
 }
 
-/// Zero-copy direction: src → pipe → dst. The pipe is empty whenever this returns `Ok`.
+/// A pipe borrowed from the core's pool; goes back (or is closed, if bytes are stuck in it) on drop.
+struct Lease<'c> {
+    core: &'c Core,
+    pipe: Option<Pipe>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            self.core.give_pipe(p);
+        }
+    }
+}
+
+/// Zero-copy direction: src → pipe → dst.
+///
+/// The pipe is leased from the core's pool only while bytes are in flight: when the source has nothing
+/// to read, the (empty) pipe goes back before waiting, so an idle connection holds no pipe at all and
+/// the pool is sized by the connections moving data, not by the connections open.
 async fn splice_pump(
+    core: &Core,
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
-    pipe: &Pipe,
     flow: &Flow<'_>,
 ) -> Result<(), PumpError> {
+    let mut lease = Lease { core, pipe: None };
     let mut pending = 0usize;
     loop {
         if pending == 0 {
+            let pipe = match &lease.pipe {
+                Some(p) => p,
+                None => match core.take_pipe() {
+                    Ok(p) => lease.pipe.insert(p),
+                    Err(e) => {
+                        // Out of descriptors or pipe pages: copy through user space instead.
+                        tracing::debug!(error = %e, "no pipe; relaying this direction through a buffer");
+                        core.stats().splice_fallbacks.inc();
+                        return buffered_pump(src, dst, flow).await;
+                    }
+                },
+            };
             match sys::splice(src, pipe.write.as_fd(), SPLICE_CHUNK) {
                 Ok(0) => {
                     let _ = sys::shutdown_write(dst);
@@ -215,6 +228,9 @@ async fn splice_pump(
                 }
                 Ok(n) => pending = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(p) = lease.pipe.take() {
+                        core.give_empty_pipe(p);
+                    }
                     readable(src).await.map_err(PumpError::Source)?;
                     continue;
                 }
@@ -222,6 +238,10 @@ async fn splice_pump(
                 Err(e) => return Err(PumpError::Source(e)),
             }
         }
+        let Some(pipe) = &lease.pipe else {
+            pending = 0;
+            continue;
+        };
         match sys::splice(pipe.read.as_fd(), dst, pending) {
             Ok(n) => {
                 pending -= n;

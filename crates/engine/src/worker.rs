@@ -25,7 +25,8 @@ const PUBLISH_EVERY_TICKS: u32 = 4;
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause between accept attempts while out of file descriptors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-/// Pipes kept for reuse per core (two per relayed connection).
+/// Pipes kept for reuse per core. Connections lease a pipe only while bytes are in flight, so this bounds
+/// the pipes kept around after a burst, not the connections served.
 const PIPE_POOL_MAX: usize = 1024;
 /// Capacity asked for each pipe, in bytes (the kernel default is 64 KiB; 256 KiB moves bulk data in
 /// fewer splice calls).
@@ -94,6 +95,14 @@ impl Core {
         match self.pipes.borrow_mut().pop() {
             Some(p) => Ok(p),
             None => sys::pipe(PIPE_SIZE),
+        }
+    }
+
+    /// Returns a pipe known to be empty (its last splice drained it) to the pool.
+    pub(crate) fn give_empty_pipe(&self, pipe: Pipe) {
+        let mut pool = self.pipes.borrow_mut();
+        if pool.len() < PIPE_POOL_MAX {
+            pool.push(pipe);
         }
     }
 

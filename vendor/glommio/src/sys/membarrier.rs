@@ -15,6 +15,7 @@ use core::sync::atomic;
 
 /// A choice between three strategies for process-wide barrier on Linux.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // meshgate patch: only Fallback is chosen (see STRATEGY)
 enum Strategy {
     /// Use the `membarrier` system call.
     Membarrier,
