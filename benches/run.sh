@@ -1,9 +1,31 @@
 #!/usr/bin/env bash
-# Builds meshgate and the load generator in release mode, then measures direct vs meshgate (splice and
-# buffered relay) in one run. Extra arguments go to meshgate-bench (--rounds, --seconds, --bulk-mib,
-# --clients, --workers). The table is printed and written to benches/results/latest.md.
+# The comparison suite: meshgate vs HAProxy, nginx (ssl_preread) and sniproxy vs a direct connection, in
+# one run, on loopback. Installs the peers from Debian packages, builds in release mode, runs
+# meshgate-bench, and writes the tables to benches/results/latest.md.
+#   benches/run.sh            full run (about 15 minutes on 2 cores)
+#   benches/run.sh --quick    one short round of everything (about 2 minutes)
+# Other options go to meshgate-bench: --rounds N --seconds S --bulk-mib M --idle 4000,9000 --routes 10,10000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+missing=()
+for bin in haproxy nginx sniproxy; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+done
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(nginx-stream)
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Package post-install scripts may try to start the daemons; there is nothing to start them here.
+    apt-get install -y -qq haproxy nginx-light libnginx-mod-stream sniproxy >/dev/null
+fi
+
+# The idle-connection test holds tens of thousands of sockets on both sides of each router.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
+    echo "1024 65535" > /proc/sys/net/ipv4/ip_local_port_range
+fi
+
 cargo build --release -p meshgate -p meshgate-bench
 mkdir -p benches/results
 ./target/release/meshgate-bench --out benches/results/latest.md "$@"

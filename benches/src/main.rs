@@ -1,60 +1,82 @@
-//! `meshgate-bench`: measures, in one run and on one machine, TLS connections per second and bulk
-//! throughput through meshgate (splice and buffered relay) and directly to the same backend, plus the
-//! router's CPU time per connection and per GiB. Every figure is the median of several rounds; ratios are
-//! to the direct connection measured in the same run.
+//! `meshgate-bench`: meshgate against the routers users would otherwise deploy — HAProxy, nginx
+//! (`ssl_preread`), sniproxy — and the direct connection, **in one run**, in front of the same TLS backend
+//! on loopback. Every figure is a median of several rounds; every comparison is a ratio within the run.
+//! The router's CPU time per unit of work is the headline: client, backend and router share two cores.
 //!
-//! Everything stays on loopback; every load loop is bounded by a count and a duration; every process it
-//! starts is killed by PID when it ends.
+//! Workloads (each bounded by a count and a duration):
+//! 1. new TLS connections: TCP connect, TLS 1.3 handshake, a request line and its answer, close — with 4
+//!    clients (loaded) and 1 client (one at a time);
+//! 2. keep-alive: 4 persistent TLS connections doing 64-byte request/response round trips;
+//! 3. bulk: one TLS stream, and 4 in parallel;
+//! 4. memory: resident memory per established idle connection (raw TCP after a ClientHello);
+//! 5. route-table scaling (meshgate): connection cost with 10, 10k and 1M routes;
+//! 6. worker scaling: 1 and 2 workers.
 //!
-//! Usage: `cargo run --release -p meshgate-bench -- [--rounds N] [--seconds S] [--bulk-mib M]
-//! [--workers W] [--out FILE]` (build `meshgate` in release first; `benches/run.sh` does both).
+//! Usage: `benches/run.sh [--quick]` (see `docs/performance.md`).
+
+mod routers;
 
 use meshgate_tlskit::{Backend, ClientConfig, Pki};
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use routers::{Kind, Router, Spec};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SNI: &str = "api.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul";
-/// Upper bound on connections per handshake round, whatever the duration.
-const MAX_CONNECTIONS_PER_ROUND: usize = 200_000;
+/// Upper bound on operations per client per measurement, whatever the duration.
+const MAX_OPS_PER_CLIENT: usize = 1_000_000;
 
 struct Options {
     rounds: usize,
     seconds: f64,
     bulk_mib: u64,
-    clients: usize,
-    workers: usize,
-    out: Option<PathBuf>,
+    idle: Vec<usize>,
+    route_counts: Vec<usize>,
+    out: Option<std::path::PathBuf>,
 }
 
 fn options() -> Options {
     let mut o = Options {
         rounds: 3,
         seconds: 3.0,
-        bulk_mib: 2048,
-        clients: 4,
-        workers: 1,
+        bulk_mib: 1024,
+        // This workplace caps open files at 20000 per process (hard limit), and each relayed connection
+        // holds two sockets in the router: about 9000 is the most any router can hold here.
+        idle: vec![4_000, 9_000],
+        route_counts: vec![10, 10_000, 1_000_000],
         out: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
+        let list = |v: &str| {
+            v.split(',')
+                .filter_map(|x| x.parse().ok())
+                .collect::<Vec<usize>>()
+        };
         match args[i].as_str() {
-            "--rounds" => o.rounds = v.parse().unwrap_or(o.rounds),
-            "--seconds" => o.seconds = v.parse().unwrap_or(o.seconds),
-            "--bulk-mib" => o.bulk_mib = v.parse().unwrap_or(o.bulk_mib),
-            "--clients" => o.clients = v.parse().unwrap_or(o.clients),
-            "--workers" => o.workers = v.parse().unwrap_or(o.workers),
-            "--out" => o.out = Some(PathBuf::from(v)),
+            "--quick" => {
+                o.rounds = 1;
+                o.seconds = 1.0;
+                o.bulk_mib = 256;
+                o.idle = vec![2_000];
+                o.route_counts = vec![10, 10_000];
+                i += 1;
+                continue;
+            }
             "--bench" => {
                 i += 1;
                 continue;
             }
+            "--rounds" => o.rounds = v.parse().unwrap_or(o.rounds),
+            "--seconds" => o.seconds = v.parse().unwrap_or(o.seconds),
+            "--bulk-mib" => o.bulk_mib = v.parse().unwrap_or(o.bulk_mib),
+            "--idle" => o.idle = list(&v),
+            "--routes" => o.route_counts = list(&v),
+            "--out" => o.out = Some(v.into()),
             other => {
                 eprintln!("unknown option {other}");
                 std::process::exit(2);
@@ -65,193 +87,215 @@ fn options() -> Options {
     o
 }
 
-/// A router under test (or the direct path, with no process).
-struct Target {
-    name: String,
-    addr: SocketAddr,
-    child: Option<Child>,
-    _dir: Option<PathBuf>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(d) = &self._dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn meshgate_bin() -> PathBuf {
-    std::env::var_os("MESHGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/meshgate")
-        })
-}
-
-fn start_meshgate(relay: &str, workers: usize, backend: SocketAddr) -> Target {
-    let listen = free_addr();
-    let admin = free_addr();
-    let dir = std::env::temp_dir().join(format!(
-        "meshgate-bench-{}-{}",
-        std::process::id(),
-        listen.port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = {workers}\nrelay = \"{relay}\"\n\n[[routes]]\nsni = \"{SNI}\"\nendpoints = [\"{backend}\"]\n"
-        ),
-    )
-    .expect("write config");
-    let child = Command::new(meshgate_bin())
-        .args(["gateway", "--config"])
-        .arg(&config)
-        .env("MESHGATE_LOG", "error")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "start {}: {e} (build it: cargo build --release)",
-                meshgate_bin().display()
-            )
-        });
-    // Ready when /ready answers 200 (bounded).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = std::net::TcpStream::connect(admin)
-            .and_then(|mut s| {
-                s.write_all(b"GET /ready HTTP/1.1\r\n\r\n")?;
-                let mut line = String::new();
-                BufReader::new(s).read_line(&mut line)?;
-                Ok(line.contains(" 200 "))
-            })
-            .unwrap_or(false);
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "meshgate did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Target {
-        name: format!(
-            "meshgate ({relay}, {workers} worker{})",
-            if workers == 1 { "" } else { "s" }
-        ),
-        addr: listen,
-        child: Some(child),
-        _dir: Some(dir),
-    }
-}
-
-/// CPU time of every thread of `pid` so far, in nanoseconds (/proc/PID/task/*/schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-struct Handshakes {
-    per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_us_per_conn: Option<f64>,
-}
-
-/// `clients` threads each open connection after connection for `seconds`: TCP connect, TLS 1.3
-/// handshake, one request line and its answer, close.
-fn handshakes(t: &Target, client: &Arc<ClientConfig>, clients: usize, seconds: f64) -> Handshakes {
-    let stop = Arc::new(AtomicBool::new(false));
-    let pid = t.child.as_ref().map(Child::id);
-    let cpu0 = pid.map(cpu_ns);
-    let start = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let stop = stop.clone();
-            let client = client.clone();
-            let addr = t.addr;
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                while !stop.load(Ordering::Relaxed) && lat.len() < MAX_CONNECTIONS_PER_ROUND / 4 {
-                    let t0 = Instant::now();
-                    match meshgate_tlskit::hello(addr, SNI, client.clone()) {
-                        Ok(_) => lat.push(t0.elapsed().as_secs_f64() * 1e6),
-                        Err(e) => {
-                            eprintln!("connection failed: {e}");
-                            break;
-                        }
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut lat: Vec<f64> = threads
-        .into_iter()
-        .flat_map(|h| h.join().unwrap_or_default())
-        .collect();
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = pid
-        .zip(cpu0)
-        .map(|(p, c0)| cpu_ns(p).saturating_sub(c0) as f64 / 1e3);
-    lat.sort_by(f64::total_cmp);
-    let n = lat.len().max(1);
-    Handshakes {
-        per_sec: lat.len() as f64 / elapsed,
-        p50_us: lat.get(n / 2).copied().unwrap_or(0.0),
-        p99_us: lat.get(n * 99 / 100).copied().unwrap_or(0.0),
-        cpu_us_per_conn: cpu.map(|c| c / n as f64),
-    }
-}
-
-struct Bulk {
-    gbit_per_sec: f64,
-    cpu_s_per_gib: Option<f64>,
-}
-
-/// One TLS stream moving `mib` MiB from the backend to the client.
-fn bulk(t: &Target, client: &Arc<ClientConfig>, mib: u64) -> Bulk {
-    let pid = t.child.as_ref().map(Child::id);
-    let cpu0 = pid.map(cpu_ns);
-    let start = Instant::now();
-    let r =
-        meshgate_tlskit::bulk(t.addr, SNI, client.clone(), 0, mib << 20).expect("bulk transfer");
-    let secs = start.elapsed().as_secs_f64();
-    assert!(
-        r.received_intact && r.received_len == mib << 20,
-        "bulk data corrupted"
-    );
-    let cpu = pid
-        .zip(cpu0)
-        .map(|(p, c0)| cpu_ns(p).saturating_sub(c0) as f64 / 1e9);
-    Bulk {
-        gbit_per_sec: (mib << 20) as f64 * 8.0 / secs / 1e9,
-        cpu_s_per_gib: cpu.map(|c| c / (mib as f64 / 1024.0)),
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One measurement: a rate, latency percentiles (µs), and router CPU per operation (µs).
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    cpu_per_op: f64,
+}
+
+/// Runs `clients` threads calling `op` repeatedly for `seconds`; `op` returns false to stop early.
+fn drive(
+    router: &Router,
+    clients: usize,
+    seconds: f64,
+    op: impl Fn(usize) -> Box<dyn FnMut() -> bool + Send> + Sync,
+) -> Sample {
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = router.cpu_ns();
+    let start = Instant::now();
+    let lat: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                let mut f = op(c);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && lat.len() < MAX_OPS_PER_CLIENT {
+                        let t0 = Instant::now();
+                        if !f() {
+                            break;
+                        }
+                        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu0
+        .zip(router.cpu_ns())
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3);
+    let mut lat = lat;
+    lat.sort_by(f64::total_cmp);
+    let n = lat.len().max(1) as f64;
+    Sample {
+        rate: lat.len() as f64 / elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        cpu_per_op: cpu.map_or(f64::NAN, |c| c / n),
+    }
+}
+
+/// New TLS connections, each: connect, handshake, request line, answer, close.
+fn new_connections(
+    router: &Router,
+    client: &Arc<ClientConfig>,
+    clients: usize,
+    seconds: f64,
+) -> Sample {
+    let addr = router.addr;
+    drive(router, clients, seconds, |_| {
+        let client = client.clone();
+        Box::new(
+            move || match meshgate_tlskit::hello(addr, SNI, client.clone()) {
+                Ok(_) => true,
+                Err(e) => {
+                    eprintln!("connection failed: {e}");
+                    false
+                }
+            },
+        )
+    })
+}
+
+/// Persistent TLS connections doing 64-byte request/response round trips.
+fn keep_alive(router: &Router, client: &Arc<ClientConfig>, clients: usize, seconds: f64) -> Sample {
+    let addr = router.addr;
+    drive(router, clients, seconds, |_| {
+        let mut tls =
+            meshgate_tlskit::connect(addr, SNI, client.clone()).expect("keep-alive connect");
+        tls.write_all(b"ECHO\n").expect("echo");
+        let req = [b'x'; 64];
+        let mut resp = [0u8; 64];
+        Box::new(move || tls.write_all(&req).is_ok() && tls.read_exact(&mut resp).is_ok())
+    })
+}
+
+/// `streams` TLS streams of `mib` MiB each, backend to client, in parallel: (Gbit/s, router CPU s/GB),
+/// NaN when a transfer failed (reported, not fatal: a peer may lack half-close).
+fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -> (f64, f64) {
+    let cpu0 = router.cpu_ns();
+    let start = Instant::now();
+    let ok = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..streams)
+            .map(|_| {
+                let client = client.clone();
+                let addr = router.addr;
+                s.spawn(move || meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20))
+            })
+            .collect();
+        let mut ok = true;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) if r.received_intact && r.received_len == mib << 20 => {}
+                Ok(Ok(_)) => {
+                    eprintln!("{}: bulk data corrupted or short", router.kind.name());
+                    ok = false;
+                }
+                Ok(Err(e)) => {
+                    eprintln!("{}: bulk transfer failed: {e}", router.kind.name());
+                    ok = false;
+                }
+                Err(_) => ok = false,
+            }
+        }
+        ok
+    });
+    if !ok {
+        return (f64::NAN, f64::NAN);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = (mib << 20) as f64 * streams as f64;
+    let cpu = cpu0
+        .zip(router.cpu_ns())
+        .map_or(f64::NAN, |(a, b)| b.saturating_sub(a) as f64 / 1e9);
+    (bytes * 8.0 / secs / 1e9, cpu / (bytes / 1e9))
+}
+
+/// A backend that accepts and holds connections without reading (for the idle-connection test).
+fn sink() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// Resident memory per idle connection: open `n` raw connections that send a ClientHello and wait.
+fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
+    let backend = sink();
+    let router = Router::start(
+        kind,
+        &Spec {
+            sni: SNI,
+            backend,
+            workers: 1,
+            extra_routes: 0,
+        },
+    );
+    let hello = meshgate_sni_hello();
+    let rss0 = router.rss_bytes()?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        // Spread clients over source addresses so ephemeral ports never run out.
+        let src = SocketAddr::from(([127, 0, 1, (i % 200 + 2) as u8], 0));
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        if sock.bind(&src.into()).is_err() || sock.connect(&router.addr.into()).is_err() {
+            eprintln!("{}: stopped at {i} connections", kind.name());
+            break;
+        }
+        let mut s: TcpStream = sock.into();
+        let _ = s.write_all(&hello);
+        conns.push(s);
+    }
+    // Let the router finish accepting and connecting upstream (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let rss = router.rss_bytes()?;
+        if rss == last {
+            break;
+        }
+        last = rss;
+    }
+    let rss1 = router.rss_bytes()?;
+    let per = (rss1.saturating_sub(rss0)) as f64 / conns.len().max(1) as f64;
+    Some((per, conns.len()))
+}
+
+/// A real ClientHello (rustls) for the benchmark SNI; the handshake is never completed.
+fn meshgate_sni_hello() -> Vec<u8> {
+    let pki = Pki::new("idle").expect("pki");
+    let cfg = pki.client_config(&[]).expect("cfg");
+    meshgate_tlskit::client_hello_bytes(cfg, SNI).expect("hello")
 }
 
 fn main() {
@@ -264,71 +308,171 @@ fn main() {
     )
     .expect("backend");
     let client = pki.client_config(&[]).expect("client config");
-    let targets = [
-        Target {
-            name: "direct".into(),
-            addr: backend.addr(),
-            child: None,
-            _dir: None,
-        },
-        start_meshgate("splice", o.workers, backend.addr()),
-        start_meshgate("buffered", o.workers, backend.addr()),
+    let kinds = [
+        Kind::Direct,
+        Kind::Haproxy,
+        Kind::Nginx,
+        Kind::Sniproxy,
+        Kind::Meshgate,
+        Kind::MeshgateBuffered,
     ];
-    // rows[target] = per-round samples
-    let mut hs: Vec<Vec<Handshakes>> = targets.iter().map(|_| Vec::new()).collect();
-    let mut bl: Vec<Vec<Bulk>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 0..o.rounds {
-        for (i, t) in targets.iter().enumerate() {
-            eprintln!("round {}/{}: {}", round + 1, o.rounds, t.name);
-            hs[i].push(handshakes(t, &client, o.clients, o.seconds));
-            bl[i].push(bulk(t, &client, o.bulk_mib));
-        }
-    }
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Medians of {} rounds; {} client threads for {:.0} s per handshake round; one {} MiB TLS stream per bulk round.\n\n",
-        o.rounds, o.clients, o.seconds, o.bulk_mib
+    let mut report = String::new();
+    report.push_str(&format!(
+        "Medians of {} rounds, {:.0} s per measurement, on {} CPUs. Ratios are to direct in the same run.\n\n",
+        o.rounds,
+        o.seconds,
+        std::thread::available_parallelism().map_or(1, usize::from)
     ));
-    out.push_str("| path | TLS conns/s | vs direct | p50 ms | p99 ms | router CPU µs/conn | bulk Gbit/s | vs direct | router CPU s/GiB |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let direct_cps = median(hs[0].iter().map(|h| h.per_sec).collect());
-    let direct_gbps = median(bl[0].iter().map(|b| b.gbit_per_sec).collect());
-    for (i, t) in targets.iter().enumerate() {
-        let cps = median(hs[i].iter().map(|h| h.per_sec).collect());
-        let p50 = median(hs[i].iter().map(|h| h.p50_us).collect()) / 1e3;
-        let p99 = median(hs[i].iter().map(|h| h.p99_us).collect()) / 1e3;
-        let cpu_conn = hs[i]
+
+    for workers in [1usize, 2] {
+        let routers: Vec<Router> = kinds
             .iter()
-            .filter_map(|h| h.cpu_us_per_conn)
-            .collect::<Vec<_>>();
-        let gbps = median(bl[i].iter().map(|b| b.gbit_per_sec).collect());
-        let cpu_gib = bl[i]
-            .iter()
-            .filter_map(|b| b.cpu_s_per_gib)
-            .collect::<Vec<_>>();
-        let fmt_opt = |v: Vec<f64>, digits: usize| {
-            if v.is_empty() {
+            .map(|&k| {
+                Router::start(
+                    k,
+                    &Spec {
+                        sni: SNI,
+                        backend: backend.addr(),
+                        workers,
+                        extra_routes: 0,
+                    },
+                )
+            })
+            .collect();
+        let mut loaded: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
+        let mut single: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
+        let mut ka: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
+        let mut bulk1: Vec<Vec<(f64, f64)>> = vec![Vec::new(); routers.len()];
+        let mut bulk4: Vec<Vec<(f64, f64)>> = vec![Vec::new(); routers.len()];
+        for round in 0..o.rounds {
+            for (i, r) in routers.iter().enumerate() {
+                eprintln!(
+                    "workers {workers}, round {}/{}: {}",
+                    round + 1,
+                    o.rounds,
+                    r.kind.name()
+                );
+                loaded[i].push(new_connections(r, &client, 4, o.seconds));
+                single[i].push(new_connections(r, &client, 1, o.seconds));
+                ka[i].push(keep_alive(r, &client, 4, o.seconds));
+                bulk1[i].push(bulk(r, &client, o.bulk_mib, 1));
+                bulk4[i].push(bulk(r, &client, o.bulk_mib / 4, 4));
+            }
+        }
+        let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+        let medp = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+        let fmt = |x: f64, d: usize| {
+            if x.is_nan() {
                 "–".to_owned()
             } else {
-                format!("{:.*}", digits, median(v))
+                format!("{x:.d$}")
             }
         };
-        out.push_str(&format!(
-            "| {} | {:.0} | {:.2}× | {:.2} | {:.2} | {} | {:.2} | {:.2}× | {} |\n",
-            t.name,
-            cps,
-            cps / direct_cps,
-            p50,
-            p99,
-            fmt_opt(cpu_conn, 1),
-            gbps,
-            gbps / direct_gbps,
-            fmt_opt(cpu_gib, 3),
+        let plural = if workers == 1 { "" } else { "s" };
+        report.push_str(&format!(
+            "### New TLS connections ({workers} router worker{plural})\n\n"
+        ));
+        report.push_str("| router | conns/s (4 clients) | vs direct | router CPU µs/conn | conns/s (1 client) | p50 ms | p99 ms | added p50 ms |\n|---|---|---|---|---|---|---|---|\n");
+        let d_cps = med(&loaded[0], |s| s.rate);
+        let d_p50 = med(&single[0], |s| s.p50);
+        for (i, r) in routers.iter().enumerate() {
+            let cps = med(&loaded[i], |s| s.rate);
+            let p50 = med(&single[i], |s| s.p50);
+            report.push_str(&format!(
+                "| {} | {:.0} | {:.2}× | {} | {:.0} | {:.3} | {:.3} | {} |\n",
+                r.kind.name(),
+                cps,
+                cps / d_cps,
+                fmt(med(&loaded[i], |s| s.cpu_per_op), 1),
+                med(&single[i], |s| s.rate),
+                p50 / 1e3,
+                med(&single[i], |s| s.p99) / 1e3,
+                if i == 0 {
+                    "–".to_owned()
+                } else {
+                    format!("{:.3}", (p50 - d_p50) / 1e3)
+                },
+            ));
+        }
+        report.push_str(&format!(
+            "\n### Keep-alive requests ({workers} router worker{plural})\n\n"
+        ));
+        report.push_str("| router | req/s (4 conns) | vs direct | p50 µs | p99 µs | router CPU µs/req |\n|---|---|---|---|---|---|\n");
+        let d_rps = med(&ka[0], |s| s.rate);
+        for (i, r) in routers.iter().enumerate() {
+            let rps = med(&ka[i], |s| s.rate);
+            report.push_str(&format!(
+                "| {} | {:.0} | {:.2}× | {:.0} | {:.0} | {} |\n",
+                r.kind.name(),
+                rps,
+                rps / d_rps,
+                med(&ka[i], |s| s.p50),
+                med(&ka[i], |s| s.p99),
+                fmt(med(&ka[i], |s| s.cpu_per_op), 2),
+            ));
+        }
+        report.push_str(&format!("\n### Bulk ({workers} router worker{plural})\n\n"));
+        report.push_str("| router | 1 stream Gbit/s | vs direct | CPU s/GB | 4 streams Gbit/s | vs direct | CPU s/GB |\n|---|---|---|---|---|---|---|\n");
+        let (d1, d4) = (medp(&bulk1[0], |b| b.0), medp(&bulk4[0], |b| b.0));
+        for (i, r) in routers.iter().enumerate() {
+            let (g1, g4) = (medp(&bulk1[i], |b| b.0), medp(&bulk4[i], |b| b.0));
+            report.push_str(&format!(
+                "| {} | {:.2} | {:.2}× | {} | {:.2} | {:.2}× | {} |\n",
+                r.kind.name(),
+                g1,
+                g1 / d1,
+                fmt(medp(&bulk1[i], |b| b.1), 3),
+                g4,
+                g4 / d4,
+                fmt(medp(&bulk4[i], |b| b.1), 3),
+            ));
+        }
+        report.push('\n');
+        eprint!("{report}");
+    }
+
+    report.push_str("### Memory per idle connection (1 worker)\n\n| router | connections | resident bytes per connection |\n|---|---|---|\n");
+    for &n in &o.idle {
+        for kind in [Kind::Haproxy, Kind::Nginx, Kind::Sniproxy, Kind::Meshgate] {
+            eprintln!("idle {n}: {}", kind.name());
+            match idle_memory(kind, n) {
+                Some((per, reached)) => {
+                    report.push_str(&format!("| {} | {reached} | {per:.0} |\n", kind.name()))
+                }
+                None => report.push_str(&format!("| {} | {n} | – |\n", kind.name())),
+            }
+        }
+    }
+
+    report.push_str("\n### Route-table scaling (meshgate, 1 worker, 4 clients)\n\n| routes | conns/s | router CPU µs/conn | vs 10 routes |\n|---|---|---|---|\n");
+    let mut base = f64::NAN;
+    for &n in &o.route_counts {
+        eprintln!("routes {n}");
+        let r = Router::start(
+            Kind::Meshgate,
+            &Spec {
+                sni: SNI,
+                backend: backend.addr(),
+                workers: 1,
+                extra_routes: n.saturating_sub(1),
+            },
+        );
+        let samples: Vec<Sample> = (0..o.rounds)
+            .map(|_| new_connections(&r, &client, 4, o.seconds))
+            .collect();
+        let cpu = median(samples.iter().map(|s| s.cpu_per_op).collect());
+        if base.is_nan() {
+            base = cpu;
+        }
+        report.push_str(&format!(
+            "| {n} | {:.0} | {cpu:.1} | {:.2}× |\n",
+            median(samples.iter().map(|s| s.rate).collect()),
+            cpu / base
         ));
     }
-    print!("{out}");
+    println!("{report}");
     if let Some(path) = o.out {
-        if let Err(e) = std::fs::write(&path, &out) {
+        if let Err(e) = std::fs::write(&path, &report) {
             eprintln!("{}: {e}", path.display());
         }
     }

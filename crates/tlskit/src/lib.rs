@@ -276,6 +276,15 @@ pub fn connect(
     Ok(tls)
 }
 
+/// The ClientHello a client with `config` sends for `sni` (nothing is connected).
+pub fn client_hello_bytes(config: Arc<ClientConfig>, sni: &str) -> Result<Vec<u8>, Error> {
+    let name = ServerName::try_from(sni.to_owned())?;
+    let mut conn = ClientConnection::new(config, name)?;
+    let mut out = Vec::new();
+    conn.write_tls(&mut out)?;
+    Ok(out)
+}
+
 /// Sends `HELLO` and returns the backend's one-line answer (`backend=... sni=... alpn=...`).
 pub fn hello(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> Result<String, Error> {
     let mut tls = connect(addr, sni, config)?;

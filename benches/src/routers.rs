@@ -1,0 +1,347 @@
+//! Starting the routers under test as child processes, each an SNI passthrough router in front of the
+//! same backend: meshgate, HAProxy (`req_ssl_sni`), nginx (`ssl_preread`), sniproxy — and the direct
+//! path. Every process is killed by PID on drop; CPU and memory are read from /proc for the whole process
+//! tree (nginx and HAProxy fork workers).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// No router: clients connect to the backend.
+    Direct,
+    /// meshgate with splice relay.
+    Meshgate,
+    /// meshgate with the buffered relay.
+    MeshgateBuffered,
+    /// HAProxy in TCP mode with `req_ssl_sni`.
+    Haproxy,
+    /// nginx stream module with `ssl_preread`.
+    Nginx,
+    /// sniproxy.
+    Sniproxy,
+}
+
+impl Kind {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Meshgate => "meshgate",
+            Kind::MeshgateBuffered => "meshgate (buffered)",
+            Kind::Haproxy => "HAProxy",
+            Kind::Nginx => "nginx",
+            Kind::Sniproxy => "sniproxy",
+        }
+    }
+}
+
+/// A running router.
+pub struct Router {
+    /// Which.
+    pub kind: Kind,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let pid = c.id();
+            // Workers first (nginx, HAProxy), then the parent.
+            for child in descendants(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &child.to_string()])
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+fn meshgate_bin() -> PathBuf {
+    std::env::var_os("MESHGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/meshgate")
+        })
+}
+
+/// Options for starting a router.
+pub struct Spec<'a> {
+    /// SNI routed to the backend.
+    pub sni: &'a str,
+    /// The backend.
+    pub backend: SocketAddr,
+    /// Worker threads / processes.
+    pub workers: usize,
+    /// meshgate only: extra exact routes (`svcN.bench.example`) and wildcard routes to add.
+    pub extra_routes: usize,
+}
+
+impl Router {
+    /// The direct path.
+    pub fn direct(backend: SocketAddr) -> Router {
+        Router {
+            kind: Kind::Direct,
+            addr: backend,
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// Starts `kind` and waits until it accepts connections (bounded).
+    pub fn start(kind: Kind, spec: &Spec<'_>) -> Router {
+        if kind == Kind::Direct {
+            return Router::direct(spec.backend);
+        }
+        let listen = free_addr();
+        let dir = std::env::temp_dir().join(format!(
+            "meshgate-bench-{}-{}",
+            std::process::id(),
+            listen.port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (sni, backend, workers) = (spec.sni, spec.backend, spec.workers);
+        let mut ready_probe: Option<SocketAddr> = None;
+        let child = match kind {
+            Kind::Meshgate | Kind::MeshgateBuffered => {
+                let admin = free_addr();
+                ready_probe = Some(admin);
+                let relay = if kind == Kind::Meshgate {
+                    "splice"
+                } else {
+                    "buffered"
+                };
+                let mut text = format!(
+                    "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = {workers}\nrelay = \"{relay}\"\nmax_connections = 400000\n\n[[routes]]\nsni = \"{sni}\"\nendpoints = [\"{backend}\"]\n"
+                );
+                // Half exact names, half wildcards, none matching the benchmark's SNI.
+                for i in 0..spec.extra_routes {
+                    if i % 2 == 0 {
+                        let _ = write!(text, "[[routes]]\nsni = \"svc{i}.bench.example\"\nendpoints = [\"{backend}\"]\n");
+                    } else {
+                        let _ = write!(text, "[[routes]]\nsni = \"*.zone{i}.bench.example\"\nendpoints = [\"{backend}\"]\n");
+                    }
+                }
+                let config = dir.join("gateway.toml");
+                std::fs::write(&config, text).expect("write config");
+                Command::new(meshgate_bin())
+                    .args(["gateway", "--config"])
+                    .arg(&config)
+                    .env("MESHGATE_LOG", "error")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "start {}: {e} (cargo build --release)",
+                            meshgate_bin().display()
+                        )
+                    })
+            }
+            Kind::Haproxy => {
+                let config = dir.join("haproxy.cfg");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "global\n  maxconn 9000\n  nbthread {workers}\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend fe\n  bind {listen}\n  tcp-request inspect-delay 10s\n  tcp-request content accept if {{ req_ssl_hello_type 1 }}\n  use_backend be if {{ req_ssl_sni -i {sni} }}\n\nbackend be\n  server s1 {backend}\n"
+                    ),
+                )
+                .expect("write config");
+                Command::new("haproxy")
+                    .arg("-db")
+                    .arg("-f")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start haproxy (apt-get install haproxy)")
+            }
+            Kind::Nginx => {
+                let config = dir.join("nginx.conf");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes {workers};\nworker_rlimit_nofile 20000;\ndaemon off;\npid {pid};\nerror_log {err} error;\nevents {{ worker_connections 9000; }}\nstream {{\n  map_hash_bucket_size 256;\n  map $ssl_preread_server_name $up {{ {sni} backend; default reject; }}\n  upstream backend {{ server {backend}; }}\n  upstream reject {{ server 127.0.0.1:1; }}\n  server {{ listen {listen} reuseport; ssl_preread on; proxy_pass $up; proxy_timeout 1h; proxy_half_close on; }}\n}}\n",
+                        pid = dir.join("nginx.pid").display(),
+                        err = dir.join("error.log").display(),
+                    ),
+                )
+                .expect("write config");
+                Command::new("nginx")
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start nginx (apt-get install nginx-light libnginx-mod-stream)")
+            }
+            Kind::Sniproxy => {
+                let config = dir.join("sniproxy.conf");
+                // sniproxy matches table entries as regular expressions; the name's dots match themselves too.
+                let pattern = sni;
+                std::fs::write(
+                    &config,
+                    format!(
+                        "user root\npidfile {pid}\nerror_log {{\n  filename {err}\n  priority error\n}}\nlistener {ip} {port} {{\n  protocol tls\n  table t\n}}\ntable t {{\n  {pattern} {bip} {bport}\n}}\n",
+                        pid = dir.join("sniproxy.pid").display(),
+                        err = dir.join("error.log").display(),
+                        ip = listen.ip(),
+                        port = listen.port(),
+                        bip = backend.ip(),
+                        bport = backend.port(),
+                    ),
+                )
+                .expect("write config");
+                Command::new("sniproxy")
+                    .arg("-f")
+                    .arg("-c")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start sniproxy (apt-get install sniproxy)")
+            }
+            Kind::Direct => unreachable!("handled above"),
+        };
+        let router = Router {
+            kind,
+            addr: listen,
+            child: Some(child),
+            dir: Some(dir),
+        };
+        // Large route tables take a while to parse: allow a second per 10k routes on top.
+        let deadline =
+            Instant::now() + Duration::from_secs(20 + (spec.extra_routes / 10_000) as u64);
+        loop {
+            let ready = match ready_probe {
+                Some(admin) => std::net::TcpStream::connect(admin)
+                    .and_then(|mut s| {
+                        s.write_all(b"GET /ready HTTP/1.1\r\n\r\n")?;
+                        let mut line = String::new();
+                        BufReader::new(s).read_line(&mut line)?;
+                        Ok(line.contains(" 200 "))
+                    })
+                    .unwrap_or(false),
+                None => std::net::TcpStream::connect(listen).is_ok(),
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = router
+                    .dir
+                    .as_ref()
+                    .and_then(|d| std::fs::read_to_string(d.join("error.log")).ok())
+                    .unwrap_or_default();
+                panic!("{} did not start: {log}", kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        router
+    }
+
+    /// PIDs of the router's processes (parent and workers).
+    fn pids(&self) -> Vec<u32> {
+        match &self.child {
+            Some(c) => {
+                let mut v = vec![c.id()];
+                v.extend(descendants(c.id()));
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// CPU time of all its processes and threads so far, in nanoseconds; `None` for the direct path.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        self.child.as_ref()?;
+        Some(self.pids().into_iter().map(process_cpu_ns).sum())
+    }
+
+    /// Resident memory of all its processes, in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.child.as_ref()?;
+        Some(
+            self.pids()
+                .into_iter()
+                .filter_map(|p| {
+                    let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+                    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                    Some(kb * 1024)
+                })
+                .sum(),
+        )
+    }
+}
+
+fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Every process whose ancestry leads to `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            if let Some(ppid) = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<u32>().ok())
+            {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
