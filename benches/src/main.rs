@@ -258,6 +258,7 @@ fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
             backend,
             workers: 1,
             extra_routes: 0,
+            hook: None,
         },
     );
     let hello = meshgate_sni_hello();
@@ -335,6 +336,7 @@ fn main() {
                         backend: backend.addr(),
                         workers,
                         extra_routes: 0,
+                        hook: None,
                     },
                 )
             })
@@ -455,6 +457,7 @@ fn main() {
                 backend: backend.addr(),
                 workers: 1,
                 extra_routes: n.saturating_sub(1),
+                hook: None,
             },
         );
         let samples: Vec<Sample> = (0..o.rounds)
@@ -468,6 +471,21 @@ fn main() {
             "| {n} | {:.0} | {cpu:.1} | {:.2}× |\n",
             median(samples.iter().map(|s| s.rate).collect()),
             cpu / base
+        ));
+    }
+    report.push_str("\n### Per-connection hook (meshgate, 1 worker, 4 clients, 10 routes)\n\n| hook | conns/s | router CPU µs/conn |\n|---|---|---|\n");
+    for (label, hook) in [
+        ("none (no Wasm call per connection)", None),
+        ("sni-denylist, verdict cached per SNI", Some("[hook]\nplugin = \"sni-denylist\"\nconfig = { deny = \"blocked.example\" }\n")),
+        ("sni-denylist, called on every connection", Some("[hook]\nplugin = \"sni-denylist\"\nconfig = { deny = \"blocked.example\", cache = \"false\" }\n")),
+    ] {
+        eprintln!("hook: {label}");
+        let r = Router::start(Kind::Meshgate, &Spec { sni: SNI, backend: backend.addr(), workers: 1, extra_routes: 9, hook });
+        let samples: Vec<Sample> = (0..o.rounds).map(|_| new_connections(&r, &client, 4, o.seconds)).collect();
+        report.push_str(&format!(
+            "| {label} | {:.0} | {:.1} |\n",
+            median(samples.iter().map(|s| s.rate).collect()),
+            median(samples.iter().map(|s| s.cpu_per_op).collect())
         ));
     }
     println!("{report}");

@@ -95,6 +95,8 @@ pub struct Spec<'a> {
     pub workers: usize,
     /// meshgate only: extra exact routes (`svcN.bench.example`) and wildcard routes to add.
     pub extra_routes: usize,
+    /// meshgate only: a `[hook]` section to add (TOML), e.g. the shipped sni-denylist.
+    pub hook: Option<&'a str>,
 }
 
 impl Router {
@@ -141,6 +143,9 @@ impl Router {
                     } else {
                         let _ = write!(text, "[[routes]]\nsni = \"*.zone{i}.bench.example\"\nendpoints = [\"{backend}\"]\n");
                     }
+                }
+                if let Some(hook) = spec.hook {
+                    text.push_str(hook);
                 }
                 let config = dir.join("gateway.toml");
                 std::fs::write(&config, text).expect("write config");

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Shipped plugins: (crate name, file stem of the built module).
-const PLUGINS: [(&str, &str); 4] = [
+const PLUGINS: [(&str, &str); 5] = [
     ("file-catalog", "file_catalog"),
     ("consul-router", "consul_router"),
     ("export-control", "export_control"),
+    ("sni-denylist", "sni_denylist"),
     // Misbehaves on request; embedded for the sandbox tests only.
     ("testbed", "testbed"),
 ];

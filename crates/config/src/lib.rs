@@ -42,6 +42,9 @@ pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 1_000;
 pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 64;
 /// Default interval between catalog polls, in milliseconds (a file catalog notices edits this fast).
 pub const DEFAULT_CATALOG_POLL_MS: u64 = 250;
+/// A connection hook's per-call deadline is at most this, in milliseconds, whatever `deadline_ms` says:
+/// it runs on a data-plane core, in the connection's path.
+pub const HOOK_MAX_DEADLINE_MS: u64 = 20;
 /// The router used when `[catalog]` is set and `[router]` is not.
 pub const DEFAULT_ROUTER_PLUGIN: &str = "consul-router";
 
@@ -79,6 +82,9 @@ pub struct Config {
     /// The router plugin (catalog → routes); `consul-router` when a catalog is set and this is not.
     #[serde(default)]
     pub router: Option<PluginSection>,
+    /// An optional per-connection hook plugin, consulted before the table (restart to change it).
+    #[serde(default)]
+    pub hook: Option<PluginSection>,
     /// Directory of the config file: relative paths in it (plugins, granted directories) start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -415,7 +421,11 @@ impl Config {
                 "a router plugin needs a [catalog] plugin to route from".into(),
             ));
         }
-        for (name, section) in [("catalog", &self.catalog), ("router", &self.router)] {
+        for (name, section) in [
+            ("catalog", &self.catalog),
+            ("router", &self.router),
+            ("hook", &self.hook),
+        ] {
             if let Some(s) = section {
                 for (field, value) in [
                     ("deadline_ms", s.deadline_ms),

@@ -2,13 +2,14 @@
 //! connect upstream (retrying and failing over while nothing has been forwarded), forward the buffered
 //! hello, relay, and write one access-log line.
 
+use crate::hook::HookDecision;
 use crate::relay::{self, Outcome};
 use crate::stats::End;
 use crate::sys;
 use crate::worker::Core;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use meshgate_route::Plan;
+use meshgate_route::{EndpointGroup, LbPolicy, Plan, Route};
 use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
 use std::io;
 use std::net::SocketAddr;
@@ -76,12 +77,28 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
     stats.hello_outcome(if hello.sni.is_some() { "ok" } else { "no_sni" });
     stats.hello_size.observe(hello.size as f64);
 
-    // 2. Route.
-    let found = match &hello.sni {
-        Some(name) => snapshot.table.lookup(name),
-        None => snapshot.table.no_sni(),
+    // 2. The hook, if any, then the table.
+    let hooked = match core.hook_decide(hello.sni.as_deref(), &hello.alpn, peer) {
+        Some(HookDecision::Deny) => {
+            tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), alpn = %hello.alpn_display(), end = End::Denied.label(), "denied by the connection hook");
+            return End::Denied;
+        }
+        Some(HookDecision::Forward(endpoints)) if !endpoints.is_empty() => Some(Route {
+            pattern: "<hook>".to_owned(),
+            groups: vec![EndpointGroup { endpoints }],
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: None,
+            source: "connection hook".to_owned(),
+        }),
+        _ => None,
     };
-    let Some((route, route_id)) = found.route() else {
+    let found = match (&hooked, &hello.sni) {
+        // One id past the table's: the hook's route gets its own round-robin cursor.
+        (Some(r), _) => Some((r, snapshot.table.len())),
+        (None, Some(name)) => snapshot.table.lookup(name).route(),
+        (None, None) => snapshot.table.no_sni().route(),
+    };
+    let Some((route, route_id)) = found else {
         tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), alpn = %hello.alpn_display(), end = End::NoRoute.label(), "no route");
         return End::NoRoute;
     };

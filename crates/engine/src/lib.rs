@@ -19,6 +19,7 @@
 //! through [`Engine`].
 
 mod conn;
+pub mod hook;
 mod relay;
 pub mod stats;
 mod sys;
@@ -92,6 +93,15 @@ impl Engine {
     /// Starts one executor per worker, binds every listener on every core, and returns once all cores
     /// listen (or the first error).
     pub fn start(settings: GatewaySettings, table: RouteTable) -> Result<Engine, EngineError> {
+        Self::start_with_hook(settings, table, None)
+    }
+
+    /// Like [`Engine::start`], with a per-connection hook on every core.
+    pub fn start_with_hook(
+        settings: GatewaySettings,
+        table: RouteTable,
+        hook: Option<hook::HookFactory>,
+    ) -> Result<Engine, EngineError> {
         let cpus = sys::allowed_cpus();
         let workers = settings.workers.unwrap_or(cpus.len()).max(1);
         let io_memory = settings.io_memory_kib * 1024;
@@ -130,10 +140,11 @@ impl Engine {
             let tx = tx.clone();
             let addrs = settings.listen.clone();
             let backlog = settings.backlog;
+            let hook = hook.clone();
             let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
                 .name(&format!("meshgate-core-{core}"))
                 .io_memory(io_memory)
-                .spawn(move || worker::run(core, shared, stats, addrs, backlog, tx))
+                .spawn(move || worker::run(core, shared, stats, addrs, backlog, tx, hook))
                 .map_err(|e| EngineError::Executor {
                     core,
                     message: e.to_string(),

@@ -119,11 +119,13 @@ pub enum End {
     IdleTimeout,
     /// Maximum connection duration.
     MaxDuration,
+    /// Refused by the connection hook.
+    Denied,
 }
 
 impl End {
     /// Every variant, in label order.
-    pub const ALL: [End; 8] = [
+    pub const ALL: [End; 9] = [
         End::Completed,
         End::HelloFailed,
         End::NoRoute,
@@ -132,6 +134,7 @@ impl End {
         End::UpstreamError,
         End::IdleTimeout,
         End::MaxDuration,
+        End::Denied,
     ];
 
     /// Stable label.
@@ -145,6 +148,7 @@ impl End {
             End::UpstreamError => "upstream_error",
             End::IdleTimeout => "idle_timeout",
             End::MaxDuration => "max_duration",
+            End::Denied => "denied",
         }
     }
 }
@@ -197,6 +201,12 @@ pub struct CoreStats {
     pub accept_backoffs: Counter,
     /// Connections relayed with the buffered path because a pipe could not be made.
     pub splice_fallbacks: Counter,
+    /// Calls into the connection hook.
+    pub hook_calls: Counter,
+    /// Hook calls that failed (the table decided instead).
+    pub hook_failures: Counter,
+    /// Connections decided from the per-core verdict cache, without calling the hook.
+    pub hook_cache_hits: Counter,
     /// Labelled counts, republished by the core about once a second.
     pub labelled: ArcSwap<Labelled>,
 }
@@ -218,6 +228,9 @@ impl CoreStats {
             accept_errors: Counter::default(),
             accept_backoffs: Counter::default(),
             splice_fallbacks: Counter::default(),
+            hook_calls: Counter::default(),
+            hook_failures: Counter::default(),
+            hook_cache_hits: Counter::default(),
             labelled: ArcSwap::from_pointee(Labelled::default()),
         }
     }
@@ -439,6 +452,21 @@ impl EngineMetrics {
                 "meshgate_accept_backoffs_total",
                 "Pauses in accepting because the process ran out of file descriptors.",
                 &|c: &CoreStats| c.accept_backoffs.get(),
+            ),
+            (
+                "meshgate_hook_calls_total",
+                "Calls into the per-connection hook plugin.",
+                &|c: &CoreStats| c.hook_calls.get(),
+            ),
+            (
+                "meshgate_hook_failures_total",
+                "Hook calls that failed (trap, deadline...); the route table decided instead.",
+                &|c: &CoreStats| c.hook_failures.get(),
+            ),
+            (
+                "meshgate_hook_cache_hits_total",
+                "Connections decided from the per-core cache of cacheable hook verdicts.",
+                &|c: &CoreStats| c.hook_cache_hits.get(),
             ),
             (
                 "meshgate_splice_fallbacks_total",

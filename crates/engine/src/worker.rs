@@ -1,6 +1,7 @@
 //! One core: its listeners, its accept loops and connection limits, its private state (snapshot copy,
 //! load-balancing cursors, per-endpoint connection counts, pipe pool, labelled counters), and its drain.
 
+use crate::hook::{ConnectionHook, HookDecision, HookFactory, HOOK_CACHE_MAX};
 use crate::stats::{CoreStats, Labelled, MAX_LABEL_VALUES};
 use crate::sys::{self, Pipe};
 use crate::{EngineError, Shared, Snapshot};
@@ -48,6 +49,8 @@ pub(crate) struct Core {
     labelled: RefCell<Labelled>,
     labelled_dirty: Cell<bool>,
     pub(crate) live: Cell<usize>,
+    hook: RefCell<Option<Box<dyn ConnectionHook>>>,
+    hook_cache: RefCell<HashMap<String, HookDecision>>,
 }
 
 impl Core {
@@ -61,10 +64,48 @@ impl Core {
         if generation != self.generation.get() {
             let fresh = self.shared.snapshot.load_full();
             self.lb.borrow_mut().reset(fresh.table.len());
+            // Cached hook verdicts were given against the old table.
+            self.hook_cache.borrow_mut().clear();
             *self.snapshot.borrow_mut() = fresh;
             self.generation.set(generation);
         }
         self.snapshot.borrow().clone()
+    }
+
+    /// The hook's decision for a connection (`None`: no hook, or it failed: use the table).
+    pub(crate) fn hook_decide(
+        &self,
+        sni: Option<&str>,
+        alpn: &[Vec<u8>],
+        peer: Option<SocketAddr>,
+    ) -> Option<HookDecision> {
+        let mut hook = self.hook.borrow_mut();
+        let hook = hook.as_mut()?;
+        let stats = self.stats();
+        if let Some(name) = sni {
+            if let Some(d) = self.hook_cache.borrow().get(name) {
+                stats.hook_cache_hits.inc();
+                return Some(d.clone());
+            }
+        }
+        stats.hook_calls.inc();
+        match hook.decide(sni, alpn, peer) {
+            Ok(v) => {
+                if let (true, Some(name)) = (v.cacheable, sni) {
+                    let mut cache = self.hook_cache.borrow_mut();
+                    if cache.len() >= HOOK_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(name.to_owned(), v.decision.clone());
+                }
+                Some(v.decision)
+            }
+            Err(e) => {
+                stats.hook_failures.inc();
+                tracing::debug!(error = %e, "connection hook failed; the table decides");
+                None
+            }
+        }
     }
 
     /// Open connections from this core to `addr`.
@@ -160,7 +201,18 @@ pub(crate) async fn run(
     addrs: Vec<SocketAddr>,
     backlog: u32,
     ready: Sender<Result<(), EngineError>>,
+    hook: Option<HookFactory>,
 ) {
+    let hook = hook.and_then(|make| {
+        let h = make(index);
+        if h.is_none() {
+            tracing::warn!(
+                core = index,
+                "connection hook unavailable on this core; routing by the table"
+            );
+        }
+        h
+    });
     let snapshot = shared.snapshot.load_full();
     let settings = snapshot.settings.clone();
     let generation = shared.generation.load(Ordering::Acquire);
@@ -181,6 +233,8 @@ pub(crate) async fn run(
         labelled: RefCell::new(Labelled::default()),
         labelled_dirty: Cell::new(false),
         live: Cell::new(0),
+        hook: RefCell::new(hook),
+        hook_cache: RefCell::new(HashMap::new()),
     });
 
     let mut listeners = Vec::with_capacity(addrs.len());

@@ -215,7 +215,10 @@ impl Running {
 pub(crate) fn start(config: &Config) -> Result<Running, String> {
     let mut control = Control::new(config.clone())?;
     let table = control.initial_table()?;
-    let engine = Arc::new(Engine::start(config.gateway.clone(), table).map_err(|e| e.to_string())?);
+    let hook = crate::hook::factory(config)?;
+    let engine = Arc::new(
+        Engine::start_with_hook(config.gateway.clone(), table, hook).map_err(|e| e.to_string())?,
+    );
     let plugins = control.metrics.clone();
     let admin = match config.gateway.admin {
         Some(addr) => Some(

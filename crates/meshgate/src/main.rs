@@ -4,6 +4,7 @@
 mod control;
 mod demo;
 mod gateway;
+mod hook;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

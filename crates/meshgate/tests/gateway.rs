@@ -654,3 +654,33 @@ fn out_of_descriptors_backs_off_without_spinning() {
     );
     assert!(answer.starts_with("backend=api "), "{answer}");
 }
+
+#[test]
+fn connection_hook_denies_listed_names_and_caches_verdicts() {
+    let pki = Pki::new("test CA").expect("ca");
+    let api = sni("api", "dc1");
+    let web = sni("web", "dc1");
+    let a = backend(&pki, "api", &[&api]);
+    let w = backend(&pki, "web", &[&web]);
+    let gw = Gateway::start(
+        "workers = 1",
+        &format!(
+            "{}{}[hook]\nplugin = \"sni-denylist\"\nconfig = {{ deny = \"{api}\" }}\n",
+            route(&api, &[a.addr()]),
+            route(&web, &[w.addr()])
+        ),
+    );
+    let client = pki.client_config(&[]).expect("client");
+    assert!(
+        meshgate_tlskit::hello(gw.listen, &api, client.clone()).is_err(),
+        "api must be denied"
+    );
+    for _ in 0..3 {
+        let answer = meshgate_tlskit::hello(gw.listen, &web, client.clone()).expect("web");
+        assert!(answer.starts_with("backend=web "), "{answer}");
+    }
+    gw.wait_metric("meshgate_connections_closed_total{reason=\"denied\"}", 1.0);
+    // Two distinct names: two calls; the other connections were answered from the cache.
+    assert_eq!(gw.metric("meshgate_hook_calls_total"), 2.0);
+    assert_eq!(gw.metric("meshgate_hook_cache_hits_total"), 2.0);
+}

@@ -45,6 +45,19 @@ pub mod router_world {
     });
 }
 
+/// Host bindings for the `connection-hook` world.
+pub mod hook_world {
+    #![allow(missing_docs)] // generated from plugins/wit, documented there
+    wasmtime::component::bindgen!({
+        world: "connection-hook",
+        path: "../../plugins/wit",
+        with: {
+            "meshgate:plugin/types@0.1.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.1.0": crate::catalog_world::meshgate::plugin::host,
+        },
+    });
+}
+
 pub use catalog_world::meshgate::plugin::types;
 
 /// Default per-call deadline.
@@ -59,7 +72,7 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_READ: usize = 16 << 20;
 
 /// The plugins built from `plugins/` and embedded in meshgate, by name.
-pub const SHIPPED: [(&str, &[u8]); 3] = [
+pub const SHIPPED: [(&str, &[u8]); 4] = [
     (
         "file-catalog",
         include_bytes!(concat!(env!("OUT_DIR"), "/file_catalog.wasm")),
@@ -71,6 +84,10 @@ pub const SHIPPED: [(&str, &[u8]); 3] = [
     (
         "export-control",
         include_bytes!(concat!(env!("OUT_DIR"), "/export_control.wasm")),
+    ),
+    (
+        "sni-denylist",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sni_denylist.wasm")),
     ),
 ];
 
@@ -495,6 +512,21 @@ impl PluginHost {
         Ok(p)
     }
 
+    /// A connection hook from a compiled component; call once per core (each gets its own instance).
+    pub fn hook_from(
+        &self,
+        name: String,
+        component: Component,
+        sandbox: Sandbox,
+    ) -> Result<HookPlugin, PluginError> {
+        let loaded = self.loaded(name, component, sandbox)?;
+        let mut p = HookPlugin { loaded, live: None };
+        live(&p.loaded, &mut p.live, |s, c, l| {
+            hook_world::ConnectionHook::instantiate(s, c, l)
+        })?;
+        Ok(p)
+    }
+
     /// Compiles component bytes (tests, benchmarks).
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
         Component::new(&self.engine, bytes).map_err(|e| PluginError::Load {
@@ -669,6 +701,42 @@ impl RouterPlugin {
                 plugin: self.loaded.name.clone(),
                 message,
             }),
+            Err(e) => {
+                let err = self.loaded.classify(store, e);
+                self.live = None;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A loaded connection hook: one per data-plane core.
+pub struct HookPlugin {
+    loaded: Loaded,
+    live: Option<(Store<State>, hook_world::ConnectionHook)>,
+}
+
+impl HookPlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    /// One connection's verdict.
+    pub fn decide(
+        &mut self,
+        settings: &[(String, String)],
+        sni: Option<&str>,
+        alpn: &[String],
+        source: &str,
+    ) -> Result<types::Verdict, PluginError> {
+        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
+            hook_world::ConnectionHook::instantiate(s, c, l)
+        })?;
+        self.loaded.arm(store);
+        let result = inst.call_decide(&mut *store, &settings.to_vec(), sni, alpn, source);
+        match result {
+            Ok(v) => Ok(v),
             Err(e) => {
                 let err = self.loaded.classify(store, e);
                 self.live = None;

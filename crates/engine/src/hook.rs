@@ -1,0 +1,46 @@
+//! The optional per-connection hook: a policy consulted after the ClientHello, before the route table.
+//!
+//! The engine knows only this trait; the binary plugs a Wasm plugin in. Each core gets its own hook
+//! object (made on that core's thread by the [`HookFactory`]), so a call never crosses cores. Cacheable
+//! verdicts are kept per core, per SNI, until the next table change. A failing hook fails only that
+//! connection's decision: the table answers instead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Most cached verdicts per core; the cache is cleared when full (a name flood cannot grow it).
+pub const HOOK_CACHE_MAX: usize = 10_000;
+
+/// What the hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookDecision {
+    /// Route by the table.
+    UseTable,
+    /// Close the connection.
+    Deny,
+    /// Send it to these endpoints.
+    Forward(Vec<SocketAddr>),
+}
+
+/// A decision, and whether it may be reused for the same SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookVerdict {
+    /// The decision.
+    pub decision: HookDecision,
+    /// Same SNI, same decision (until the table changes).
+    pub cacheable: bool,
+}
+
+/// A per-connection policy, one instance per core.
+pub trait ConnectionHook {
+    /// Decides for one connection. An error means "no decision": the table answers.
+    fn decide(
+        &mut self,
+        sni: Option<&str>,
+        alpn: &[Vec<u8>],
+        peer: Option<SocketAddr>,
+    ) -> Result<HookVerdict, String>;
+}
+
+/// Makes core `n`'s hook, on core `n`'s thread. `None`: that core runs without a hook (logged).
+pub type HookFactory = Arc<dyn Fn(usize) -> Option<Box<dyn ConnectionHook>> + Send + Sync>;

@@ -1,0 +1,94 @@
+//! Adapts a Wasm connection-hook plugin to the engine's [`ConnectionHook`] trait: one plugin instance
+//! per core, made on that core's thread.
+
+use meshgate_config::{Config, PluginSection, HOOK_MAX_DEADLINE_MS};
+use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
+use meshgate_plugin::types::Decision;
+use meshgate_plugin::{Grants, HookPlugin, PluginHost, Sandbox};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct WasmHook {
+    plugin: HookPlugin,
+    settings: Vec<(String, String)>,
+}
+
+impl ConnectionHook for WasmHook {
+    fn decide(
+        &mut self,
+        sni: Option<&str>,
+        alpn: &[Vec<u8>],
+        peer: Option<SocketAddr>,
+    ) -> Result<HookVerdict, String> {
+        let alpn: Vec<String> = alpn
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let source = peer.map(|p| p.to_string()).unwrap_or_default();
+        let v = self
+            .plugin
+            .decide(&self.settings, sni, &alpn, &source)
+            .map_err(|e| e.to_string())?;
+        let decision = match v.decision {
+            Decision::UseTable => HookDecision::UseTable,
+            Decision::Deny => HookDecision::Deny,
+            Decision::Forward(eps) => {
+                let mut addrs = Vec::with_capacity(eps.len());
+                for e in &eps {
+                    // IP literals only: a data-plane core never resolves names.
+                    addrs.push(
+                        e.parse::<SocketAddr>()
+                            .map_err(|err| format!("hook endpoint {e}: {err}"))?,
+                    );
+                }
+                HookDecision::Forward(addrs)
+            }
+        };
+        Ok(HookVerdict {
+            decision,
+            cacheable: v.cacheable,
+        })
+    }
+}
+
+/// The factory for `[hook]`, compiling the plugin once; `None` when no hook is configured.
+pub(crate) fn factory(config: &Config) -> Result<Option<HookFactory>, String> {
+    let Some(section) = config.hook.clone() else {
+        return Ok(None);
+    };
+    let host = PluginHost::new().map_err(|e| e.to_string())?;
+    let (name, component) = host
+        .component(&section.plugin, &config.base_dir)
+        .map_err(|e| format!("[hook] {e}"))?;
+    let sandbox = sandbox(&section, config);
+    // Instantiate once here so a plugin that does not fit the world is refused at start.
+    host.hook_from(name.clone(), component.clone(), sandbox.clone())
+        .map_err(|e| format!("[hook] {e}"))?;
+    let settings = section.settings();
+    Ok(Some(Arc::new(move |core| {
+        match host.hook_from(name.clone(), component.clone(), sandbox.clone()) {
+            Ok(plugin) => Some(Box::new(WasmHook {
+                plugin,
+                settings: settings.clone(),
+            }) as Box<dyn ConnectionHook>),
+            Err(e) => {
+                tracing::error!(core, error = %e, "connection hook failed to load on this core");
+                None
+            }
+        }
+    })))
+}
+
+fn sandbox(section: &PluginSection, config: &Config) -> Sandbox {
+    Sandbox {
+        deadline: Duration::from_millis(section.deadline_ms.min(HOOK_MAX_DEADLINE_MS)),
+        memory: usize::try_from(section.memory_mib << 20).unwrap_or(usize::MAX),
+        grants: Grants {
+            base: config.base_dir.clone(),
+            dirs: section.allow_dirs.clone(),
+            origins: section.allow_origins.clone(),
+            env: section.allow_env.clone(),
+        },
+    }
+}
