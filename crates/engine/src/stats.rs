@@ -556,19 +556,23 @@ impl EngineMetrics {
 
     /// The Prometheus text exposition of [`EngineMetrics::gather`].
     pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        // The encoder refuses a family without samples (e.g. no route seen yet); leave those out.
-        let families: Vec<MetricFamily> = self
-            .gather()
-            .into_iter()
-            .filter(|f| !f.get_metric().is_empty())
-            .collect();
-        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
-            tracing::error!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        encode(self.gather())
     }
+}
+
+/// Prometheus text for metric families. The encoder refuses a family without samples (e.g. no route seen
+/// yet), so those are left out rather than cutting the whole scrape short.
+pub fn encode(families: Vec<MetricFamily>) -> String {
+    use prometheus::Encoder;
+    let families: Vec<MetricFamily> = families
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Splits a Consul service SNI `<svc>.<ns>.<dc>.internal.<trust-domain>` into (service, namespace,

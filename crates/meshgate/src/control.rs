@@ -66,18 +66,7 @@ impl PluginMetrics {
 
     /// Prometheus text of these metrics.
     pub(crate) fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        let families: Vec<_> = self
-            .registry
-            .gather()
-            .into_iter()
-            .filter(|f| !f.get_metric().is_empty())
-            .collect();
-        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
-            tracing::error!(error = %e, "plugin metrics encoding failed");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        meshgate_engine::stats::encode(self.registry.gather())
     }
 
     fn failed(&self, e: &PluginError, plugin: &str) {
@@ -104,9 +93,15 @@ pub(crate) struct Control {
     pub(crate) metrics: Arc<PluginMetrics>,
 }
 
-fn sandbox(section: &PluginSection, config: &Config) -> Sandbox {
+/// The sandbox a plugin section asks for; `max_deadline` caps the deadline (connection hooks).
+pub(crate) fn sandbox(
+    section: &PluginSection,
+    config: &Config,
+    max_deadline: Option<Duration>,
+) -> Sandbox {
+    let deadline = Duration::from_millis(section.deadline_ms);
     Sandbox {
-        deadline: Duration::from_millis(section.deadline_ms),
+        deadline: max_deadline.map_or(deadline, |m| deadline.min(m)),
         memory: usize::try_from(section.memory_mib << 20).unwrap_or(usize::MAX),
         grants: Grants {
             base: config.base_dir.clone(),
@@ -148,10 +143,16 @@ impl Control {
         }
         let host = self.host.as_ref().ok_or("no plugin host")?;
         let catalog = host
-            .catalog(&catalog_section.plugin, sandbox(&catalog_section, config))
+            .catalog(
+                &catalog_section.plugin,
+                sandbox(&catalog_section, config, None),
+            )
             .map_err(|e| format!("[catalog] {e}"))?;
         let router = host
-            .router(&router_section.plugin, sandbox(&router_section, config))
+            .router(
+                &router_section.plugin,
+                sandbox(&router_section, config, None),
+            )
             .map_err(|e| format!("[router] {e}"))?;
         Ok(Some(Plugins {
             catalog,

@@ -1,10 +1,10 @@
 //! Adapts a Wasm connection-hook plugin to the engine's [`ConnectionHook`] trait: one plugin instance
 //! per core, made on that core's thread.
 
-use meshgate_config::{Config, PluginSection, HOOK_MAX_DEADLINE_MS};
+use meshgate_config::{Config, HOOK_MAX_DEADLINE_MS};
 use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
 use meshgate_plugin::types::Decision;
-use meshgate_plugin::{Grants, HookPlugin, PluginHost, Sandbox};
+use meshgate_plugin::{HookPlugin, PluginHost};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +61,11 @@ pub(crate) fn factory(config: &Config) -> Result<Option<HookFactory>, String> {
     let (name, component) = host
         .component(&section.plugin, &config.base_dir)
         .map_err(|e| format!("[hook] {e}"))?;
-    let sandbox = sandbox(&section, config);
+    let sandbox = crate::control::sandbox(
+        &section,
+        config,
+        Some(Duration::from_millis(HOOK_MAX_DEADLINE_MS)),
+    );
     // Instantiate once here so a plugin that does not fit the world is refused at start.
     host.hook_from(name.clone(), component.clone(), sandbox.clone())
         .map_err(|e| format!("[hook] {e}"))?;
@@ -78,17 +82,4 @@ pub(crate) fn factory(config: &Config) -> Result<Option<HookFactory>, String> {
             }
         }
     })))
-}
-
-fn sandbox(section: &PluginSection, config: &Config) -> Sandbox {
-    Sandbox {
-        deadline: Duration::from_millis(section.deadline_ms.min(HOOK_MAX_DEADLINE_MS)),
-        memory: usize::try_from(section.memory_mib << 20).unwrap_or(usize::MAX),
-        grants: Grants {
-            base: config.base_dir.clone(),
-            dirs: section.allow_dirs.clone(),
-            origins: section.allow_origins.clone(),
-            env: section.allow_env.clone(),
-        },
-    }
 }

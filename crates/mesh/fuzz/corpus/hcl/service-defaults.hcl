@@ -1,5 +1,0 @@
-Kind = "service-defaults"
-Name = "web"
-MeshGateway {
-  Mode = "local"
-}
