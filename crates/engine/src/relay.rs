@@ -207,7 +207,17 @@ async fn splice_pump(
 ) -> Result<(), PumpError> {
     let mut lease = Lease { core, pipe: None };
     let mut pending = 0usize;
+    // A short read means the socket's queue was drained: wait for readiness instead of trying (and
+    // failing) another splice first. The poll completes at once if bytes arrived meanwhile.
+    let mut drained = false;
     loop {
+        if pending == 0 && drained {
+            drained = false;
+            if let Some(p) = lease.pipe.take() {
+                core.give_empty_pipe(p);
+            }
+            readable(src).await.map_err(PumpError::Source)?;
+        }
         if pending == 0 {
             let pipe = match &lease.pipe {
                 Some(p) => p,
@@ -226,7 +236,10 @@ async fn splice_pump(
                     let _ = sys::shutdown_write(dst);
                     return Ok(());
                 }
-                Ok(n) => pending = n,
+                Ok(n) => {
+                    pending = n;
+                    drained = n < SPLICE_CHUNK;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(p) = lease.pipe.take() {
                         core.give_empty_pipe(p);
@@ -263,7 +276,13 @@ async fn buffered_pump(
     flow: &Flow<'_>,
 ) -> Result<(), PumpError> {
     let mut buf = vec![0u8; BUFFER];
+    let mut drained = false;
     loop {
+        if drained {
+            // A short read drained the socket: wait rather than try again (see `splice_pump`).
+            drained = false;
+            readable(src).await.map_err(PumpError::Source)?;
+        }
         let n = match sys::recv(src, &mut buf) {
             Ok(0) => {
                 let _ = sys::shutdown_write(dst);
@@ -281,6 +300,7 @@ async fn buffered_pump(
             .await
             .map_err(PumpError::Destination)?;
         flow.moved(n);
+        drained = n < buf.len();
     }
 }
 
