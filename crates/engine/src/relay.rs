@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 /// Bytes asked of one splice(2) call: the pipe's capacity.
 const SPLICE_CHUNK: usize = crate::worker::PIPE_SIZE;
+/// A read shorter than this is taken as "the peer is waiting for an answer" (request/response
+/// traffic): the pump waits for readiness instead of trying to read again. Bulk flows read more at a
+/// time and keep reading while data is there, which measured cheaper for them.
+const SMALL_READ: usize = 16 * 1024;
 /// User-space buffer per direction on the buffered path.
 const BUFFER: usize = 16 * 1024;
 
@@ -207,7 +211,7 @@ async fn splice_pump(
 ) -> Result<(), PumpError> {
     let mut lease = Lease { core, pipe: None };
     let mut pending = 0usize;
-    // A short read means the socket's queue was drained: wait for readiness instead of trying (and
+    // A small read means the socket's queue was drained: wait for readiness instead of trying (and
     // failing) another splice first. The poll completes at once if bytes arrived meanwhile.
     let mut drained = false;
     loop {
@@ -238,7 +242,7 @@ async fn splice_pump(
                 }
                 Ok(n) => {
                     pending = n;
-                    drained = n < SPLICE_CHUNK;
+                    drained = n < SMALL_READ;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(p) = lease.pipe.take() {

@@ -168,6 +168,47 @@ impl Catalog {
                 endpoints.push(i.endpoint());
             }
         }
+        // Subsets (service-resolver entries for local services): the healthy instances their filter keeps.
+        for entry in self
+            .config_entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::ServiceResolver)
+        {
+            for subset in &entry.subsets {
+                let mut endpoints: Vec<String> = self
+                    .instances
+                    .iter()
+                    .filter(|i| i.datacenter == local_dc && i.healthy())
+                    .filter(|i| {
+                        let s = &i.service;
+                        s.kind == ServiceKind::ConnectProxy
+                            && s.proxy
+                                .as_ref()
+                                .is_some_and(|p| p.destination_service_name == entry.name)
+                            && subset.parsed.matches(s)
+                    })
+                    .map(Instance::endpoint)
+                    .collect();
+                endpoints.sort();
+                endpoints.dedup();
+                if endpoints.is_empty() {
+                    continue;
+                }
+                routes.push(RouteDef {
+                    pattern: SniName::Service {
+                        subset: Some(subset.name.clone()),
+                        service: entry.name.clone(),
+                        namespace: names::DEFAULT.to_owned(),
+                        partition: names::DEFAULT.to_owned(),
+                        datacenter: local_dc.to_owned(),
+                        trust_domain: td.clone(),
+                    }
+                    .to_string(),
+                    endpoints,
+                    reason: format!("subset {} of local service {}", subset.name, entry.name),
+                });
+            }
+        }
         for ((svc, ns), mut endpoints) in services {
             if endpoints.is_empty() {
                 // No healthy instance: no route, so the gateway refuses (fails closed) and counts it.

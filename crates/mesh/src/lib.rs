@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod filter;
 pub mod formats;
 pub mod hcl;
 pub mod model;

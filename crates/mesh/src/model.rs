@@ -197,6 +197,8 @@ pub struct ConfigEntry {
     pub name: String,
     /// `MeshGateway.Mode`.
     pub mesh_gateway: Option<GatewayMode>,
+    /// `Subsets` of a service-resolver, by name.
+    pub subsets: Vec<Subset>,
     /// Every other field, kept as written.
     pub other: BTreeMap<String, Value>,
 }
@@ -209,6 +211,20 @@ pub enum EntryKind {
     ProxyDefaults,
     /// `service-defaults`.
     ServiceDefaults,
+    /// `service-resolver` (its `Subsets` are read; other fields kept).
+    ServiceResolver,
+}
+
+/// A named subset of a service's instances (`service-resolver` `Subsets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subset {
+    /// Subset name (the first label of its SNI).
+    pub name: String,
+    /// The filter as written.
+    pub filter: String,
+    /// The filter, parsed.
+    #[serde(skip)]
+    pub parsed: crate::filter::Filter,
 }
 
 /// What one file holds.
@@ -617,8 +633,15 @@ fn decode_sidecar(o: Obj<'_>, parent: &Service) -> R<Service> {
         address: view.string("address")?.unwrap_or_default(),
         // Consul assigns a port from its sidecar range when none is given; 21000 is the range's start.
         port: view.port("port")?.unwrap_or(21000),
-        tags: view.strings("tags")?,
-        meta: view.string_map("meta")?,
+        // Consul: a sidecar inherits its parent's tags and meta unless it sets its own.
+        tags: match view.get("tags") {
+            Some(_) => view.strings("tags")?,
+            None => parent.tags.clone(),
+        },
+        meta: match view.get("meta") {
+            Some(_) => view.string_map("meta")?,
+            None => parent.meta.clone(),
+        },
         tagged_addresses: BTreeMap::new(),
         proxy: Some(proxy),
         sidecar: None,
@@ -640,14 +663,44 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
     }
     let mut other = BTreeMap::new();
     for (k, v) in o.map {
-        if !matches!(norm(k).as_str(), "kind" | "name" | "meshgateway") {
+        if !matches!(
+            norm(k).as_str(),
+            "kind" | "name" | "meshgateway" | "subsets"
+        ) {
             other.insert(k.clone(), v.clone());
         }
     }
+    let subsets = o
+        .object("subsets", |s| {
+            let mut out = Vec::new();
+            for (name, v) in s.map {
+                let path = join(s.path, name);
+                let Some(map) = as_object(v) else {
+                    return fail(&path, "expected a block with Filter", Some(v));
+                };
+                let inner = Obj { map, path: &path };
+                let filter = inner.string("filter")?.unwrap_or_default();
+                let parsed = crate::filter::Filter::parse(&filter).or_else(|m| {
+                    fail(
+                        &join(&path, "Filter"),
+                        m,
+                        Some(&Value::String(filter.clone())),
+                    )
+                })?;
+                out.push(Subset {
+                    name: name.clone(),
+                    filter,
+                    parsed,
+                });
+            }
+            Ok(out)
+        })?
+        .unwrap_or_default();
     Ok(ConfigEntry {
         kind,
         name,
         mesh_gateway: o.mode("mesh_gateway")?,
+        subsets,
         other,
     })
 }
@@ -664,6 +717,7 @@ pub fn decode(v: &Value) -> Result<Document, DecodeError> {
         let entry = match kind.as_str() {
             "proxy-defaults" => Some(EntryKind::ProxyDefaults),
             "service-defaults" => Some(EntryKind::ServiceDefaults),
+            "service-resolver" => Some(EntryKind::ServiceResolver),
             _ => None,
         };
         if let Some(k) = entry {

@@ -31,6 +31,7 @@ fn entry(kind: EntryKind, name: &str, mode: Option<GatewayMode>) -> ConfigEntry 
         kind,
         name: name.to_owned(),
         mesh_gateway: mode,
+        subsets: vec![],
         other: Default::default(),
     }
 }
@@ -240,4 +241,52 @@ fn wan_federation_routes_servers() {
             .any(|r| r.pattern == "server-1.server.dc1.consul"
                 && r.endpoints == vec!["10.1.0.9:8300"])
     );
+}
+
+#[test]
+fn resolver_subsets_route_to_matching_healthy_instances() {
+    let mut c = mesh();
+    c.instances.extend(instances(
+        "dc1",
+        "10.1.0.6",
+        r#"
+        services = [
+          { name = "db", id = "db-2", port = 5432, meta { version = "v2" },
+            connect { sidecar_service { port = 21002 } } },
+        ]"#,
+    ));
+    let resolver = r#"
+Kind = "service-resolver"
+Name = "db"
+DefaultSubset = "v1"
+Subsets = {
+  v2 = {
+    Filter = "Service.Meta.version == v2"
+  }
+}
+"#;
+    match load_document(resolver, Path::new("r.hcl")).expect("resolver") {
+        Document::ConfigEntry(e) => {
+            assert_eq!(e.subsets.len(), 1);
+            assert!(e.other.contains_key("DefaultSubset"));
+            c.config_entries.push(e);
+        }
+        other => panic!("{other:?}"),
+    }
+    let routes = c.gateway_routes("dc1", false);
+    let v2 = routes
+        .iter()
+        .find(|r| r.pattern == format!("v2.db.default.dc1.internal.{TD}"))
+        .expect("subset route");
+    // Only db-2's sidecar (it inherited meta version=v2 from its parent).
+    assert_eq!(v2.endpoints, vec!["10.1.0.6:21002"]);
+    let all = routes
+        .iter()
+        .find(|r| r.pattern == format!("db.default.dc1.internal.{TD}"))
+        .expect("service route");
+    assert_eq!(all.endpoints.len(), 2);
+
+    let bad = resolver.replace("Service.Meta.version == v2", "Service.Meta.version > 2");
+    let e = load_document(&bad, Path::new("r.hcl")).expect_err("unsupported filter");
+    assert_eq!(e.field.as_deref(), Some("Subsets.v2.Filter"), "{e}");
 }

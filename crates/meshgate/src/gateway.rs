@@ -127,6 +127,7 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
             let kind = match e.kind {
                 meshgate_mesh::EntryKind::ProxyDefaults => "proxy-defaults",
                 meshgate_mesh::EntryKind::ServiceDefaults => "service-defaults",
+                meshgate_mesh::EntryKind::ServiceResolver => "service-resolver",
             };
             let _ = writeln!(
                 out,
@@ -134,6 +135,9 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
                 e.name,
                 mode(e.mesh_gateway)
             );
+            for subset in &e.subsets {
+                let _ = writeln!(out, "  subset {}: {}", subset.name, subset.filter);
+            }
             if !e.other.is_empty() {
                 let keys: Vec<&String> = e.other.keys().collect();
                 let _ = writeln!(out, "  other fields kept: {keys:?}");

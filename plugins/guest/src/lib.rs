@@ -124,9 +124,15 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
                 kind: match e.kind {
                     EntryKind::ProxyDefaults => types::EntryKind::ProxyDefaults,
                     EntryKind::ServiceDefaults => types::EntryKind::ServiceDefaults,
+                    EntryKind::ServiceResolver => types::EntryKind::ServiceResolver,
                 },
                 name: e.name.clone(),
                 mesh_gateway: e.mesh_gateway.map(mode_to),
+                subsets: e
+                    .subsets
+                    .iter()
+                    .map(|s| (s.name.clone(), s.filter.clone()))
+                    .collect(),
             })
             .collect(),
     }
@@ -200,9 +206,23 @@ pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
                 kind: match e.kind {
                     types::EntryKind::ProxyDefaults => EntryKind::ProxyDefaults,
                     types::EntryKind::ServiceDefaults => EntryKind::ServiceDefaults,
+                    types::EntryKind::ServiceResolver => EntryKind::ServiceResolver,
                 },
                 name: e.name,
                 mesh_gateway: e.mesh_gateway.map(mode_from),
+                // Filters were validated when the catalog read them; one that no longer parses is dropped.
+                subsets: e
+                    .subsets
+                    .into_iter()
+                    .filter_map(|(name, filter)| {
+                        let parsed = meshgate_mesh::filter::Filter::parse(&filter).ok()?;
+                        Some(meshgate_mesh::model::Subset {
+                            name,
+                            filter,
+                            parsed,
+                        })
+                    })
+                    .collect(),
                 other: Default::default(),
             })
             .collect(),
