@@ -450,15 +450,27 @@ impl Config {
 
     /// A builder holding the static routes and fallbacks, for callers that add routes of their own.
     pub fn route_builder(&self) -> Result<RouteTableBuilder, BuildError> {
+        self.build_routes(|_, e| e)
+    }
+
+    /// Adds every static route and fallback to a new builder; `err` turns a refusal into the caller's
+    /// error, told which entry of the file it came from.
+    fn build_routes<E>(
+        &self,
+        err: impl Fn(RouteOrigin<'_>, BuildError) -> E,
+    ) -> Result<RouteTableBuilder, E> {
         let mut b = RouteTableBuilder::new();
-        for r in &self.routes {
-            b.add(route_spec(r))?;
+        for (i, r) in self.routes.iter().enumerate() {
+            b.add(route_spec(r))
+                .map_err(|e| err(RouteOrigin::Route(i, r), e))?;
         }
-        if let Some(d) = &self.default {
-            b.default_route(fallback_spec(d))?;
+        if let Some(fb) = &self.default {
+            b.default_route(fallback_spec(fb))
+                .map_err(|e| err(RouteOrigin::Fallback("default", fb), e))?;
         }
-        if let Some(n) = &self.no_sni {
-            b.no_sni_route(fallback_spec(n))?;
+        if let Some(fb) = &self.no_sni {
+            b.no_sni_route(fallback_spec(fb))
+                .map_err(|e| err(RouteOrigin::Fallback("no_sni", fb), e))?;
         }
         Ok(b)
     }
@@ -470,36 +482,30 @@ impl Config {
 
     /// Like [`Config::route_table`], with errors located at the offending route.
     fn route_table_located(&self, text: &str, file: &Path) -> Result<RouteTable, ConfigError> {
-        let mut b = RouteTableBuilder::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            b.add(route_spec(r)).map_err(|e| {
-                let (field, span) = match e {
-                    BuildError::NoEndpoints(_) => ("endpoints", r.endpoints.span()),
-                    _ => ("sni", r.sni.span()),
-                };
-                locate(
-                    text,
-                    file,
-                    span,
-                    Some(&format!("routes[{i}].{field}")),
-                    e.to_string(),
-                )
-            })?;
-        }
-        let fb_err = |name: &str, fb: &FallbackConfig, e: BuildError| {
-            let field = format!("{name}.endpoints");
-            locate(text, file, fb.endpoints.span(), Some(&field), e.to_string())
-        };
-        if let Some(fb) = &self.default {
-            b.default_route(fallback_spec(fb))
-                .map_err(|e| fb_err("default", fb, e))?;
-        }
-        if let Some(fb) = &self.no_sni {
-            b.no_sni_route(fallback_spec(fb))
-                .map_err(|e| fb_err("no_sni", fb, e))?;
-        }
-        Ok(b.build())
+        self.build_routes(|origin, e| {
+            let (field, span) = match origin {
+                RouteOrigin::Route(i, r) => match e {
+                    BuildError::NoEndpoints(_) => {
+                        (format!("routes[{i}].endpoints"), r.endpoints.span())
+                    }
+                    _ => (format!("routes[{i}].sni"), r.sni.span()),
+                },
+                RouteOrigin::Fallback(name, fb) => {
+                    (format!("{name}.endpoints"), fb.endpoints.span())
+                }
+            };
+            locate(text, file, span, Some(&field), e.to_string())
+        })
+        .map(RouteTableBuilder::build)
     }
+}
+
+/// Which entry of the file a route came from, for locating errors.
+enum RouteOrigin<'a> {
+    /// `[[routes]]` number `.0`.
+    Route(usize, &'a RouteConfig),
+    /// `[default]` or `[no_sni]`.
+    Fallback(&'static str, &'a FallbackConfig),
 }
 
 fn route_spec(r: &RouteConfig) -> RouteSpec {

@@ -129,9 +129,8 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
         }
     };
     core.endpoint_opened(upstream);
-    let end = forward(core, down_fd, &up, reader, &hello, settings, started).await;
+    let outcome = forward(core, down_fd, &up, reader, &hello, settings, started).await;
     core.endpoint_closed(upstream);
-    let outcome = end;
     stats.duration.observe(started.elapsed().as_secs_f64());
     tracing::info!(
         target: "meshgate::access",

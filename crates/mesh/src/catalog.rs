@@ -30,6 +30,29 @@ impl Instance {
     pub fn healthy(&self) -> bool {
         self.service.health() == Health::Passing
     }
+
+    /// The service whose mesh traffic this instance receives: a sidecar's destination, or the service
+    /// itself when it is Connect-native; `None` for gateways and plain services.
+    pub fn mesh_service(&self) -> Option<&str> {
+        let s = &self.service;
+        match (s.kind, &s.proxy) {
+            (ServiceKind::ConnectProxy, Some(p)) => Some(&p.destination_service_name),
+            (ServiceKind::Typical, _) if s.connect_native => Some(&s.name),
+            _ => None,
+        }
+    }
+
+    /// Its tagged address (`wan`, `lan`) as `host:port`, else its own endpoint.
+    pub fn tagged_or_endpoint(&self, tag: &str) -> String {
+        self.service.tagged(tag).unwrap_or_else(|| self.endpoint())
+    }
+}
+
+/// Sorted, without repeats: route endpoints are compared and shown in a stable order.
+fn sorted_unique(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Everything routing needs to know about the mesh.
@@ -102,19 +125,6 @@ impl Catalog {
         })
     }
 
-    /// Datacenters that have at least one mesh gateway registered (healthy or not), sorted.
-    pub fn datacenters_with_gateways(&self) -> Vec<&str> {
-        let mut dcs: Vec<&str> = self
-            .instances
-            .iter()
-            .filter(|i| i.service.kind == ServiceKind::MeshGateway)
-            .map(|i| i.datacenter.as_str())
-            .collect();
-        dcs.sort_unstable();
-        dcs.dedup();
-        dcs
-    }
-
     /// Healthy mesh-capable endpoints of a service in a datacenter: its sidecar proxies, or the service
     /// itself when it is Connect-native.
     pub fn service_endpoints(
@@ -123,25 +133,18 @@ impl Catalog {
         namespace: &str,
         datacenter: &str,
     ) -> Vec<String> {
-        let mut eps: Vec<String> = self
-            .instances
-            .iter()
-            .filter(|i| {
-                i.datacenter == datacenter && i.service.namespace == namespace && i.healthy()
-            })
-            .filter(|i| {
-                let s = &i.service;
-                (s.kind == ServiceKind::ConnectProxy
-                    && s.proxy
-                        .as_ref()
-                        .is_some_and(|p| p.destination_service_name == service))
-                    || (s.connect_native && s.name == service)
-            })
-            .map(Instance::endpoint)
-            .collect();
-        eps.sort();
-        eps.dedup();
-        eps
+        sorted_unique(
+            self.instances
+                .iter()
+                .filter(|i| {
+                    i.datacenter == datacenter
+                        && i.service.namespace == namespace
+                        && i.healthy()
+                        && i.mesh_service() == Some(service)
+                })
+                .map(Instance::endpoint)
+                .collect(),
+        )
     }
 
     /// The routes of a mesh gateway in `local_dc`, Consul's way: each local service's SNI to its healthy
@@ -153,17 +156,12 @@ impl Catalog {
         // One pass over the local instances: every mesh-capable service, with its healthy endpoints.
         let mut services: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for i in self.instances.iter().filter(|i| i.datacenter == local_dc) {
-            let s = &i.service;
-            let key = match (s.kind, &s.proxy) {
-                (ServiceKind::ConnectProxy, Some(p)) => {
-                    (p.destination_service_name.as_str(), s.namespace.as_str())
-                }
-                (ServiceKind::Typical, _) if s.connect_native => {
-                    (s.name.as_str(), s.namespace.as_str())
-                }
-                _ => continue,
+            let Some(svc) = i.mesh_service() else {
+                continue;
             };
-            let endpoints = services.entry(key).or_default();
+            let endpoints = services
+                .entry((svc, i.service.namespace.as_str()))
+                .or_default();
             if i.healthy() {
                 endpoints.push(i.endpoint());
             }
@@ -175,22 +173,19 @@ impl Catalog {
             .filter(|e| e.kind == EntryKind::ServiceResolver)
         {
             for subset in &entry.subsets {
-                let mut endpoints: Vec<String> = self
-                    .instances
-                    .iter()
-                    .filter(|i| i.datacenter == local_dc && i.healthy())
-                    .filter(|i| {
-                        let s = &i.service;
-                        s.kind == ServiceKind::ConnectProxy
-                            && s.proxy
-                                .as_ref()
-                                .is_some_and(|p| p.destination_service_name == entry.name)
-                            && subset.parsed.matches(s)
-                    })
-                    .map(Instance::endpoint)
-                    .collect();
-                endpoints.sort();
-                endpoints.dedup();
+                let endpoints = sorted_unique(
+                    self.instances
+                        .iter()
+                        .filter(|i| {
+                            i.datacenter == local_dc
+                                && i.healthy()
+                                && i.service.kind == ServiceKind::ConnectProxy
+                                && i.mesh_service() == Some(entry.name.as_str())
+                                && subset.parsed.matches(&i.service)
+                        })
+                        .map(Instance::endpoint)
+                        .collect(),
+                );
                 if endpoints.is_empty() {
                     continue;
                 }
@@ -209,13 +204,12 @@ impl Catalog {
                 });
             }
         }
-        for ((svc, ns), mut endpoints) in services {
+        for ((svc, ns), endpoints) in services {
             if endpoints.is_empty() {
                 // No healthy instance: no route, so the gateway refuses (fails closed) and counts it.
                 continue;
             }
-            endpoints.sort();
-            endpoints.dedup();
+            let endpoints = sorted_unique(endpoints);
             routes.push(RouteDef {
                 pattern: SniName::service(svc, ns, local_dc, td).to_string(),
                 endpoints,
@@ -231,15 +225,14 @@ impl Catalog {
         {
             let eps = gateways.entry(g.datacenter.as_str()).or_default();
             if g.healthy() {
-                eps.push(g.service.tagged("wan").unwrap_or_else(|| g.endpoint()));
+                eps.push(g.tagged_or_endpoint("wan"));
             }
         }
-        for (dc, mut endpoints) in gateways {
+        for (dc, endpoints) in gateways {
             if dc == local_dc {
                 continue;
             }
-            endpoints.sort();
-            endpoints.dedup();
+            let endpoints = sorted_unique(endpoints);
             if endpoints.is_empty() {
                 continue;
             }
@@ -283,26 +276,13 @@ impl Catalog {
         routes
     }
 
-    /// Healthy gateways of `dc` by WAN address (else their address).
-    pub fn wan_endpoints(&self, dc: &str) -> Vec<String> {
-        let mut eps: Vec<String> = self
-            .gateways(dc)
-            .map(|g| g.service.tagged("wan").unwrap_or_else(|| g.endpoint()))
-            .collect();
-        eps.sort();
-        eps.dedup();
-        eps
-    }
-
-    /// Healthy gateways of `dc` by LAN address (else their address).
-    pub fn lan_endpoints(&self, dc: &str) -> Vec<String> {
-        let mut eps: Vec<String> = self
-            .gateways(dc)
-            .map(|g| g.service.tagged("lan").unwrap_or_else(|| g.endpoint()))
-            .collect();
-        eps.sort();
-        eps.dedup();
-        eps
+    /// Healthy gateways of `dc` by their `tag` address (`wan`, `lan`), else their address.
+    pub fn gateway_endpoints(&self, dc: &str, tag: &str) -> Vec<String> {
+        sorted_unique(
+            self.gateways(dc)
+                .map(|g| g.tagged_or_endpoint(tag))
+                .collect(),
+        )
     }
 
     /// The upstream plan of a sidecar registered in `local_dc`: per upstream, the SNI to send, the
@@ -339,8 +319,8 @@ impl Catalog {
                     (false, _) | (true, GatewayMode::None) => {
                         self.service_endpoints(&u.destination_name, &ns, &dc)
                     }
-                    (true, GatewayMode::Local) => self.lan_endpoints(local_dc),
-                    (true, GatewayMode::Remote) => self.wan_endpoints(&dc),
+                    (true, GatewayMode::Local) => self.gateway_endpoints(local_dc, "lan"),
+                    (true, GatewayMode::Remote) => self.gateway_endpoints(&dc, "wan"),
                 };
                 UpstreamPlan {
                     upstream: u.clone(),

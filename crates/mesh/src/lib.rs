@@ -81,12 +81,7 @@ fn locate_field(text: &str, path: &str, value: Option<&str>) -> (usize, usize) {
         .split('[')
         .next()
         .unwrap_or("");
-    let norm = |s: &str| -> String {
-        s.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
+    let norm = model::norm;
     let want = norm(key);
     if want.is_empty() {
         return (1, 1);

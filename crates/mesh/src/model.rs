@@ -61,6 +61,24 @@ pub enum ServiceKind {
     MeshGateway,
 }
 
+impl ServiceKind {
+    /// Every kind.
+    pub const ALL: [ServiceKind; 3] = [
+        ServiceKind::Typical,
+        ServiceKind::ConnectProxy,
+        ServiceKind::MeshGateway,
+    ];
+
+    /// The `kind` value as Consul writes it (`typical` for services without one).
+    pub fn label(self) -> &'static str {
+        match self {
+            ServiceKind::Typical => "typical",
+            ServiceKind::ConnectProxy => "connect-proxy",
+            ServiceKind::MeshGateway => "mesh-gateway",
+        }
+    }
+}
+
 /// Health of an instance or a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,6 +233,24 @@ pub enum EntryKind {
     ServiceResolver,
 }
 
+impl EntryKind {
+    /// Every kind.
+    pub const ALL: [EntryKind; 3] = [
+        EntryKind::ProxyDefaults,
+        EntryKind::ServiceDefaults,
+        EntryKind::ServiceResolver,
+    ];
+
+    /// The `Kind` value as Consul writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EntryKind::ProxyDefaults => "proxy-defaults",
+            EntryKind::ServiceDefaults => "service-defaults",
+            EntryKind::ServiceResolver => "service-resolver",
+        }
+    }
+}
+
 /// A named subset of a service's instances (`service-resolver` `Subsets`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Subset {
@@ -261,7 +297,8 @@ impl fmt::Display for DecodeError {
     }
 }
 
-fn norm(k: &str) -> String {
+/// A key in canonical form: case and `_`/`-` ignored, as Consul's decoder does.
+pub(crate) fn norm(k: &str) -> String {
     k.chars()
         .filter(|c| *c != '_' && *c != '-')
         .flat_map(char::to_lowercase)
@@ -532,18 +569,19 @@ fn decode_service(o: Obj<'_>) -> R<Service> {
     let Some(name) = o.string("name")? else {
         return fail(o.path, "missing name", None);
     };
-    let kind = match o.string("kind")?.as_deref() {
-        None | Some("") | Some("typical") => ServiceKind::Typical,
-        Some("connect-proxy") => ServiceKind::ConnectProxy,
-        Some("mesh-gateway") => ServiceKind::MeshGateway,
-        Some(other) => {
-            return fail(
+    let written = o.string("kind")?.unwrap_or_default();
+    let kind = if written.is_empty() {
+        ServiceKind::Typical
+    } else {
+        match ServiceKind::ALL.into_iter().find(|v| v.label() == written) {
+            Some(k) => k,
+            None => return fail(
                 &join(o.path, "kind"),
                 format!(
-                    "unsupported kind `{other}` (expected connect-proxy, mesh-gateway or none)"
+                    "unsupported kind `{written}` (expected connect-proxy, mesh-gateway or none)"
                 ),
                 None,
-            )
+            ),
         }
     };
     let mut checks = o.objects("check", decode_check)?;
@@ -714,13 +752,7 @@ pub fn decode(v: &Value) -> Result<Document, DecodeError> {
     let datacenter = top.string("datacenter")?;
     let node_address = top.string("node_address")?;
     if let Some(kind) = top.string("kind")? {
-        let entry = match kind.as_str() {
-            "proxy-defaults" => Some(EntryKind::ProxyDefaults),
-            "service-defaults" => Some(EntryKind::ServiceDefaults),
-            "service-resolver" => Some(EntryKind::ServiceResolver),
-            _ => None,
-        };
-        if let Some(k) = entry {
+        if let Some(k) = EntryKind::ALL.into_iter().find(|k| k.label() == kind) {
             return Ok(Document::ConfigEntry(decode_entry(top, k)?));
         }
     }

@@ -124,11 +124,7 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
     let mut out = String::new();
     match doc {
         Document::ConfigEntry(e) => {
-            let kind = match e.kind {
-                meshgate_mesh::EntryKind::ProxyDefaults => "proxy-defaults",
-                meshgate_mesh::EntryKind::ServiceDefaults => "service-defaults",
-                meshgate_mesh::EntryKind::ServiceResolver => "service-resolver",
-            };
+            let kind = e.kind.label();
             let _ = writeln!(
                 out,
                 "config entry {kind} {:?}: mesh gateway mode {}",
@@ -161,8 +157,7 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
             for (prefix, s) in all {
                 let kind = match s.kind {
                     meshgate_mesh::ServiceKind::Typical => "service",
-                    meshgate_mesh::ServiceKind::ConnectProxy => "connect-proxy",
-                    meshgate_mesh::ServiceKind::MeshGateway => "mesh-gateway",
+                    other => other.label(),
                 };
                 let _ = writeln!(
                     out,
