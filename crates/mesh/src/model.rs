@@ -575,13 +575,15 @@ fn decode_service(o: Obj<'_>) -> R<Service> {
     } else {
         match ServiceKind::ALL.into_iter().find(|v| v.label() == written) {
             Some(k) => k,
-            None => return fail(
-                &join(o.path, "kind"),
-                format!(
+            None => {
+                return fail(
+                    &join(o.path, "kind"),
+                    format!(
                     "unsupported kind `{written}` (expected connect-proxy, mesh-gateway or none)"
                 ),
-                None,
-            ),
+                    None,
+                )
+            }
         }
     };
     let mut checks = o.objects("check", decode_check)?;
