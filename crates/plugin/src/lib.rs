@@ -345,11 +345,11 @@ fn http_get(authority: &str, path: &str) -> std::io::Result<types::HttpResponse>
     let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;
     s.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    // HTTP/1.0: the server closes after the body, no chunked encoding to undo.
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: meshgate\r\n\r\n"
-    )?;
+    // HTTP/1.0: the server closes after the body, no chunked encoding to undo. One write: a server that
+    // answers after its first read must see the whole request, or its close resets our read.
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: meshgate\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     s.take(MAX_READ as u64 + 64 * 1024).read_to_end(&mut raw)?;
     let split = raw

@@ -151,8 +151,15 @@ fn granted_http_origin_is_reachable() {
     std::thread::spawn(move || {
         use std::io::{Read, Write};
         if let Ok((mut s, _)) = listener.accept() {
+            // Read the whole request head before answering: closing with unread bytes would reset.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello");
         }
     });
@@ -171,7 +178,9 @@ fn granted_http_origin_is_reachable() {
         .router_from("testbed".into(), component, sandbox)
         .expect("instantiate");
     let url = format!("http://{addr}/v1/catalog");
-    assert!(call(&mut p, &[("behaviour", "http"), ("url", &url)]).is_ok());
+    if let Err(e) = call(&mut p, &[("behaviour", "http"), ("url", &url)]) {
+        panic!("granted fetch failed: {e}");
+    }
 }
 
 #[test]
