@@ -12,6 +12,7 @@ pub mod formats;
 pub mod hcl;
 pub mod model;
 pub mod names;
+pub mod sidecar;
 
 pub use catalog::{resolve_mode, Catalog, Instance, ModeSource, RouteDef, UpstreamPlan};
 pub use formats::Format;

@@ -217,6 +217,8 @@ pub struct ConfigEntry {
     pub mesh_gateway: Option<GatewayMode>,
     /// `Subsets` of a service-resolver, by name.
     pub subsets: Vec<Subset>,
+    /// `Sources` of a service-intentions entry, as written.
+    pub sources: Vec<IntentionSource>,
     /// Every other field, kept as written.
     pub other: BTreeMap<String, Value>,
 }
@@ -231,14 +233,17 @@ pub enum EntryKind {
     ServiceDefaults,
     /// `service-resolver` (its `Subsets` are read; other fields kept).
     ServiceResolver,
+    /// `service-intentions` (its `Sources`: who may call the service named by `Name`).
+    ServiceIntentions,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 3] = [
+    pub const ALL: [EntryKind; 4] = [
         EntryKind::ProxyDefaults,
         EntryKind::ServiceDefaults,
         EntryKind::ServiceResolver,
+        EntryKind::ServiceIntentions,
     ];
 
     /// The `Kind` value as Consul writes it.
@@ -247,8 +252,30 @@ impl EntryKind {
             EntryKind::ProxyDefaults => "proxy-defaults",
             EntryKind::ServiceDefaults => "service-defaults",
             EntryKind::ServiceResolver => "service-resolver",
+            EntryKind::ServiceIntentions => "service-intentions",
         }
     }
+}
+
+/// What an intention does with a matching caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntentionAction {
+    /// Let the connection through.
+    Allow,
+    /// Close it.
+    Deny,
+}
+
+/// One source of a `service-intentions` entry: a calling service (`*`: any) in a namespace (`*`: any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntentionSource {
+    /// Source service name, or `*`.
+    pub name: String,
+    /// Source namespace (`default` when not written), or `*`.
+    pub namespace: String,
+    /// Allow or deny.
+    pub action: IntentionAction,
 }
 
 /// A named subset of a service's instances (`service-resolver` `Subsets`).
@@ -705,7 +732,7 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
     for (k, v) in o.map {
         if !matches!(
             norm(k).as_str(),
-            "kind" | "name" | "meshgateway" | "subsets"
+            "kind" | "name" | "meshgateway" | "subsets" | "sources"
         ) {
             other.insert(k.clone(), v.clone());
         }
@@ -736,12 +763,48 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
             Ok(out)
         })?
         .unwrap_or_default();
+    let sources = o.objects("sources", decode_intention_source)?;
+    if kind != EntryKind::ServiceIntentions && !sources.is_empty() {
+        return fail(
+            &join(o.path, "Sources"),
+            "only service-intentions entries have Sources",
+            None,
+        );
+    }
     Ok(ConfigEntry {
         kind,
         name,
         mesh_gateway: o.mode("mesh_gateway")?,
         subsets,
+        sources,
         other,
+    })
+}
+
+fn decode_intention_source(o: Obj<'_>) -> R<IntentionSource> {
+    let Some(name) = o.string("name")? else {
+        return fail(o.path, "missing Name (a service name or \"*\")", None);
+    };
+    if o.get("permissions").is_some() {
+        // L7 permissions need HTTP parsing; a sidecar that ignored them would allow too much.
+        return fail(
+            &join(o.path, "Permissions"),
+            "L7 permissions are not supported; use Action (allow or deny) by source identity",
+            None,
+        );
+    }
+    let action = match o.get("action") {
+        Some((_, Value::String(a))) if a.eq_ignore_ascii_case("allow") => IntentionAction::Allow,
+        Some((_, Value::String(a))) if a.eq_ignore_ascii_case("deny") => IntentionAction::Deny,
+        Some((k, v)) => return fail(&join(o.path, k), "expected \"allow\" or \"deny\"", Some(v)),
+        None => return fail(o.path, "missing Action (\"allow\" or \"deny\")", None),
+    };
+    Ok(IntentionSource {
+        name,
+        namespace: o
+            .string("namespace")?
+            .unwrap_or_else(|| crate::names::DEFAULT.to_owned()),
+        action,
     })
 }
 

@@ -32,6 +32,7 @@ fn entry(kind: EntryKind, name: &str, mode: Option<GatewayMode>) -> ConfigEntry 
         name: name.to_owned(),
         mesh_gateway: mode,
         subsets: vec![],
+        sources: vec![],
         other: Default::default(),
     }
 }
@@ -289,4 +290,101 @@ Subsets = {
     let bad = resolver.replace("Service.Meta.version == v2", "Service.Meta.version > 2");
     let e = load_document(&bad, Path::new("r.hcl")).expect_err("unsupported filter");
     assert_eq!(e.field.as_deref(), Some("Subsets.v2.Filter"), "{e}");
+}
+
+fn config_entry(hcl: &str) -> ConfigEntry {
+    match load_document(hcl, Path::new("entry.hcl")).expect("valid entry") {
+        Document::ConfigEntry(e) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sidecar_plan_and_intentions() {
+    use meshgate_mesh::model::IntentionAction::{Allow, Deny};
+    use meshgate_mesh::sidecar::{authorize, PlanError};
+    let mut c = mesh();
+    let plan = c.sidecar_plan("dc1", "web", None).expect("web's sidecar");
+    assert_eq!(plan.proxy_id, "web-sidecar-proxy");
+    assert_eq!(plan.public, "10.1.0.5:21000");
+    assert_eq!(plan.local_app.as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(plan.upstreams.len(), 2);
+    assert_eq!(
+        plan.upstreams[0].upstream.local_bind_address.as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(plan.intentions.is_empty());
+
+    // Two sidecars front api in dc2: one must be named.
+    assert!(matches!(
+        c.sidecar_plan("dc2", "api", None),
+        Err(PlanError::Ambiguous { count: 2, .. })
+    ));
+    let plan = c
+        .sidecar_plan("dc2", "api", Some("api-2-sidecar"))
+        .expect("named");
+    assert_eq!(plan.public, "10.2.0.8:21000");
+    assert!(matches!(
+        c.sidecar_plan("dc1", "api", None),
+        Err(PlanError::NoSidecar { .. })
+    ));
+
+    c.config_entries.push(config_entry(
+        r#"
+        Kind = "service-intentions"
+        Name = "api"
+        Sources = [
+          { Name = "*", Action = "allow" },
+          { Name = "web", Action = "deny" },
+        ]"#,
+    ));
+    c.config_entries.push(config_entry(
+        r#"
+        Kind = "service-intentions"
+        Name = "*"
+        Sources = [{ Name = "db", Namespace = "*", Action = "deny" }]"#,
+    ));
+    let rules = c.intentions_for("api");
+    // The exact source comes first though written second; the `*` destination's rules come last.
+    assert_eq!(
+        rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["web", "*", "db"]
+    );
+    assert_eq!(authorize(&rules, "default", "web", Allow), Deny);
+    assert_eq!(authorize(&rules, "default", "db", Deny), Allow);
+    assert_eq!(authorize(&rules, "other", "db", Allow), Deny);
+    assert_eq!(authorize(&c.intentions_for("web"), "x", "db", Allow), Deny);
+}
+
+#[test]
+fn intention_entries_are_checked() {
+    for (hcl, want) in [
+        (
+            r#"Kind = "service-intentions"
+Name = "api"
+Sources = [{ Name = "web", Action = "maybe" }]"#,
+            "Sources[0].Action",
+        ),
+        (
+            r#"Kind = "service-intentions"
+Name = "api"
+Sources = [{ Name = "web" }]"#,
+            "missing Action",
+        ),
+        (
+            r#"Kind = "service-intentions"
+Name = "api"
+Sources = [{ Name = "web", Permissions = [{ Action = "allow" }] }]"#,
+            "L7 permissions",
+        ),
+        (
+            r#"Kind = "service-defaults"
+Name = "api"
+Sources = [{ Name = "web", Action = "allow" }]"#,
+            "only service-intentions",
+        ),
+    ] {
+        let e = load_document(hcl, Path::new("bad.hcl")).expect_err(hcl);
+        assert!(e.to_string().contains(want), "{e}");
+    }
 }
