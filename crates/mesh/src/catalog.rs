@@ -82,6 +82,19 @@ pub enum ModeSource {
     Default,
 }
 
+impl ModeSource {
+    /// The level's name as metrics and logs show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ModeSource::Upstream => "upstream",
+            ModeSource::ServiceInstance => "service-instance",
+            ModeSource::ServiceDefaults => "service-defaults",
+            ModeSource::ProxyDefaults => "proxy-defaults",
+            ModeSource::Default => "default",
+        }
+    }
+}
+
 /// Consul's precedence: upstream > service instance > service-defaults > proxy-defaults > `none`.
 pub fn resolve_mode(
     upstream: Option<GatewayMode>,

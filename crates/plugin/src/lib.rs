@@ -39,8 +39,8 @@ pub mod router_world {
         world: "router-plugin",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.1.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.1.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.2.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.2.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -52,8 +52,8 @@ pub mod hook_world {
         world: "connection-hook",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.1.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.1.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.2.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.2.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -697,6 +697,41 @@ impl RouterPlugin {
         let result = inst.call_gateway_routes(&mut *store, &settings.to_vec(), catalog, local_dc);
         match result {
             Ok(Ok(routes)) => Ok(routes),
+            Ok(Err(message)) => Err(PluginError::Refused {
+                plugin: self.loaded.name.clone(),
+                message,
+            }),
+            Err(e) => {
+                let err = self.loaded.classify(store, e);
+                self.live = None;
+                Err(err)
+            }
+        }
+    }
+
+    /// The plan of the sidecar fronting `service` in `local_dc`.
+    pub fn sidecar_plan(
+        &mut self,
+        settings: &[(String, String)],
+        catalog: &types::Catalog,
+        local_dc: &str,
+        service: &str,
+        proxy_id: Option<&str>,
+    ) -> Result<types::SidecarPlan, PluginError> {
+        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
+            router_world::RouterPlugin::instantiate(s, c, l)
+        })?;
+        self.loaded.arm(store);
+        let result = inst.call_sidecar_plan(
+            &mut *store,
+            &settings.to_vec(),
+            catalog,
+            local_dc,
+            service,
+            proxy_id,
+        );
+        match result {
+            Ok(Ok(plan)) => Ok(plan),
             Ok(Err(message)) => Err(PluginError::Refused {
                 plugin: self.loaded.name.clone(),
                 message,

@@ -194,7 +194,10 @@ fn file_catalog_and_consul_router() {
         r#"service {
   name = "web"
   port = 8080
-  connect { sidecar_service { port = 21000 } }
+  connect { sidecar_service {
+    port = 21000
+    proxy { upstreams = [{ destination_name = "api", datacenter = "dc2", local_bind_port = 9191 }] }
+  } }
 }"#,
     )
     .expect("write");
@@ -252,6 +255,33 @@ fn file_catalog_and_consul_router() {
                 vec!["127.0.0.2:8444".to_string()]
             ),
         ]
+    );
+
+    // The sidecar plan crosses the WIT boundary whole: proxy-defaults local → dc1's gateways, which
+    // this catalog does not have, so no next hop (fail closed).
+    let plan = router
+        .sidecar_plan(&[], &cat, "dc1", "web", None)
+        .expect("plan");
+    assert_eq!(plan.public, "127.0.0.1:21000");
+    assert_eq!(plan.local_app.as_deref(), Some("127.0.0.1:8080"));
+    let up = &plan.upstreams[0];
+    assert_eq!(up.sni, format!("api.default.dc2.internal.{TD}"));
+    assert_eq!(
+        up.identity,
+        format!("spiffe://{TD}/ns/default/dc/dc2/svc/api")
+    );
+    assert_eq!(
+        (up.local_bind_address.as_str(), up.local_bind_port),
+        ("127.0.0.1", 9191)
+    );
+    assert_eq!(up.mode_source, "proxy-defaults");
+    assert!(up.via_gateway && up.next_hops.is_empty());
+    let e = router
+        .sidecar_plan(&[], &cat, "dc1", "api", None)
+        .expect_err("no sidecar for api in dc1");
+    assert!(
+        e.to_string().contains("no connect-proxy registration"),
+        "{e}"
     );
 
     // export-control keeps only exported local services.

@@ -15,8 +15,8 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.1.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.1.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.2.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.2.0": meshgate_guest::host,
     },
 });
 
@@ -56,6 +56,22 @@ impl Guest for ExportControl {
             ),
         );
         Ok(meshgate_guest::routes_to_wit(routes))
+    }
+
+    /// Export control is the gateway's business; sidecars are planned as Consul plans them.
+    fn sidecar_plan(
+        _settings: Vec<(String, String)>,
+        catalog: Catalog,
+        local_datacenter: String,
+        service: String,
+        proxy_id: Option<String>,
+    ) -> Result<SidecarPlan, String> {
+        meshgate_guest::consul_sidecar_plan(
+            catalog,
+            &local_datacenter,
+            &service,
+            proxy_id.as_deref(),
+        )
     }
 }
 

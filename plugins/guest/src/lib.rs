@@ -12,8 +12,10 @@ pub use meshgate::plugin::types;
 
 use meshgate_mesh::catalog::{Catalog, Instance, RouteDef};
 use meshgate_mesh::model::{
-    ConfigEntry, EntryKind, GatewayMode, Health, HostPort, Proxy, Service, ServiceKind, Upstream,
+    ConfigEntry, EntryKind, GatewayMode, Health, HostPort, IntentionAction, IntentionSource, Proxy,
+    Service, ServiceKind, Upstream,
 };
+use meshgate_mesh::sidecar::SidecarPlan;
 
 /// A setting from the plugin's `config = { .. }`.
 pub fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -125,6 +127,7 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
                     EntryKind::ProxyDefaults => types::EntryKind::ProxyDefaults,
                     EntryKind::ServiceDefaults => types::EntryKind::ServiceDefaults,
                     EntryKind::ServiceResolver => types::EntryKind::ServiceResolver,
+                    EntryKind::ServiceIntentions => types::EntryKind::ServiceIntentions,
                 },
                 name: e.name.clone(),
                 mesh_gateway: e.mesh_gateway.map(mode_to),
@@ -133,6 +136,7 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
                     .iter()
                     .map(|s| (s.name.clone(), s.filter.clone()))
                     .collect(),
+                sources: e.sources.iter().map(intention_to).collect(),
             })
             .collect(),
     }
@@ -207,6 +211,7 @@ pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
                     types::EntryKind::ProxyDefaults => EntryKind::ProxyDefaults,
                     types::EntryKind::ServiceDefaults => EntryKind::ServiceDefaults,
                     types::EntryKind::ServiceResolver => EntryKind::ServiceResolver,
+                    types::EntryKind::ServiceIntentions => EntryKind::ServiceIntentions,
                 },
                 name: e.name,
                 mesh_gateway: e.mesh_gateway.map(mode_from),
@@ -221,6 +226,18 @@ pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
                             filter,
                             parsed,
                         })
+                    })
+                    .collect(),
+                sources: e
+                    .sources
+                    .into_iter()
+                    .map(|s| IntentionSource {
+                        name: s.name,
+                        namespace: s.namespace,
+                        action: match s.action {
+                            types::IntentionAction::Allow => IntentionAction::Allow,
+                            types::IntentionAction::Deny => IntentionAction::Deny,
+                        },
                     })
                     .collect(),
                 other: Default::default(),
@@ -239,4 +256,61 @@ pub fn routes_to_wit(routes: Vec<RouteDef>) -> Vec<types::Route> {
             reason: r.reason,
         })
         .collect()
+}
+
+fn intention_to(s: &IntentionSource) -> types::IntentionSource {
+    types::IntentionSource {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        action: match s.action {
+            IntentionAction::Allow => types::IntentionAction::Allow,
+            IntentionAction::Deny => types::IntentionAction::Deny,
+        },
+    }
+}
+
+/// The WIT form of a sidecar plan.
+fn sidecar_plan_to_wit(p: SidecarPlan) -> types::SidecarPlan {
+    types::SidecarPlan {
+        service: p.service,
+        namespace: p.namespace,
+        datacenter: p.datacenter,
+        proxy_id: p.proxy_id,
+        public: p.public,
+        local_app: p.local_app,
+        upstreams: p
+            .upstreams
+            .into_iter()
+            .map(|u| types::UpstreamPlan {
+                destination_namespace: u
+                    .upstream
+                    .destination_namespace
+                    .unwrap_or_else(|| meshgate_mesh::names::DEFAULT.to_owned()),
+                destination_name: u.upstream.destination_name,
+                datacenter: u.datacenter,
+                local_bind_address: u.upstream.local_bind_address.unwrap_or_default(),
+                local_bind_port: u.upstream.local_bind_port,
+                sni: u.sni,
+                identity: u.identity,
+                mode: mode_to(u.mode),
+                mode_source: u.mode_source.label().to_owned(),
+                via_gateway: u.via_gateway,
+                next_hops: u.next_hops,
+            })
+            .collect(),
+        intentions: p.intentions.iter().map(intention_to).collect(),
+    }
+}
+
+/// A sidecar plan computed Consul's way (`meshgate_mesh::sidecar`), for routers that do not change it.
+pub fn consul_sidecar_plan(
+    catalog: types::Catalog,
+    local_datacenter: &str,
+    service: &str,
+    proxy_id: Option<&str>,
+) -> Result<types::SidecarPlan, String> {
+    catalog_from_wit(catalog)
+        .sidecar_plan(local_datacenter, service, proxy_id)
+        .map(sidecar_plan_to_wit)
+        .map_err(|e| e.to_string())
 }

@@ -8,8 +8,8 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.1.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.1.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.2.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.2.0": meshgate_guest::host,
     },
 });
 
@@ -53,6 +53,16 @@ impl Guest for Testbed {
             "env" => Err(format!("env={:?}", host::get_env(&get("key")))),
             other => Err(format!("unknown behaviour `{other}`")),
         }
+    }
+
+    fn sidecar_plan(
+        _settings: Vec<(String, String)>,
+        _catalog: Catalog,
+        _local_datacenter: String,
+        service: String,
+        _proxy_id: Option<String>,
+    ) -> Result<SidecarPlan, String> {
+        Err(format!("testbed plans no sidecar (asked for {service})"))
     }
 }
 
