@@ -1,6 +1,7 @@
 //! The `meshgate` command: argument parsing and logging set-up; the work is in the library crates.
 #![forbid(unsafe_code)]
 
+mod ca;
 mod control;
 mod demo;
 mod gateway;
@@ -54,6 +55,11 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The mesh certificate authority: create a root, sign a datacenter intermediate, issue leaves.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,5 +82,6 @@ fn main() -> ExitCode {
         Command::Gateway { config } => gateway::run(&config),
         Command::Check { file } => gateway::check(&file),
         Command::Demo { once } => demo::run(once),
+        Command::Ca { command } => ca::run(command),
     }
 }
