@@ -113,6 +113,12 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, CaError> {
     Ok(out)
 }
 
+/// When a DER certificate expires, in Unix seconds.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// The service identity a leaf carries (its first SPIFFE service URI), if any.
 pub fn service_identity(der: &[u8]) -> Option<ServiceIdentity> {
     uri_sans(der).ok()?.iter().find_map(|u| {

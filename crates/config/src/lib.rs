@@ -8,6 +8,9 @@
 
 use meshgate_route::{BuildError, LbPolicy, RouteSpec, RouteTable, RouteTableBuilder};
 use serde::Deserialize;
+
+pub mod sidecar;
+pub use sidecar::SidecarConfig;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -421,30 +424,15 @@ impl Config {
                 "a router plugin needs a [catalog] plugin to route from".into(),
             ));
         }
-        for (name, section) in [
-            ("catalog", &self.catalog),
-            ("router", &self.router),
-            ("hook", &self.hook),
-        ] {
-            if let Some(s) = section {
-                for (field, value) in [
-                    ("deadline_ms", s.deadline_ms),
-                    ("memory_mib", s.memory_mib),
-                    ("poll_ms", s.poll_ms),
-                ] {
-                    if value == 0 {
-                        let span = find_key(text, name, field);
-                        return Err(locate(
-                            text,
-                            file,
-                            span,
-                            Some(&format!("{name}.{field}")),
-                            "must be greater than 0".into(),
-                        ));
-                    }
-                }
-            }
-        }
+        validate_plugin_sections(
+            text,
+            file,
+            &[
+                ("catalog", &self.catalog),
+                ("router", &self.router),
+                ("hook", &self.hook),
+            ],
+        )?;
         self.route_table_located(text, file).map(|_| ())
     }
 
@@ -530,6 +518,35 @@ fn fallback_spec(f: &FallbackConfig) -> RouteSpec {
         connect_timeout: None,
         source: "config".to_owned(),
     }
+}
+
+/// Plugin limits must be positive.
+fn validate_plugin_sections(
+    text: &str,
+    file: &Path,
+    sections: &[(&str, &Option<PluginSection>)],
+) -> Result<(), ConfigError> {
+    for (name, section) in sections {
+        if let Some(s) = section {
+            for (field, value) in [
+                ("deadline_ms", s.deadline_ms),
+                ("memory_mib", s.memory_mib),
+                ("poll_ms", s.poll_ms),
+            ] {
+                if value == 0 {
+                    let span = find_key(text, name, field);
+                    return Err(locate(
+                        text,
+                        file,
+                        span,
+                        Some(&format!("{name}.{field}")),
+                        "must be greater than 0".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds an error at a byte span; without a known field, the field is read off the file: the key on

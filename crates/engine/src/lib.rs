@@ -20,6 +20,11 @@
 
 mod conn;
 pub mod hook;
+
+/// Per-core building blocks shared with meshgate's other data planes (the sidecar).
+pub mod cores {
+    pub use crate::sys::{allowed_cpus, ensure_memlock, listen};
+}
 mod relay;
 pub mod stats;
 mod sys;

@@ -150,7 +150,13 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Opens a listening socket with SO_REUSEPORT (one per core, the kernel spreads connections) and the given
 /// backlog, owned by this core's executor.
-pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net::TcpListener> {
+/// `client_speaks_first` (TLS) enables TCP_DEFER_ACCEPT; leave it off for protocols where the server
+/// speaks first.
+pub fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    client_speaks_first: bool,
+) -> io::Result<glommio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -160,17 +166,19 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net::TcpLis
     // TLS clients speak first: have accept complete only once the ClientHello's first bytes are in, which
     // saves a readiness round trip per connection. A silent client is still accepted after the timeout
     // (and then meets the hello deadline).
-    let defer_secs: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from the pointer we pass.
-    unsafe {
-        check(libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&defer_secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ))?
-    };
+    if client_speaks_first {
+        let defer_secs: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from the pointer we pass.
+        unsafe {
+            check(libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&defer_secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ))?
+        };
+    }
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })

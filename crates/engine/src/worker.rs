@@ -239,7 +239,7 @@ pub(crate) async fn run(
 
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in &addrs {
-        match sys::listen(addr, backlog) {
+        match sys::listen(addr, backlog, true) {
             Ok(l) => listeners.push(l),
             Err(source) => {
                 let _ = ready.send(Err(EngineError::Listen { addr, source }));

@@ -1,1 +1,2 @@
-//! placeholder
+//! meshgate's sidecar data plane.
+pub mod tls;
