@@ -21,7 +21,7 @@ use std::time::Duration;
 pub(crate) struct PluginMetrics {
     registry: Registry,
     failures: IntCounterVec,
-    calls: IntCounterVec,
+    pub(crate) calls: IntCounterVec,
     catalog_version: IntGauge,
     plugin_routes: IntGauge,
     /// False while plugins are configured but no plugin table has been installed yet.
@@ -29,7 +29,7 @@ pub(crate) struct PluginMetrics {
 }
 
 impl PluginMetrics {
-    fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let failures = IntCounterVec::new(
             Opts::new(
@@ -69,7 +69,7 @@ impl PluginMetrics {
         meshgate_engine::stats::encode(self.registry.gather())
     }
 
-    fn failed(&self, e: &PluginError, plugin: &str) {
+    pub(crate) fn failed(&self, e: &PluginError, plugin: &str) {
         self.failures.with_label_values(&[plugin, e.reason()]).inc();
     }
 }
@@ -79,6 +79,36 @@ struct Plugins {
     catalog_section: PluginSection,
     router: RouterPlugin,
     router_section: PluginSection,
+}
+
+/// The catalog plugin's latest answer.
+pub(crate) type Versioned = Option<(u64, Catalog)>;
+
+/// One poll of a catalog plugin: `Ok(true)` when a new catalog replaced `current`.
+pub(crate) fn poll_catalog(
+    plugin: &mut CatalogPlugin,
+    section: &PluginSection,
+    current: &mut Versioned,
+    metrics: &PluginMetrics,
+) -> Result<bool, String> {
+    let since = current.as_ref().map_or(0, |c| c.0);
+    let name = plugin.name().to_owned();
+    metrics.calls.with_label_values(&[&name]).inc();
+    match plugin.fetch(&section.settings(), since) {
+        Ok(CatalogUpdate::Unchanged) => Ok(false),
+        Ok(CatalogUpdate::Changed((version, catalog))) => {
+            tracing::info!(plugin = %name, version, instances = catalog.instances.len(), "catalog changed");
+            metrics
+                .catalog_version
+                .set(i64::try_from(version & (u64::MAX >> 1)).unwrap_or(0));
+            *current = Some((version, catalog));
+            Ok(true)
+        }
+        Err(e) => {
+            metrics.failed(&e, &name);
+            Err(e.to_string())
+        }
+    }
 }
 
 /// The control plane of one gateway.
@@ -96,7 +126,7 @@ pub(crate) struct Control {
 /// The sandbox a plugin section asks for; `max_deadline` caps the deadline (connection hooks).
 pub(crate) fn sandbox(
     section: &PluginSection,
-    config: &Config,
+    base_dir: &std::path::Path,
     max_deadline: Option<Duration>,
 ) -> Sandbox {
     let deadline = Duration::from_millis(section.deadline_ms);
@@ -104,7 +134,7 @@ pub(crate) fn sandbox(
         deadline: max_deadline.map_or(deadline, |m| deadline.min(m)),
         memory: usize::try_from(section.memory_mib << 20).unwrap_or(usize::MAX),
         grants: Grants {
-            base: config.base_dir.clone(),
+            base: base_dir.to_owned(),
             dirs: section.allow_dirs.clone(),
             origins: section.allow_origins.clone(),
             env: section.allow_env.clone(),
@@ -145,13 +175,13 @@ impl Control {
         let catalog = host
             .catalog(
                 &catalog_section.plugin,
-                sandbox(&catalog_section, config, None),
+                sandbox(&catalog_section, &config.base_dir, None),
             )
             .map_err(|e| format!("[catalog] {e}"))?;
         let router = host
             .router(
                 &router_section.plugin,
-                sandbox(&router_section, config, None),
+                sandbox(&router_section, &config.base_dir, None),
             )
             .map_err(|e| format!("[router] {e}"))?;
         Ok(Some(Plugins {
@@ -222,23 +252,14 @@ impl Control {
 
     fn poll_catalog(&mut self) {
         let Some(p) = &mut self.plugins else { return };
-        let since = self.catalog.as_ref().map_or(0, |c| c.0);
-        let name = p.catalog.name().to_owned();
-        self.metrics.calls.with_label_values(&[&name]).inc();
-        match p.catalog.fetch(&p.catalog_section.settings(), since) {
-            Ok(CatalogUpdate::Unchanged) => {}
-            Ok(CatalogUpdate::Changed((version, catalog))) => {
-                tracing::info!(plugin = %name, version, instances = catalog.instances.len(), "catalog changed");
-                self.metrics
-                    .catalog_version
-                    .set(i64::try_from(version & (u64::MAX >> 1)).unwrap_or(0));
-                self.catalog = Some((version, catalog));
-                self.dirty = true;
-            }
-            Err(e) => {
-                self.metrics.failed(&e, &name);
-                self.report(e.to_string());
-            }
+        match poll_catalog(
+            &mut p.catalog,
+            &p.catalog_section,
+            &mut self.catalog,
+            &self.metrics,
+        ) {
+            Ok(changed) => self.dirty |= changed,
+            Err(e) => self.report(e),
         }
     }
 

@@ -1,21 +1,31 @@
-//! `meshgate demo`: two datacenters on loopback, from `configs/demo` (embedded at build time and written
-//! to a temporary directory, so the command works from anywhere).
+//! `meshgate demo`: service-to-service mesh traffic across two datacenters on loopback, from
+//! `configs/demo` (embedded at build time and written to a temporary directory, so the command works from
+//! anywhere).
 //!
-//! Each gateway's routes come from its catalog directory (Consul registrations in HCL, JSON and YAML, read
-//! by the shipped `file-catalog` plugin) and Consul's rules (the `consul-router` plugin): dc1's gateway
-//! (127.0.0.1:8443) routes dc1's services to their sidecars and every dc2 name to dc2's gateway
-//! (127.0.0.1:8444), which routes to dc2's sidecars. The sidecars here are TLS backends with their own
-//! certificates from a demo CA; clients verify them, so a line like `backend=api-dc2-1 sni=api.default.dc2...`
-//! proves the connection crossed both gateways to the right place without either gateway holding a key.
+//! - One mesh CA made the way `meshgate ca` makes it: the root in dc1 (the primary), an intermediate for
+//!   dc2, a leaf for `web` (dc1) and one for `api` (dc2).
+//! - dc1: the `web` sidecar (public mTLS port 21000; upstream `api` on 10000 and again on 10001) and dc1's
+//!   mesh gateway (8443). dc2: the `api` application (9090, plaintext), its sidecar (21001, default deny,
+//!   an intention allows web) and dc2's mesh gateway (8444). Each reads its own catalog directory with the
+//!   shipped `file-catalog` plugin; `consul-router` plans routes and upstreams.
+//! - The demo plays `web`: it writes to 10000 (`local` mode from proxy-defaults: two gateway hops) and to
+//!   10001 (`remote`, set on the upstream: one hop), and prints each path as the gateways' own counters
+//!   recorded it, the answer from api, and the metrics. Neither gateway holds a key.
 
-use crate::gateway;
-use meshgate_config::Config;
-use meshgate_tlskit::{Backend, Pki};
-use std::net::SocketAddr;
+use crate::{gateway, sidecar};
+use meshgate_ca::{Authority, LeafRequest, DEFAULT_LEAF_LIFETIME};
+use meshgate_config::{Config, SidecarConfig};
+use meshgate_engine::Engine;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `configs/demo`, file by file.
-const FILES: [(&str, &str); 10] = [
+const FILES: [(&str, &str); 13] = [
     (
         "dc1-gateway.toml",
         include_str!("../../../configs/demo/dc1-gateway.toml"),
@@ -25,12 +35,16 @@ const FILES: [(&str, &str); 10] = [
         include_str!("../../../configs/demo/dc2-gateway.toml"),
     ),
     (
-        "catalog/dc1/web.hcl",
-        include_str!("../../../configs/demo/catalog/dc1/web.hcl"),
+        "web-sidecar.toml",
+        include_str!("../../../configs/demo/web-sidecar.toml"),
     ),
     (
-        "catalog/dc1/api.hcl",
-        include_str!("../../../configs/demo/catalog/dc1/api.hcl"),
+        "api-sidecar.toml",
+        include_str!("../../../configs/demo/api-sidecar.toml"),
+    ),
+    (
+        "catalog/dc1/web.hcl",
+        include_str!("../../../configs/demo/catalog/dc1/web.hcl"),
     ),
     (
         "catalog/dc1/mesh-gateway.hcl",
@@ -49,6 +63,10 @@ const FILES: [(&str, &str); 10] = [
         include_str!("../../../configs/demo/catalog/dc2/api.yaml"),
     ),
     (
+        "catalog/dc2/api-intentions.hcl",
+        include_str!("../../../configs/demo/catalog/dc2/api-intentions.hcl"),
+    ),
+    (
         "catalog/dc2/mesh-gateway.hcl",
         include_str!("../../../configs/demo/catalog/dc2/mesh-gateway.hcl"),
     ),
@@ -56,16 +74,14 @@ const FILES: [(&str, &str); 10] = [
         "catalog/dc2/dc1/mesh-gateway.hcl",
         include_str!("../../../configs/demo/catalog/dc2/dc1/mesh-gateway.hcl"),
     ),
+    ("README.md", include_str!("../../../configs/demo/README.md")),
 ];
+/// The demo catalogs' trust domain.
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+/// Where the `api` application listens (its registration says port 9090).
+const API_APP: &str = "127.0.0.1:9090";
 
-/// Service instances: (name, address, service SNI the certificate is for).
-const INSTANCES: [(&str, &str, &str); 4] = [
-    ("api-dc1-1", "127.0.0.1:9001", "api.default.dc1"),
-    ("api-dc1-2", "127.0.0.1:9002", "api.default.dc1"),
-    ("web-dc1-1", "127.0.0.1:9003", "web.default.dc1"),
-    ("api-dc2-1", "127.0.0.1:9101", "api.default.dc2"),
-];
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 pub(crate) fn run(once: bool) -> ExitCode {
     match demo(once) {
@@ -77,14 +93,163 @@ pub(crate) fn run(once: bool) -> ExitCode {
     }
 }
 
-fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
-    let pki = Pki::new("meshgate demo CA")?;
-    let mut backends = Vec::new();
-    for (name, addr, svc) in INSTANCES {
-        let sni = format!("{svc}.internal.{TD}");
-        let addr: SocketAddr = addr.parse()?;
-        backends.push(Backend::start(name, addr, pki.issue(&[&sni])?)?);
+/// The CA of the demo, made as `meshgate ca init / intermediate / issue` make it.
+fn make_ca(dir: &std::path::Path) -> Result<(), Error> {
+    let root = Authority::init(Some(TD))?;
+    root.save(&dir.join("ca/dc1"))?;
+    root.intermediate("dc2")?.save(&dir.join("ca/dc2"))?;
+    for (ca, service, dc) in [("ca/dc1", "web", "dc1"), ("ca/dc2", "api", "dc2")] {
+        let message = crate::ca::issue(
+            &dir.join(ca),
+            &LeafRequest {
+                service: service.into(),
+                namespace: "default".into(),
+                datacenter: dc.into(),
+                lifetime: DEFAULT_LEAF_LIFETIME,
+            },
+            &dir.join("certs").join(service),
+        )?;
+        println!("  {message}");
     }
+    Ok(())
+}
+
+/// The `api` application: answers one line per connection, in plaintext (its sidecar did the mTLS).
+fn api_app() -> Result<(), Error> {
+    let listener = TcpListener::bind(API_APP)?;
+    std::thread::Builder::new()
+        .name("demo-api-app".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(&stream);
+                    if reader.read_line(&mut line).is_ok() {
+                        let _ = (&stream)
+                            .write_all(format!("api (dc2) answered: {}\n", line.trim()).as_bytes());
+                    }
+                });
+            }
+        })?;
+    Ok(())
+}
+
+/// The counters of one metric family, by label set.
+fn counters(engine: &Engine, family: &str) -> BTreeMap<String, u64> {
+    engine
+        .metrics()
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix(family))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// What changed in a family between two reads.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+    labels
+        .split(&format!("{name}=\""))
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+}
+
+/// One request from web through an upstream port; prints the path the gateways recorded.
+fn call(
+    gateways: &[(&str, &Arc<Engine>, SocketAddr)],
+    web: &sidecar::RunningSidecar,
+    api: &sidecar::RunningSidecar,
+    port: u16,
+) -> Result<String, Error> {
+    use meshgate_sidecar::stats::Inbound;
+    let allowed_before = api.sidecar.metrics().inbound_total(Inbound::Allowed);
+    let plan = web.sidecar.plan();
+    let up = plan
+        .upstreams
+        .iter()
+        .find(|u| u.bind.port() == port)
+        .ok_or("no such upstream")?;
+    println!(
+        "\nweb -> {} in {} through upstream {}: mode {} (decided by {})",
+        up.service, up.datacenter, up.bind, up.mode, up.mode_source
+    );
+    let family = "meshgate_destination_connections_total";
+    let before: Vec<_> = gateways
+        .iter()
+        .map(|(_, e, _)| counters(e, family))
+        .collect();
+    let mut s = TcpStream::connect(up.bind)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("hello from web via port {port}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer)?;
+    // The gateways publish per-destination counters a few times a second: wait for the hop to show.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut hops = Vec::new();
+    while Instant::now() < deadline {
+        hops = gateways
+            .iter()
+            .zip(&before)
+            .flat_map(|((name, e, addr), b)| {
+                delta(b, &counters(e, family))
+                    .into_iter()
+                    .map(move |(labels, n)| (*name, *addr, labels, n))
+            })
+            .collect();
+        let expected = if up.via_gateway && up.mode == "local" {
+            2
+        } else {
+            1
+        };
+        if hops.len() >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut from = "web sidecar".to_owned();
+    for (i, (name, addr, labels, _)) in hops.iter().enumerate() {
+        let sni = format!(
+            "{}.{}.{}.internal.{TD}",
+            label(labels, "service"),
+            label(labels, "namespace"),
+            label(labels, "datacenter")
+        );
+        println!(
+            "  hop {}: {from} -> {name} gateway {addr}, which saw SNI {sni} (TLS untouched)",
+            i + 1
+        );
+        from = format!("{name} gateway");
+    }
+    let api_plan = api.sidecar.plan();
+    let verdict = if api.sidecar.metrics().inbound_total(Inbound::Allowed) > allowed_before {
+        "verified web's certificate and allowed it by intention"
+    } else {
+        "did not let web in"
+    };
+    println!(
+        "  hop {}: {from} -> api sidecar {}, which {verdict} -> api application {API_APP}",
+        hops.len() + 1,
+        api_plan.public
+    );
+    println!("  answer: {}", answer.trim());
+    Ok(answer)
+}
+
+fn demo(once: bool) -> Result<(), Error> {
     let dir = std::env::temp_dir().join(format!("meshgate-demo-{}", std::process::id()));
     for (name, text) in FILES {
         let path = dir.join(name);
@@ -93,15 +258,29 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
         }
         std::fs::write(&path, text)?;
     }
+    println!(
+        "meshgate demo: two datacenters on loopback, files in {}",
+        dir.display()
+    );
+    println!("mesh CA (trust domain {TD}): root in dc1 (the primary), intermediate for dc2");
+    make_ca(&dir)?;
+    api_app()?;
+
     let dc1 = Config::load(&dir.join("dc1-gateway.toml"))?;
     let dc2 = Config::load(&dir.join("dc2-gateway.toml"))?;
     let running2 = gateway::start(&dc2)?;
     let running1 = gateway::start(&dc1)?;
     let (gw1, gw2) = (running1.engine.clone(), running2.engine.clone());
-    println!(
-        "catalogs: {} (Consul registrations, read by the file-catalog plugin)",
-        dir.join("catalog").display()
-    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let start_sidecar = |file: &str| -> Result<sidecar::RunningSidecar, Error> {
+        let config = SidecarConfig::load(&dir.join(file))?;
+        sidecar::start(&config, stop.clone()).map_err(|e| match e {
+            sidecar::StartError::Config(m) | sidecar::StartError::Runtime(m) => m.into(),
+            sidecar::StartError::Stopped => "stopped".into(),
+        })
+    };
+    let api = start_sidecar("api-sidecar.toml")?;
+    let web = start_sidecar("web-sidecar.toml")?;
     for (dc, engine) in [("dc1", &gw1), ("dc2", &gw2)] {
         for r in engine.snapshot().table.routes() {
             println!(
@@ -110,110 +289,64 @@ fn demo(once: bool) -> Result<(), meshgate_tlskit::Error> {
             );
         }
     }
-    let entry = dc1.gateway.listen[0];
-    println!(
-        "meshgate demo: dc1 gateway {entry} (admin {:?}), dc2 gateway {} (admin {:?})",
-        dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default(),
-        dc2.gateway.listen[0],
-        dc2.gateway.admin.map(|a| a.to_string()).unwrap_or_default()
-    );
-    println!("instances: api x2 and web in dc1, api in dc2; every client verifies the instance's certificate\n");
-
-    let client = pki.client_config(&["h2"])?;
-    let asks = [
-        (
-            "api.default.dc1",
-            "local service, round robin over 2 instances",
-        ),
-        ("api.default.dc1", "local service again"),
-        ("web.default.dc1", "local service"),
-        (
-            "api.default.dc2",
-            "dc2 service: dc1 gateway -> dc2 gateway -> instance",
-        ),
+    let gateways = [
+        ("dc1", &gw1, dc1.gateway.listen[0]),
+        ("dc2", &gw2, dc2.gateway.listen[0]),
     ];
-    for (svc, what) in asks {
-        let sni = format!("{svc}.internal.{TD}");
-        match meshgate_tlskit::hello(entry, &sni, client.clone()) {
-            Ok(answer) => println!("  {svc:<16} {what}\n      -> {answer}"),
-            Err(e) => println!("  {svc:<16} {what}\n      -> FAILED: {e}"),
+    for port in [10000, 10001] {
+        if let Err(e) = call(&gateways, &web, &api, port) {
+            println!("  FAILED: {e}");
         }
     }
-    let unknown = format!("db.default.dc1.internal.{TD}");
-    match meshgate_tlskit::hello(entry, &unknown, client.clone()) {
-        Ok(answer) => println!("  db.default.dc1   unexpected answer: {answer}"),
-        Err(_) => println!(
-            "  db.default.dc1   no such service -> closed by the gateway, counted as no_route"
-        ),
-    }
-    // Let the last relays close and the per-route counters publish before showing metrics.
-    settle(&gw1);
-    settle(&gw2);
-    println!("\ndc1 gateway metrics (excerpt):");
-    print_metrics(&gw1.metrics().render());
-    println!("dc2 gateway metrics (excerpt):");
-    print_metrics(&gw2.metrics().render());
 
-    let ca = std::env::temp_dir().join("meshgate-demo-ca.pem");
-    std::fs::write(&ca, pki.ca_pem())?;
-    if once {
+    println!("\nmetrics (non-zero excerpt):");
+    let excerpt = |who: &str, text: String, families: &[&str]| {
+        for line in text.lines() {
+            if !line.starts_with('#')
+                && families.iter().any(|f| line.starts_with(f))
+                && !line.ends_with(" 0")
+            {
+                println!("  {who:<12} {line}");
+            }
+        }
+    };
+    let gw_families = [
+        "meshgate_routed_connections_total",
+        "meshgate_destination_connections_total",
+    ];
+    excerpt("dc1 gateway", gw1.metrics().render(), &gw_families);
+    excerpt("dc2 gateway", gw2.metrics().render(), &gw_families);
+    excerpt(
+        "web sidecar",
+        web.sidecar.metrics().render(),
+        &["meshgate_sidecar_upstream_connections_total"],
+    );
+    excerpt(
+        "api sidecar",
+        api.sidecar.metrics().render(),
+        &["meshgate_sidecar_inbound_connections_total"],
+    );
+
+    if !once {
+        println!("\nTry it yourself (Ctrl-C to stop):");
+        println!("  echo hi | nc -q1 127.0.0.1 10000         web -> api, two gateway hops");
+        println!("  echo hi | nc -q1 127.0.0.1 10001         web -> api, one gateway hop");
+        println!("  curl -s 127.0.0.1:19100/routes           web sidecar's plan (upstreams, modes, next hops)");
+        println!("  curl -s 127.0.0.1:19000/metrics          dc1 gateway metrics (19001: dc2; 19101: api sidecar)");
+        println!(
+            "  edit {} (modes, intentions, health) and watch it apply within a second",
+            dir.join("catalog").display()
+        );
+        gateway::serve_signals(&gw1, || {});
+    } else {
         gw1.shutdown();
-        gw2.shutdown();
-        drop((running1, running2));
-        gateway::finish(gw1);
-        gateway::finish(gw2);
-        let _ = std::fs::remove_dir_all(&dir);
-        return Ok(());
     }
-    println!("\nTry it yourself (Ctrl-C to stop):");
-    println!("  openssl s_client -connect {entry} -servername api.default.dc2.internal.{TD} -CAfile {} -quiet", ca.display());
-    println!(
-        "  curl -s http://{}/metrics | grep meshgate_",
-        dc1.gateway.admin.map(|a| a.to_string()).unwrap_or_default()
-    );
-    println!(
-        "  edit {} and watch the routes change within a second (curl .../routes)",
-        dir.join("catalog").display()
-    );
-    gateway::serve_signals(&gw1, || {});
     gw2.shutdown();
+    web.stop();
+    api.stop();
     drop((running1, running2));
     gateway::finish(gw1);
     gateway::finish(gw2);
-    drop(backends);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// Waits (at most 2 s) until the engine has no open connection, plus one publication period.
-fn settle(engine: &meshgate_engine::Engine) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while std::time::Instant::now() < deadline
-        && engine
-            .metrics()
-            .render()
-            .lines()
-            .any(|l| l.starts_with("meshgate_downstream_connections_active") && !l.ends_with(" 0"))
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(250));
-}
-
-fn print_metrics(text: &str) {
-    for line in text.lines() {
-        let interesting = [
-            "meshgate_downstream_connections_total",
-            "meshgate_routed_connections_total",
-            "meshgate_destination_connections_total",
-            "meshgate_connections_closed_total",
-            "meshgate_client_hello_total{outcome=\"ok\"}",
-        ];
-        if !line.starts_with('#')
-            && interesting.iter().any(|p| line.starts_with(p))
-            && !line.ends_with(" 0")
-        {
-            println!("  {line}");
-        }
-    }
 }

@@ -38,7 +38,8 @@ impl AdminSource for Admin {
     }
 }
 
-/// `meshgate check FILE`: a gateway config, or a Consul registration / config entry in any format.
+/// `meshgate check FILE`: a gateway or sidecar config, or a Consul registration / config entry in any
+/// format.
 pub(crate) fn check(file: &Path) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -52,6 +53,32 @@ pub(crate) fn check(file: &Path) -> ExitCode {
         && text.lines().any(|l| l.trim() == "[gateway]");
     if is_gateway_config {
         return check_gateway(file, &text);
+    }
+    let is_toml = meshgate_mesh::Format::detect(file, &text) == meshgate_mesh::Format::Toml;
+    if is_toml && text.lines().any(|l| l.trim() == "[sidecar]") {
+        return match meshgate_config::SidecarConfig::parse(&text, file) {
+            Ok(c) => {
+                println!("{}: valid", file.display());
+                println!(
+                    "sidecar for {} in {}: admin {}, default intention {:?}, certificate {}",
+                    c.sidecar.service,
+                    c.sidecar.datacenter,
+                    c.sidecar.admin,
+                    c.sidecar.default_intention,
+                    c.path(&c.tls.cert_file).display()
+                );
+                println!(
+                    "  catalog plugin {}, router plugin {}; listeners come from the registration",
+                    c.catalog.plugin,
+                    c.router_section().plugin
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
     }
     match meshgate_mesh::load_document(&text, file) {
         Ok(doc) => {

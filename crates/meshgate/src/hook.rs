@@ -63,7 +63,7 @@ pub(crate) fn factory(config: &Config) -> Result<Option<HookFactory>, String> {
         .map_err(|e| format!("[hook] {e}"))?;
     let sandbox = crate::control::sandbox(
         &section,
-        config,
+        &config.base_dir,
         Some(Duration::from_millis(HOOK_MAX_DEADLINE_MS)),
     );
     // Instantiate once here so a plugin that does not fit the world is refused at start.

@@ -6,6 +6,7 @@ mod control;
 mod demo;
 mod gateway;
 mod hook;
+mod sidecar;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -55,6 +56,13 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Run one service's sidecar: mTLS in (identity, intentions) and out (upstreams by gateway mode).
+    /// Certificate and catalog changes apply without a restart; SIGTERM/SIGINT drain and exit.
+    Sidecar {
+        /// Sidecar configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The mesh certificate authority: create a root, sign a datacenter intermediate, issue leaves.
     Ca {
         #[command(subcommand)]
@@ -83,5 +91,6 @@ fn main() -> ExitCode {
         Command::Check { file } => gateway::check(&file),
         Command::Demo { once } => demo::run(once),
         Command::Ca { command } => ca::run(command),
+        Command::Sidecar { config } => sidecar::run(&config),
     }
 }

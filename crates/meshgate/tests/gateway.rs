@@ -452,6 +452,10 @@ fn check_command_reports_file_line_and_field() {
         "configs/demo/dc1-gateway.toml",
         "configs/demo/dc2-gateway.toml",
         "configs/gateway.example.toml",
+        "configs/demo/catalog/dc1/web.hcl",
+        "configs/demo/catalog/dc2/api-intentions.hcl",
+        "configs/demo/web-sidecar.toml",
+        "configs/demo/api-sidecar.toml",
     ] {
         let path = format!("{}/../../{f}", env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
@@ -479,16 +483,56 @@ fn demo_runs_once() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Local mode: two gateway hops; remote mode: one; both answered by api through its sidecar.
+    let local = text
+        .split("through upstream 127.0.0.1:10000")
+        .nth(1)
+        .and_then(|t| t.split("through upstream").next())
+        .unwrap_or_default();
     assert!(
-        text.contains("-> backend=api-dc2-1 sni=api.default.dc2"),
+        local.contains("mode local (decided by proxy-defaults)"),
         "{text}"
     );
     assert!(
-        text.contains("-> backend=api-dc1-1") && text.contains("-> backend=api-dc1-2"),
+        local.contains("-> dc1 gateway 127.0.0.1:8443, which saw SNI api.default.dc2.internal."),
         "{text}"
     );
     assert!(
-        text.contains("meshgate_connections_closed_total{reason=\"no_route\"} 1"),
+        local.contains("hop 2: dc1 gateway -> dc2 gateway 127.0.0.1:8444"),
+        "{text}"
+    );
+    assert!(
+        local.contains(
+            "hop 3: dc2 gateway -> api sidecar 127.0.0.1:21001, which verified web's certificate"
+        ),
+        "{text}"
+    );
+    assert!(
+        local.contains("answer: api (dc2) answered: hello from web via port 10000"),
+        "{text}"
+    );
+    let remote = text
+        .split("through upstream 127.0.0.1:10001")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        remote.contains("mode remote (decided by upstream)"),
+        "{text}"
+    );
+    assert!(
+        remote.contains("hop 1: web sidecar -> dc2 gateway 127.0.0.1:8444"),
+        "{text}"
+    );
+    assert!(
+        remote.contains("hop 2: dc2 gateway -> api sidecar"),
+        "{text}"
+    );
+    assert!(
+        remote.contains("answered: hello from web via port 10001"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshgate_sidecar_inbound_connections_total{outcome=\"allowed\"} 2"),
         "{text}"
     );
 }
