@@ -11,11 +11,14 @@
 //! Needs root and `ip`, `tcpdump` (`.ci/run` installs them). Set `MESHGATE_SKIP_NETNS=1` to skip on a
 //! machine without them; otherwise a missing prerequisite fails the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{http_get, metric, Proc};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
@@ -118,59 +121,6 @@ fn spawn_in_ns(ns: &str, f: impl FnOnce() + Send + 'static) {
     });
 }
 
-/// A meshgate process inside a namespace, with its stderr collected.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn start(name: &'static str, ns: &str, args: &[&str]) -> Proc {
-        let mut cmd = vec![env!("CARGO_BIN_EXE_meshgate")];
-        cmd.extend_from_slice(args);
-        Proc::start_raw(name, ns, &cmd)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// Waits until a log line contains every one of `needles`.
-    fn wait_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no line with {needles:?} in:\n{log}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
-}
-
 /// Polls an admin endpoint inside `ns` until `ok` accepts its body; returns it.
 fn wait_admin(
     ns: &str,
@@ -203,14 +153,6 @@ fn wait_admin(
             std::thread::sleep(Duration::from_millis(20));
         }
     })
-}
-
-/// Sum of a metric family's samples whose line contains every filter.
-fn metric(body: &str, family: &str, filters: &[&str]) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(family) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// The web application: one request through a web sidecar upstream port; the answer, or None when the
@@ -504,9 +446,9 @@ fn cross_datacenter_mesh_in_namespaces() {
     let (dc1, dc2) = (topo.dc1.clone(), topo.dc2.clone());
     // Capture everything that crosses the WAN, from before the first byte.
     let pcap = files.dir.join("wan.pcap");
-    let mut capture = Proc::start_raw(
+    let mut capture = Proc::start_in(
         "tcpdump",
-        &topo.wan,
+        Some(&topo.wan),
         &[
             "tcpdump",
             "-i",
@@ -522,27 +464,27 @@ fn cross_datacenter_mesh_in_namespaces() {
 
     let api_seen = app(&dc2, "127.0.0.1:9090", "api");
     let db_seen = app(&dc1, "127.0.0.1:5432", "db");
-    let gw1 = Proc::start(
+    let gw1 = Proc::meshgate(
         "dc1 gateway",
         &dc1,
         &["gateway", "--config", &files.path("gw1.toml")],
     );
-    let gw2 = Proc::start(
+    let gw2 = Proc::meshgate(
         "dc2 gateway",
         &dc2,
         &["gateway", "--config", &files.path("gw2.toml")],
     );
-    let api = Proc::start(
+    let api = Proc::meshgate(
         "api sidecar",
         &dc2,
         &["sidecar", "--config", &files.path("api.toml")],
     );
-    let web = Proc::start(
+    let web = Proc::meshgate(
         "web sidecar",
         &dc1,
         &["sidecar", "--config", &files.path("web.toml")],
     );
-    let db = Proc::start(
+    let db = Proc::meshgate(
         "db sidecar",
         &dc1,
         &["sidecar", "--config", &files.path("db.toml")],
@@ -712,35 +654,9 @@ fn cross_datacenter_mesh_in_namespaces() {
 }
 
 impl Proc {
-    /// Any command inside a namespace (not meshgate).
-    fn start_raw(name: &'static str, ns: &str, cmd: &[&str]) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .env("MESHGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        Proc { name, child, log }
-    }
-
-    /// SIGTERM (tcpdump flushes its file) and wait.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+    fn meshgate(name: &'static str, ns: &str, args: &[&str]) -> Proc {
+        let mut cmd = vec![env!("CARGO_BIN_EXE_meshgate")];
+        cmd.extend_from_slice(args);
+        Proc::start_in(name, Some(ns), &cmd)
     }
 }
