@@ -646,6 +646,25 @@ connect_timeout_ms = 250
     }
 
     #[test]
+    fn gateway_config_has_no_place_for_a_key() {
+        // A mesh gateway never terminates TLS: any attempt to hand it a key is refused, by name.
+        for extra in [
+            "\n[tls]\nkey_file = \"gw.key\"\n",
+            "\n[gateway.tls]\ncert_file = \"gw.pem\"\n",
+        ] {
+            let text = format!("{GOOD}{extra}");
+            let e = Config::parse(&text, Path::new("gw.toml")).expect_err("key refused");
+            assert!(e.message.contains("unknown field"), "{e}");
+        }
+        let text = GOOD.replace(
+            "name = \"mesh-gateway\"",
+            "name = \"mesh-gateway\"\nkey_file = \"k.pem\"",
+        );
+        let e = Config::parse(&text, Path::new("gw.toml")).expect_err("key refused");
+        assert_eq!(e.field, "gateway.key_file", "{e}");
+    }
+
+    #[test]
     fn parses_the_documented_example_with_defaults() {
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.gateway.hello_timeout_ms, DEFAULT_HELLO_TIMEOUT_MS);

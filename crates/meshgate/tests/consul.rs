@@ -1,0 +1,216 @@
+//! Certificates from a real Consul CA work in meshgate sidecars: a Consul 1.8.7 dev agent issues the
+//! roots and the `web` and `api` leaves (its own trust domain, its own key types), two `meshgate sidecar`
+//! processes use them, and web reaches api over mTLS with api's default-deny policy letting in only the
+//! identity an intention names.
+//!
+//! The Consul binary comes from `MESHGATE_CONSUL`, else `target/tools/consul`, which
+//! `scripts/install-consul.sh` installs on first use (Debian 11's package, a few seconds).
+
+mod common;
+
+use common::{free_port, http_get, metric, wait_for, Proc, TempDir};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn consul_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tools = root.join("target/tools");
+    let bin = tools.join("consul");
+    if !bin.exists() {
+        let out = std::process::Command::new(root.join("scripts/install-consul.sh"))
+            .arg(&tools)
+            .output()
+            .expect("run scripts/install-consul.sh");
+        assert!(
+            out.status.success(),
+            "installing consul failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+fn json_field(body: &str, key: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    let mut out = Vec::new();
+    fn walk(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        serde_json::Value::String(s) if k == key => out.push(s.clone()),
+                        _ => walk(x, key, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, key, out)),
+            _ => {}
+        }
+    }
+    walk(&v, key, &mut out);
+    out
+}
+
+#[test]
+fn consul_ca_certificates_work_in_sidecars() {
+    let consul = consul_binary();
+    let dir = TempDir::new("consul");
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (serf_lan, serf_wan, server) = (free_port(), free_port(), free_port());
+    let consul_bin = consul.display().to_string();
+    let (http_port, lan, wan, srv) = (
+        http.port().to_string(),
+        serf_lan.to_string(),
+        serf_wan.to_string(),
+        server.to_string(),
+    );
+    let _agent = Proc::start_in(
+        "consul",
+        None,
+        &[
+            &consul_bin,
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-http-port",
+            &http_port,
+            "-dns-port",
+            "-1",
+            "-grpc-port",
+            "-1",
+            "-serf-lan-port",
+            &lan,
+            "-serf-wan-port",
+            &wan,
+            "-server-port",
+            &srv,
+        ],
+    );
+    // Ready once the Connect CA answers with a root.
+    let roots = wait_for(Duration::from_secs(30), "consul CA roots", || {
+        http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert"))
+    });
+    let trust_domain = json_field(&roots, "TrustDomain")
+        .pop()
+        .expect("trust domain");
+    let roots_pem = json_field(&roots, "RootCert").join("\n");
+    for service in ["web", "api"] {
+        let leaf = wait_for(Duration::from_secs(10), "consul leaf", || {
+            http_get(http, &format!("/v1/agent/connect/ca/leaf/{service}"))
+                .filter(|b| b.contains("CertPEM"))
+        });
+        let certs = dir.0.join("certs").join(service);
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        std::fs::write(certs.join("cert.pem"), &json_field(&leaf, "CertPEM")[0]).expect("write");
+        std::fs::write(
+            certs.join("key.pem"),
+            &json_field(&leaf, "PrivateKeyPEM")[0],
+        )
+        .expect("write");
+        std::fs::write(certs.join("roots.pem"), &roots_pem).expect("write");
+    }
+
+    // One datacenter on loopback: web's sidecar dials api's sidecar directly (same datacenter).
+    let (web_admin, api_admin) = (free_port(), free_port());
+    let (api_public, api_app, web_up) = (free_port(), free_port(), free_port());
+    let catalog = dir.0.join("catalog");
+    std::fs::create_dir_all(&catalog).expect("mkdir");
+    std::fs::write(
+        catalog.join("services.hcl"),
+        format!(
+            r#"services = [
+  {{ name = "web", port = 1, connect {{ sidecar_service {{ address = "127.0.0.1", port = {}, proxy {{
+      upstreams = [{{ destination_name = "api", local_bind_port = {web_up} }}] }} }} }} }},
+  {{ name = "api", port = {api_app}, connect {{ sidecar_service {{ address = "127.0.0.1", port = {api_public} }} }} }},
+]
+"#,
+            free_port()
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        catalog.join("intentions.hcl"),
+        "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n",
+    )
+    .expect("write");
+    for (service, admin) in [("web", web_admin), ("api", api_admin)] {
+        std::fs::write(
+            dir.0.join(format!("{service}.toml")),
+            format!(
+                r#"[sidecar]
+service = "{service}"
+datacenter = "dc1"
+admin = "127.0.0.1:{admin}"
+default_intention = "deny"
+
+[tls]
+cert_file = "certs/{service}/cert.pem"
+key_file = "certs/{service}/key.pem"
+roots_file = "certs/{service}/roots.pem"
+
+[catalog]
+plugin = "file-catalog"
+config = {{ dir = "catalog", datacenter = "dc1", trust_domain = "{trust_domain}" }}
+allow_dirs = ["catalog"]
+poll_ms = 100
+"#
+            ),
+        )
+        .expect("write");
+    }
+    let app = TcpListener::bind(("127.0.0.1", api_app)).expect("app");
+    std::thread::spawn(move || {
+        for s in app.incoming().map_while(Result::ok) {
+            let mut line = String::new();
+            if BufReader::new(&s).read_line(&mut line).is_ok() {
+                let _ = (&s).write_all(format!("api got: {}", line).as_bytes());
+            }
+        }
+    });
+    let bin = env!("CARGO_BIN_EXE_meshgate");
+    let sidecars: Vec<Proc> = ["api", "web"]
+        .into_iter()
+        .map(|s| {
+            let config = dir.0.join(format!("{s}.toml")).display().to_string();
+            Proc::start_in("sidecar", None, &[bin, "sidecar", "--config", &config])
+        })
+        .collect();
+    for admin in [api_admin, web_admin] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+        wait_for(Duration::from_secs(15), "sidecar ready", || {
+            http_get(addr, "/ready").filter(|b| b.starts_with("ready"))
+        });
+    }
+    // The sidecars read the Consul leaves' identities.
+    sidecars[0].wait_log(&[
+        "certificates loaded",
+        &format!("spiffe://{trust_domain}/ns/default/dc/dc1/svc/api"),
+    ]);
+
+    let mut s = TcpStream::connect(("127.0.0.1", web_up)).expect("web upstream");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"over consul certificates\n").expect("write");
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer).expect("answer");
+    assert_eq!(answer.trim(), "api got: over consul certificates");
+    let api_metrics =
+        http_get(SocketAddr::from(([127, 0, 0, 1], api_admin)), "/metrics").expect("metrics");
+    assert_eq!(
+        metric(
+            &api_metrics,
+            "meshgate_sidecar_inbound_connections_total",
+            &["allowed"]
+        ),
+        1,
+        "{api_metrics}"
+    );
+}

@@ -1,0 +1,226 @@
+//! `meshgate sidecar` on loopback: certificate rotation, new and removed upstreams, and intention changes
+//! all apply without a restart, while a connection opened before them keeps working.
+
+mod common;
+
+use common::{free_port, http_get, metric, wait_for, Proc, TempDir};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn meshgate(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .output()
+        .expect("run meshgate");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Write-then-rename, so a poller never sees half a file.
+fn put(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// An echo application: every line back, prefixed, until EOF.
+fn echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&s);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if (&s).write_all(format!("api: {line}").as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A connection from the web application through an upstream port.
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect upstream");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Conn(BufReader::new(s))
+    }
+    /// One round trip; `None` when the mesh closed the connection.
+    fn ask(&mut self, line: &str) -> Option<String> {
+        self.0
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .ok()?;
+        let mut answer = String::new();
+        self.0.read_line(&mut answer).ok()?;
+        (!answer.is_empty()).then(|| answer.trim().to_owned())
+    }
+}
+
+fn web_hcl(public: u16, upstreams: &[u16]) -> String {
+    let ups: Vec<String> = upstreams
+        .iter()
+        .map(|p| format!("{{ destination_name = \"api\", local_bind_port = {p} }}"))
+        .collect();
+    format!(
+        "service {{\n  name = \"web\"\n  port = 1\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {public}\n    proxy {{ upstreams = [{}] }}\n  }} }}\n}}\n",
+        ups.join(", ")
+    )
+}
+
+#[test]
+fn changes_apply_live_and_connections_continue() {
+    let dir = TempDir::new("sidecar");
+    let d = |rel: &str| dir.0.join(rel).display().to_string();
+    meshgate(&["ca", "init", "--trust-domain", TD, "--out", &d("ca")]);
+    for svc in ["web", "api"] {
+        meshgate(&[
+            "ca",
+            "issue",
+            "--ca",
+            &d("ca"),
+            "--service",
+            svc,
+            "--datacenter",
+            "dc1",
+            "--out",
+            &d(&format!("certs/{svc}")),
+        ]);
+    }
+    let app = echo_app();
+    let (web_public, api_public, up1, up2) = (free_port(), free_port(), free_port(), free_port());
+    let (web_admin, api_admin) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    put(&dir.0.join("catalog/web.hcl"), &web_hcl(web_public, &[up1]));
+    put(
+        &dir.0.join("catalog/api.hcl"),
+        &format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
+    );
+    let allow = "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n";
+    put(&dir.0.join("catalog/intentions.hcl"), allow);
+    for (svc, admin) in [("web", web_admin), ("api", api_admin)] {
+        put(
+            &dir.0.join(format!("{svc}.toml")),
+            &format!(
+                "[sidecar]\nservice = \"{svc}\"\ndatacenter = \"dc1\"\nadmin = \"{admin}\"\ndefault_intention = \"deny\"\n\n[tls]\ncert_file = \"certs/{svc}/cert.pem\"\nkey_file = \"certs/{svc}/key.pem\"\nroots_file = \"certs/{svc}/roots.pem\"\n\n[catalog]\nplugin = \"file-catalog\"\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\nallow_dirs = [\"catalog\"]\npoll_ms = 100\n"
+            ),
+        );
+    }
+    let bin = env!("CARGO_BIN_EXE_meshgate");
+    let api = Proc::start_in(
+        "api sidecar",
+        None,
+        &[bin, "sidecar", "--config", &d("api.toml")],
+    );
+    let _web = Proc::start_in(
+        "web sidecar",
+        None,
+        &[bin, "sidecar", "--config", &d("web.toml")],
+    );
+    for admin in [api_admin, web_admin] {
+        wait_for(WAIT, "sidecar ready", || {
+            http_get(admin, "/ready").filter(|b| b.starts_with("ready"))
+        });
+    }
+    let expiry = || {
+        let m = http_get(api_admin, "/metrics").unwrap_or_default();
+        metric(
+            &m,
+            "meshgate_sidecar_certificate_expiry_timestamp_seconds",
+            &[],
+        )
+    };
+
+    // A connection opened before every change below.
+    let mut live = Conn::open(up1);
+    assert_eq!(live.ask("one").as_deref(), Some("api: one"));
+
+    // 1. api's certificate is reissued (1 h instead of 72 h): loaded without a restart.
+    let before = expiry();
+    meshgate(&[
+        "ca",
+        "issue",
+        "--ca",
+        &d("ca"),
+        "--service",
+        "api",
+        "--datacenter",
+        "dc1",
+        "--hours",
+        "1",
+        "--out",
+        &d("certs/api"),
+    ]);
+    wait_for(WAIT, "new api certificate", || {
+        (expiry() + 3600 * 60 < before).then_some(())
+    });
+    assert_eq!(
+        Conn::open(up1).ask("after rotation").as_deref(),
+        Some("api: after rotation")
+    );
+    assert_eq!(live.ask("two").as_deref(), Some("api: two"));
+
+    // 2. A new upstream gets its listener; a removed one loses it.
+    put(
+        &dir.0.join("catalog/web.hcl"),
+        &web_hcl(web_public, &[up1, up2]),
+    );
+    let mut second = wait_for(WAIT, "second upstream listening", || {
+        TcpStream::connect(("127.0.0.1", up2)).ok()
+    });
+    second.write_all(b"via the new upstream\n").expect("write");
+    let mut answer = String::new();
+    BufReader::new(&second)
+        .read_line(&mut answer)
+        .expect("read");
+    assert_eq!(answer.trim(), "api: via the new upstream");
+    put(&dir.0.join("catalog/web.hcl"), &web_hcl(web_public, &[up1]));
+    wait_for(WAIT, "second upstream closed", || {
+        TcpStream::connect(("127.0.0.1", up2))
+            .is_err()
+            .then_some(())
+    });
+    assert_eq!(live.ask("three").as_deref(), Some("api: three"));
+
+    // 3. The intention goes away: api's default (deny) refuses new callers, with a log line; the live
+    // connection, authorised when it began, continues.
+    std::fs::remove_file(dir.0.join("catalog/intentions.hcl")).expect("rm");
+    wait_for(WAIT, "intention gone", || {
+        http_get(api_admin, "/routes").filter(|b| !b.contains("\"allow\""))
+    });
+    assert_eq!(Conn::open(up1).ask("refused"), None);
+    let line = api.wait_log(&["connection denied by intention", "default policy"]);
+    assert!(
+        line.contains(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/web")),
+        "{line}"
+    );
+    assert_eq!(live.ask("four").as_deref(), Some("api: four"));
+    put(&dir.0.join("catalog/intentions.hcl"), allow);
+    wait_for(WAIT, "intention back", || {
+        http_get(api_admin, "/routes").filter(|b| b.contains("\"allow\""))
+    });
+    assert_eq!(
+        Conn::open(up1).ask("allowed again").as_deref(),
+        Some("api: allowed again")
+    );
+}
