@@ -5,8 +5,8 @@
 
 use super::{
     find_key, locate, validate_plugin_sections, ConfigError, LoadError, PluginSection,
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB,
-    DEFAULT_ROUTER_PLUGIN,
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_IO_MEMORY_KIB, DEFAULT_ROUTER_PLUGIN,
 };
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -77,6 +77,9 @@ pub struct SidecarSettings {
     /// A TLS handshake, either side, in milliseconds.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// A connection with no byte moving either way for this long is closed, in seconds.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
     /// On SIGTERM, how long live connections get before the process exits, in seconds.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
@@ -112,6 +115,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_handshake_timeout_ms() -> u64 {
     DEFAULT_HANDSHAKE_TIMEOUT_MS
 }
+fn default_idle_timeout_secs() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECS
+}
 fn default_drain_timeout_secs() -> u64 {
     DEFAULT_DRAIN_TIMEOUT_SECS
 }
@@ -127,6 +133,10 @@ impl SidecarSettings {
     /// Handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
     /// Drain timeout.
     pub fn drain_timeout(&self) -> Duration {
@@ -183,6 +193,7 @@ impl SidecarConfig {
         for (field, value) in [
             ("connect_timeout_ms", s.connect_timeout_ms),
             ("handshake_timeout_ms", s.handshake_timeout_ms),
+            ("idle_timeout_secs", s.idle_timeout_secs),
         ] {
             if value == 0 {
                 return Err(at(field, "must be greater than 0".into()));

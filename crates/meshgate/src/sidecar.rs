@@ -389,6 +389,7 @@ pub(crate) fn start(
         connect_timeout: s.connect_timeout(),
         handshake_timeout: s.handshake_timeout(),
         drain_timeout: s.drain_timeout(),
+        idle_timeout: s.idle_timeout(),
     };
     let poll = Duration::from_millis(config.catalog.poll_ms);
     let (plan, wit) = loop {

@@ -86,62 +86,122 @@ fn web_hcl(public: u16, upstreams: &[u16]) -> String {
     )
 }
 
+/// web and api sidecars on loopback (one datacenter), api behind an allow intention for web.
+struct Mesh {
+    dir: TempDir,
+    api: Proc,
+    _web: Proc,
+    api_admin: SocketAddr,
+    web_public: u16,
+    up1: u16,
+    up2: u16,
+}
+
+impl Mesh {
+    fn d(&self, rel: &str) -> String {
+        self.dir.0.join(rel).display().to_string()
+    }
+
+    fn start(tag: &str, extra_sidecar: &str) -> Mesh {
+        let dir = TempDir::new(tag);
+        let d = |rel: &str| dir.0.join(rel).display().to_string();
+        meshgate(&["ca", "init", "--trust-domain", TD, "--out", &d("ca")]);
+        for svc in ["web", "api"] {
+            meshgate(&[
+                "ca",
+                "issue",
+                "--ca",
+                &d("ca"),
+                "--service",
+                svc,
+                "--datacenter",
+                "dc1",
+                "--out",
+                &d(&format!("certs/{svc}")),
+            ]);
+        }
+        let app = echo_app();
+        let (web_public, api_public, up1, up2) =
+            (free_port(), free_port(), free_port(), free_port());
+        let (web_admin, api_admin) = (
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        put(&dir.0.join("catalog/web.hcl"), &web_hcl(web_public, &[up1]));
+        put(
+            &dir.0.join("catalog/api.hcl"),
+            &format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
+        );
+        put(&dir.0.join("catalog/intentions.hcl"), ALLOW);
+        for (svc, admin) in [("web", web_admin), ("api", api_admin)] {
+            put(
+                &dir.0.join(format!("{svc}.toml")),
+                &format!(
+                    "[sidecar]\nservice = \"{svc}\"\ndatacenter = \"dc1\"\nadmin = \"{admin}\"\ndefault_intention = \"deny\"\n{extra_sidecar}\n[tls]\ncert_file = \"certs/{svc}/cert.pem\"\nkey_file = \"certs/{svc}/key.pem\"\nroots_file = \"certs/{svc}/roots.pem\"\n\n[catalog]\nplugin = \"file-catalog\"\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\nallow_dirs = [\"catalog\"]\npoll_ms = 100\n"
+                ),
+            );
+        }
+        let bin = env!("CARGO_BIN_EXE_meshgate");
+        let api = Proc::start_in(
+            "api sidecar",
+            None,
+            &[bin, "sidecar", "--config", &d("api.toml")],
+        );
+        let web = Proc::start_in(
+            "web sidecar",
+            None,
+            &[bin, "sidecar", "--config", &d("web.toml")],
+        );
+        for admin in [api_admin, web_admin] {
+            wait_for(WAIT, "sidecar ready", || {
+                http_get(admin, "/ready").filter(|b| b.starts_with("ready"))
+            });
+        }
+        Mesh {
+            dir,
+            api,
+            _web: web,
+            api_admin,
+            web_public,
+            up1,
+            up2,
+        }
+    }
+}
+
+const ALLOW: &str =
+    "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n";
+
+#[test]
+fn idle_connections_are_closed() {
+    let mesh = Mesh::start("sidecar-idle", "idle_timeout_secs = 1\n");
+    let mut conn = Conn::open(mesh.up1);
+    assert_eq!(conn.ask("hello").as_deref(), Some("api: hello"));
+    let quiet = std::time::Instant::now();
+    // Nothing moves: a sidecar closes the connection after a second (the read timeout is 10 s).
+    let mut rest = String::new();
+    let n = conn.0.read_line(&mut rest).expect("closed, not timed out");
+    assert_eq!(n, 0, "EOF expected, got {rest:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        quiet.elapsed()
+    );
+}
+
 #[test]
 fn changes_apply_live_and_connections_continue() {
-    let dir = TempDir::new("sidecar");
-    let d = |rel: &str| dir.0.join(rel).display().to_string();
-    meshgate(&["ca", "init", "--trust-domain", TD, "--out", &d("ca")]);
-    for svc in ["web", "api"] {
-        meshgate(&[
-            "ca",
-            "issue",
-            "--ca",
-            &d("ca"),
-            "--service",
-            svc,
-            "--datacenter",
-            "dc1",
-            "--out",
-            &d(&format!("certs/{svc}")),
-        ]);
-    }
-    let app = echo_app();
-    let (web_public, api_public, up1, up2) = (free_port(), free_port(), free_port(), free_port());
-    let (web_admin, api_admin) = (
-        SocketAddr::from(([127, 0, 0, 1], free_port())),
-        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    let mesh = Mesh::start("sidecar", "");
+    let (dir, api, api_admin, web_public, up1, up2) = (
+        &mesh.dir,
+        &mesh.api,
+        mesh.api_admin,
+        mesh.web_public,
+        mesh.up1,
+        mesh.up2,
     );
-    put(&dir.0.join("catalog/web.hcl"), &web_hcl(web_public, &[up1]));
-    put(
-        &dir.0.join("catalog/api.hcl"),
-        &format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
-    );
-    let allow = "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n";
-    put(&dir.0.join("catalog/intentions.hcl"), allow);
-    for (svc, admin) in [("web", web_admin), ("api", api_admin)] {
-        put(
-            &dir.0.join(format!("{svc}.toml")),
-            &format!(
-                "[sidecar]\nservice = \"{svc}\"\ndatacenter = \"dc1\"\nadmin = \"{admin}\"\ndefault_intention = \"deny\"\n\n[tls]\ncert_file = \"certs/{svc}/cert.pem\"\nkey_file = \"certs/{svc}/key.pem\"\nroots_file = \"certs/{svc}/roots.pem\"\n\n[catalog]\nplugin = \"file-catalog\"\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\nallow_dirs = [\"catalog\"]\npoll_ms = 100\n"
-            ),
-        );
-    }
-    let bin = env!("CARGO_BIN_EXE_meshgate");
-    let api = Proc::start_in(
-        "api sidecar",
-        None,
-        &[bin, "sidecar", "--config", &d("api.toml")],
-    );
-    let _web = Proc::start_in(
-        "web sidecar",
-        None,
-        &[bin, "sidecar", "--config", &d("web.toml")],
-    );
-    for admin in [api_admin, web_admin] {
-        wait_for(WAIT, "sidecar ready", || {
-            http_get(admin, "/ready").filter(|b| b.starts_with("ready"))
-        });
-    }
+    let d = |rel: &str| mesh.d(rel);
+    let allow = ALLOW;
     let expiry = || {
         let m = http_get(api_admin, "/metrics").unwrap_or_default();
         metric(

@@ -52,6 +52,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// How long live connections get after [`Sidecar::shutdown`].
     pub drain_timeout: Duration,
+    /// A connection with no byte moving either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// One upstream, compiled.
@@ -438,7 +440,7 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
         };
         let _ = app_stream.set_nodelay(true);
         core.stats.inbound(Inbound::Allowed);
-        relay(tls, app_stream).await;
+        relay(tls, app_stream, settings.idle_timeout).await;
         core.stats.active(stats::Direction::Inbound, -1);
         return;
     };
@@ -504,7 +506,7 @@ async fn outbound(core: &Core, app: TcpStream, up: &Upstream) {
             "upstream connection"
         );
         core.stats.outbound(up, Outbound::Ok);
-        relay(tls, app).await;
+        relay(tls, app, settings.idle_timeout).await;
         core.stats.active(stats::Direction::Outbound, -1);
         return;
     };
@@ -512,21 +514,58 @@ async fn outbound(core: &Core, app: TcpStream, up: &Upstream) {
     core.stats.active(stats::Direction::Outbound, -1);
 }
 
-/// Copies both ways until both sides are done; each side's end is passed on as a half-close.
-async fn relay<A, B>(a: A, b: B)
+/// Bytes moved per read while relaying (TLS records are at most 16 KiB of plaintext).
+const RELAY_CHUNK: usize = 16 * 1024;
+
+/// Copies `from` to `to` until EOF or an error, then half-closes `to`; notes the time of every transfer.
+async fn pump<R, W>(mut from: R, mut to: W, last: &Cell<Instant>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use futures_lite::AsyncReadExt;
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                last.set(Instant::now());
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.close().await;
+}
+
+/// Copies both ways until both sides are done (each side's end is passed on as a half-close), or until
+/// nothing has moved either way for `idle`.
+async fn relay<A, B>(a: A, b: B, idle: Duration)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (a_read, mut a_write) = futures_lite::io::split(a);
-    let (b_read, mut b_write) = futures_lite::io::split(b);
-    let forward = async {
-        let _ = futures_lite::io::copy(a_read, &mut b_write).await;
-        let _ = b_write.close().await;
+    let last = Cell::new(Instant::now());
+    let (a_read, a_write) = futures_lite::io::split(a);
+    let (b_read, b_write) = futures_lite::io::split(b);
+    let both =
+        futures_lite::future::zip(pump(a_read, b_write, &last), pump(b_read, a_write, &last));
+    let watchdog = async {
+        loop {
+            let quiet = last.get().elapsed();
+            if quiet >= idle {
+                tracing::debug!(idle = ?idle, "idle connection closed");
+                return;
+            }
+            glommio::timer::Timer::new(idle - quiet).await;
+        }
     };
-    let backward = async {
-        let _ = futures_lite::io::copy(b_read, &mut a_write).await;
-        let _ = a_write.close().await;
-    };
-    futures_lite::future::zip(forward, backward).await;
+    futures_lite::future::or(
+        async {
+            both.await;
+        },
+        watchdog,
+    )
+    .await;
 }
