@@ -22,7 +22,11 @@ fi
 
 # The idle-connection test holds tens of thousands of sockets on both sides of each router.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Widen the ephemeral port range for the run, and put it back afterwards: left wide, clients' TIME_WAIT
+# sockets squat on ports that servers (the demo's 9090, say) later want to bind.
 if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
+    saved_range=$(cat /proc/sys/net/ipv4/ip_local_port_range)
+    trap 'echo "$saved_range" > /proc/sys/net/ipv4/ip_local_port_range' EXIT
     echo "1024 65535" > /proc/sys/net/ipv4/ip_local_port_range
 fi
 

@@ -35,6 +35,12 @@ struct Options {
     idle: Vec<usize>,
     route_counts: Vec<usize>,
     out: Option<std::path::PathBuf>,
+    /// Routers to measure (direct is always measured: every ratio needs it).
+    routers: Option<Vec<String>>,
+    /// Worker counts to measure.
+    workers: Vec<usize>,
+    /// Only the connection, keep-alive and bulk tables (no memory, route-scaling or hook sections).
+    core_only: bool,
 }
 
 fn options() -> Options {
@@ -47,6 +53,9 @@ fn options() -> Options {
         idle: vec![4_000, 9_000],
         route_counts: vec![10, 10_000, 1_000_000],
         out: None,
+        routers: None,
+        workers: vec![1, 2],
+        core_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -71,6 +80,13 @@ fn options() -> Options {
                 i += 1;
                 continue;
             }
+            "--core-only" => {
+                o.core_only = true;
+                i += 1;
+                continue;
+            }
+            "--routers" => o.routers = Some(v.split(',').map(str::to_owned).collect()),
+            "--workers" => o.workers = list(&v),
             "--rounds" => o.rounds = v.parse().unwrap_or(o.rounds),
             "--seconds" => o.seconds = v.parse().unwrap_or(o.seconds),
             "--bulk-mib" => o.bulk_mib = v.parse().unwrap_or(o.bulk_mib),
@@ -309,14 +325,22 @@ fn main() {
     )
     .expect("backend");
     let client = pki.client_config(&[]).expect("client config");
-    let kinds = [
+    let kinds: Vec<Kind> = [
         Kind::Direct,
         Kind::Haproxy,
         Kind::Nginx,
         Kind::Sniproxy,
         Kind::Meshgate,
         Kind::MeshgateBuffered,
-    ];
+    ]
+    .into_iter()
+    .filter(|k| {
+        *k == Kind::Direct
+            || o.routers
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|n| n == k.name()))
+    })
+    .collect();
     let mut report = String::new();
     report.push_str(&format!(
         "Medians of {} rounds, {:.0} s per measurement, on {} CPUs. Ratios are to direct in the same run.\n\n",
@@ -325,7 +349,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, usize::from)
     ));
 
-    for workers in [1usize, 2] {
+    for &workers in &o.workers {
         let routers: Vec<Router> = kinds
             .iter()
             .map(|&k| {
@@ -433,6 +457,10 @@ fn main() {
         eprint!("{report}");
     }
 
+    if o.core_only {
+        println!("{report}");
+        return;
+    }
     report.push_str("### Memory per idle connection (1 worker)\n\n| router | connections | resident bytes per connection |\n|---|---|---|\n");
     for &n in &o.idle {
         for kind in [Kind::Haproxy, Kind::Nginx, Kind::Sniproxy, Kind::Meshgate] {

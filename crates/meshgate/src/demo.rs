@@ -116,7 +116,8 @@ fn make_ca(dir: &std::path::Path) -> Result<(), Error> {
 
 /// The `api` application: answers one line per connection, in plaintext (its sidecar did the mTLS).
 fn api_app() -> Result<(), Error> {
-    let listener = TcpListener::bind(API_APP)?;
+    let listener = TcpListener::bind(API_APP)
+        .map_err(|e| format!("the api application's address {API_APP}: {e}"))?;
     std::thread::Builder::new()
         .name("demo-api-app".into())
         .spawn(move || {

@@ -960,6 +960,7 @@ impl SleepableRing {
     /// CQEs are available on the main ring. This timer is linked with a write
     /// to the latency ring's event fd such that this timer triggers a
     /// preemption via the latency ring.
+    #[allow(dead_code)] // meshgate patch: no throughput timer (see `wait`)
     fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
         assert!(min_events >= 1, "min_events should be at least 1");
         let timer_source = Source::new(
@@ -1223,7 +1224,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// meshgate patch: when the armed latency timer fires, so it can be kept across reactor turns.
+    latency_timer_deadline: Cell<Option<std::time::Instant>>,
 
     link_fd: RawFd,
 
@@ -1354,7 +1356,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            throughput_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1815,22 +1817,13 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // meshgate patch: upstream cancels the latency timer and re-arms it, and re-arms a
+        // throughput timer (a linked timeout + eventfd write), on every reactor turn: four to six
+        // io_uring operations and two kernel timers per turn, which on a proxy is per message. Here
+        // the latency timer stays armed while it is pending and fires no later than needed (firing
+        // earlier only means an early preemption check or wake-up), and there is no throughput
+        // timer: it preempts tasks that run long while I/O piles up, and meshgate's tasks never
+        // run long. See vendor/README.md.
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1852,9 +1845,10 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if !self.latency_timer_pending_by(dur) {
+                    self.arm_latency_timer(&mut lat_ring, dur);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1881,9 +1875,10 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if !self.latency_timer_pending_by(preempt) {
+                self.arm_latency_timer(&mut lat_ring, preempt);
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -1894,6 +1889,27 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// meshgate patch: true if the armed latency timer has not fired and fires within `within`.
+    fn latency_timer_pending_by(&self, within: Duration) -> bool {
+        let src = self.latency_preemption_timeout_src.take();
+        let pending = match (&src, self.latency_timer_deadline.get()) {
+            (Some(s), Some(deadline)) => {
+                deadline <= std::time::Instant::now() + within && s.result().is_none()
+            }
+            _ => false,
+        };
+        self.latency_preemption_timeout_src.set(src);
+        pending
+    }
+
+    /// meshgate patch: replaces (and so cancels) the latency timer with one firing after `dur`.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+        self.latency_timer_deadline
+            .set(Some(std::time::Instant::now() + dur));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
