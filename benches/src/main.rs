@@ -41,6 +41,8 @@ struct Options {
     workers: Vec<usize>,
     /// Only the connection, keep-alive and bulk tables (no memory, route-scaling or hook sections).
     core_only: bool,
+    /// Only the memory-per-idle-connection table.
+    idle_only: bool,
 }
 
 fn options() -> Options {
@@ -56,6 +58,7 @@ fn options() -> Options {
         routers: None,
         workers: vec![1, 2],
         core_only: false,
+        idle_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -77,6 +80,11 @@ fn options() -> Options {
                 continue;
             }
             "--bench" => {
+                i += 1;
+                continue;
+            }
+            "--idle-only" => {
+                o.idle_only = true;
                 i += 1;
                 continue;
             }
@@ -349,7 +357,8 @@ fn main() {
         std::thread::available_parallelism().map_or(1, usize::from)
     ));
 
-    for &workers in &o.workers {
+    let core_workers: &[usize] = if o.idle_only { &[] } else { &o.workers };
+    for &workers in core_workers {
         let routers: Vec<Router> = kinds
             .iter()
             .map(|&k| {
@@ -474,6 +483,10 @@ fn main() {
         }
     }
 
+    if o.idle_only {
+        println!("{report}");
+        return;
+    }
     report.push_str("\n### Route-table scaling (meshgate, 1 worker, 4 clients)\n\n| routes | conns/s | router CPU µs/conn | vs 10 routes |\n|---|---|---|---|\n");
     let mut base = f64::NAN;
     for &n in &o.route_counts {

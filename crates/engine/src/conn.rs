@@ -52,12 +52,12 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
     let mut reader = HelloReader::new(Limits::with_max_hello_bytes(
         settings.max_client_hello_bytes,
     ));
-    let hello = futures_lite::future::or(read_hello(core, down_fd, &mut reader), async {
+    let hello = match futures_lite::future::or(read_hello(core, down_fd, &mut reader), async {
         Timer::new(settings.hello_timeout()).await;
         Err(HelloFailure::Timeout)
     })
-    .await;
-    let hello = match hello {
+    .await
+    {
         Ok(h) => h,
         Err(failure) => {
             let (label, detail) = match &failure {

@@ -85,7 +85,9 @@ pub(crate) async fn relay(
         counter: &stats.bytes_to_downstream,
         moved: Cell::new(0),
     };
-    let pumps = async {
+    // Pinned here, awaited by reference below: moved into the `or` block it would be stored twice in the
+    // connection's task (once captured, once awaited), ~0.8 KB more per connection.
+    let mut pumps = std::pin::pin!(async {
         match settings.relay {
             RelayMode::Splice => {
                 futures_lite::future::try_zip(
@@ -102,23 +104,24 @@ pub(crate) async fn relay(
                 )
                 .await
             }
+            // Boxed: only connections of a buffered gateway pay for the buffered pumps' larger state.
             RelayMode::Buffered => {
-                futures_lite::future::try_zip(
+                Box::pin(futures_lite::future::try_zip(
                     async { buffered_pump(down, up, &to_up).await.map_err(|e| (true, e)) },
                     async {
                         buffered_pump(up, down, &to_down)
                             .await
                             .map_err(|e| (false, e))
                     },
-                )
+                ))
                 .await
             }
         }
-    };
+    });
     // Which side's failure it was decides both the label and whom to reset.
     let result = futures_lite::future::or(
         async {
-            match pumps.await {
+            match pumps.as_mut().await {
                 Ok(_) => End::Completed,
                 Err((from_down, err)) => {
                     let (failed_down, other, error) = match err {
@@ -231,7 +234,8 @@ async fn splice_pump(
                         // Out of descriptors or pipe pages: copy through user space instead.
                         tracing::debug!(error = %e, "no pipe; relaying this direction through a buffer");
                         core.stats().splice_fallbacks.inc();
-                        return buffered_pump(src, dst, flow).await;
+                        // Boxed: the rare path should not size every connection's task.
+                        return Box::pin(buffered_pump(src, dst, flow)).await;
                     }
                 },
             };
