@@ -155,7 +155,7 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<(
     after
         .iter()
         .filter_map(|(k, v)| {
-            let d = v - before.get(k).copied().unwrap_or(0);
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
             (d > 0).then(|| (k.clone(), d))
         })
         .collect()
