@@ -455,6 +455,7 @@ fn check_command_reports_file_line_and_field() {
         "configs/demo/catalog/dc1/web.hcl",
         "configs/demo/catalog/dc2/api-intentions.hcl",
         "configs/demo/web-sidecar.toml",
+        "configs/sidecar.example.toml",
         "configs/demo/api-sidecar.toml",
     ] {
         let path = format!("{}/../../{f}", env!("CARGO_MANIFEST_DIR"));
