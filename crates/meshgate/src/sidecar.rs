@@ -11,7 +11,7 @@ use meshgate_plugin::{types, CatalogPlugin, PluginHost, RouterPlugin};
 use meshgate_sidecar::tls::{Expected, MeshTls};
 use meshgate_sidecar::{Plan, Settings, Sidecar, Upstream};
 use rustls::pki_types::ServerName;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -457,6 +457,11 @@ pub(crate) fn run(path: &Path) -> ExitCode {
             tracing::error!(error = %e, "cannot install signal handlers");
         }
     }
+    // SIGHUP is the usual "reload": it must not kill the sidecar (its default action would).
+    let hup = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(SIGHUP, hup.clone()) {
+        tracing::error!(error = %e, "cannot install the SIGHUP handler");
+    }
     let running = match start(&config, stop.clone()) {
         Ok(r) => r,
         Err(StartError::Stopped) => return ExitCode::SUCCESS,
@@ -471,6 +476,9 @@ pub(crate) fn run(path: &Path) -> ExitCode {
         }
     };
     while !stop.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGHUP: certificates and the catalog are followed continuously; changes to the config file itself apply after a restart");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     running.stop();

@@ -173,6 +173,27 @@ const ALLOW: &str =
     "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n";
 
 #[test]
+fn sighup_keeps_serving_and_sigterm_exits() {
+    let mut mesh = Mesh::start("sidecar-signals", "");
+    let pid = mesh.api.pid().to_string();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+    };
+    kill("-HUP");
+    mesh.api.wait_log(&["SIGHUP"]);
+    assert_eq!(
+        Conn::open(mesh.up1).ask("after HUP").as_deref(),
+        Some("api: after HUP")
+    );
+    kill("-TERM");
+    mesh.api.wait_log(&["shutting down"]);
+    assert!(mesh.api.wait_exit().success());
+}
+
+#[test]
 fn idle_connections_are_closed() {
     let mesh = Mesh::start("sidecar-idle", "idle_timeout_secs = 1\n");
     let mut conn = Conn::open(mesh.up1);
