@@ -4,7 +4,8 @@
 //! identity an intention names.
 //!
 //! The Consul binary comes from `MESHGATE_CONSUL`, else `target/tools/consul`, which
-//! `scripts/install-consul.sh` installs on first use (Debian 11's package, a few seconds).
+//! `scripts/install-consul.sh` installs on first use (Debian 11's package, a few seconds; needs apt).
+//! `MESHGATE_SKIP_CONSUL=1` skips it on a machine that has neither.
 
 mod common;
 
@@ -58,6 +59,10 @@ fn json_field(body: &str, key: &str) -> Vec<String> {
 
 #[test]
 fn consul_ca_certificates_work_in_sidecars() {
+    if std::env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
+        eprintln!("MESHGATE_SKIP_CONSUL set: skipping the Consul CA test");
+        return;
+    }
     let consul = consul_binary();
     let dir = TempDir::new("consul");
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));

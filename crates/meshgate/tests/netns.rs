@@ -329,6 +329,25 @@ fn skip() -> bool {
         eprintln!("MESHGATE_SKIP_NETNS set: skipping the namespace tests");
         return true;
     }
+    // Say plainly what is missing instead of failing on the first `ip` call.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    assert!(
+        root,
+        "the namespace tests need root (CI runs as root); set MESHGATE_SKIP_NETNS=1 to skip them"
+    );
+    for tool in ["ip", "tcpdump"] {
+        let found = Command::new(tool).arg("-V").output().is_ok()
+            || Command::new(tool).arg("--version").output().is_ok();
+        assert!(
+            found,
+            "the namespace tests need `{tool}` (apt-get install iproute2 tcpdump; .ci/run does); set MESHGATE_SKIP_NETNS=1 to skip them"
+        );
+    }
     false
 }
 
