@@ -619,6 +619,31 @@ fn live<'a, W>(
     })
 }
 
+/// One call on the live instance (made if needed). The plugin's own `err` is `Refused`; a trap, a
+/// deadline or a memory-cap hit is classified, and the instance is dropped so the next call gets a
+/// fresh one.
+fn call<W, T>(
+    loaded: &Loaded,
+    slot: &mut Option<(Store<State>, W)>,
+    instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
+    f: impl FnOnce(&mut Store<State>, &W) -> wasmtime::Result<Result<T, String>>,
+) -> Result<T, PluginError> {
+    let (store, inst) = live(loaded, slot, instantiate)?;
+    loaded.arm(store);
+    match f(store, inst) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(PluginError::Refused {
+            plugin: loaded.name.clone(),
+            message,
+        }),
+        Err(e) => {
+            let err = loaded.classify(store, e);
+            *slot = None;
+            Err(err)
+        }
+    }
+}
+
 /// A loaded catalog plugin.
 pub struct CatalogPlugin {
     loaded: Loaded,
@@ -645,23 +670,12 @@ impl CatalogPlugin {
         settings: &[(String, String)],
         since: u64,
     ) -> Result<types::CatalogUpdate, PluginError> {
-        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
-            catalog_world::CatalogPlugin::instantiate(s, c, l)
-        })?;
-        self.loaded.arm(store);
-        let result = inst.call_fetch(&mut *store, &settings.to_vec(), since);
-        match result {
-            Ok(Ok(update)) => Ok(update),
-            Ok(Err(message)) => Err(PluginError::Refused {
-                plugin: self.loaded.name.clone(),
-                message,
-            }),
-            Err(e) => {
-                let err = self.loaded.classify(store, e);
-                self.live = None; // a fresh instance next time
-                Err(err)
-            }
-        }
+        call(
+            &self.loaded,
+            &mut self.live,
+            |s, c, l| catalog_world::CatalogPlugin::instantiate(s, c, l),
+            |store, inst| inst.call_fetch(store, &settings.to_vec(), since),
+        )
     }
 }
 
@@ -690,23 +704,12 @@ impl RouterPlugin {
         catalog: &types::Catalog,
         local_dc: &str,
     ) -> Result<Vec<types::Route>, PluginError> {
-        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
-            router_world::RouterPlugin::instantiate(s, c, l)
-        })?;
-        self.loaded.arm(store);
-        let result = inst.call_gateway_routes(&mut *store, &settings.to_vec(), catalog, local_dc);
-        match result {
-            Ok(Ok(routes)) => Ok(routes),
-            Ok(Err(message)) => Err(PluginError::Refused {
-                plugin: self.loaded.name.clone(),
-                message,
-            }),
-            Err(e) => {
-                let err = self.loaded.classify(store, e);
-                self.live = None;
-                Err(err)
-            }
-        }
+        call(
+            &self.loaded,
+            &mut self.live,
+            |s, c, l| router_world::RouterPlugin::instantiate(s, c, l),
+            |store, inst| inst.call_gateway_routes(store, &settings.to_vec(), catalog, local_dc),
+        )
     }
 
     /// The plan of the sidecar fronting `service` in `local_dc`.
@@ -718,30 +721,21 @@ impl RouterPlugin {
         service: &str,
         proxy_id: Option<&str>,
     ) -> Result<types::SidecarPlan, PluginError> {
-        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
-            router_world::RouterPlugin::instantiate(s, c, l)
-        })?;
-        self.loaded.arm(store);
-        let result = inst.call_sidecar_plan(
-            &mut *store,
-            &settings.to_vec(),
-            catalog,
-            local_dc,
-            service,
-            proxy_id,
-        );
-        match result {
-            Ok(Ok(plan)) => Ok(plan),
-            Ok(Err(message)) => Err(PluginError::Refused {
-                plugin: self.loaded.name.clone(),
-                message,
-            }),
-            Err(e) => {
-                let err = self.loaded.classify(store, e);
-                self.live = None;
-                Err(err)
-            }
-        }
+        call(
+            &self.loaded,
+            &mut self.live,
+            |s, c, l| router_world::RouterPlugin::instantiate(s, c, l),
+            |store, inst| {
+                inst.call_sidecar_plan(
+                    store,
+                    &settings.to_vec(),
+                    catalog,
+                    local_dc,
+                    service,
+                    proxy_id,
+                )
+            },
+        )
     }
 }
 
@@ -765,18 +759,15 @@ impl HookPlugin {
         alpn: &[String],
         source: &str,
     ) -> Result<types::Verdict, PluginError> {
-        let (store, inst) = live(&self.loaded, &mut self.live, |s, c, l| {
-            hook_world::ConnectionHook::instantiate(s, c, l)
-        })?;
-        self.loaded.arm(store);
-        let result = inst.call_decide(&mut *store, &settings.to_vec(), sni, alpn, source);
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let err = self.loaded.classify(store, e);
-                self.live = None;
-                Err(err)
-            }
-        }
+        // A hook cannot refuse: its answer is a verdict.
+        call(
+            &self.loaded,
+            &mut self.live,
+            |s, c, l| hook_world::ConnectionHook::instantiate(s, c, l),
+            |store, inst| {
+                inst.call_decide(store, &settings.to_vec(), sni, alpn, source)
+                    .map(Ok)
+            },
+        )
     }
 }
