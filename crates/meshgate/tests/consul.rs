@@ -9,9 +9,9 @@
 
 mod common;
 
-use common::{free_port, http_get, metric, wait_for, Proc, TempDir};
+use common::{free_port, http_get, line_app, metric, sidecar_toml, wait_for, Proc, TempDir};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,7 +125,8 @@ fn consul_ca_certificates_work_in_sidecars() {
 
     // One datacenter on loopback: web's sidecar dials api's sidecar directly (same datacenter).
     let (web_admin, api_admin) = (free_port(), free_port());
-    let (api_public, api_app, web_up) = (free_port(), free_port(), free_port());
+    let api_app = line_app("api got: ");
+    let (api_public, web_up) = (free_port(), free_port());
     let catalog = dir.0.join("catalog");
     std::fs::create_dir_all(&catalog).expect("mkdir");
     std::fs::write(
@@ -149,37 +150,18 @@ fn consul_ca_certificates_work_in_sidecars() {
     for (service, admin) in [("web", web_admin), ("api", api_admin)] {
         std::fs::write(
             dir.0.join(format!("{service}.toml")),
-            format!(
-                r#"[sidecar]
-service = "{service}"
-datacenter = "dc1"
-admin = "127.0.0.1:{admin}"
-default_intention = "deny"
-
-[tls]
-cert_file = "certs/{service}/cert.pem"
-key_file = "certs/{service}/key.pem"
-roots_file = "certs/{service}/roots.pem"
-
-[catalog]
-plugin = "file-catalog"
-config = {{ dir = "catalog", datacenter = "dc1", trust_domain = "{trust_domain}" }}
-allow_dirs = ["catalog"]
-poll_ms = 100
-"#
+            sidecar_toml(
+                service,
+                "dc1",
+                &format!("127.0.0.1:{admin}"),
+                "catalog",
+                &trust_domain,
+                "deny",
+                "",
             ),
         )
         .expect("write");
     }
-    let app = TcpListener::bind(("127.0.0.1", api_app)).expect("app");
-    std::thread::spawn(move || {
-        for s in app.incoming().map_while(Result::ok) {
-            let mut line = String::new();
-            if BufReader::new(&s).read_line(&mut line).is_ok() {
-                let _ = (&s).write_all(format!("api got: {}", line).as_bytes());
-            }
-        }
-    });
     let bin = env!("CARGO_BIN_EXE_meshgate");
     let sidecars: Vec<Proc> = ["api", "web"]
         .into_iter()

@@ -459,15 +459,7 @@ fn check_command_reports_file_line_and_field() {
         "configs/demo/api-sidecar.toml",
     ] {
         let path = format!("{}/../../{f}", env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["check", &path])
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::meshgate_ok(&["check", &path]);
     }
 }
 

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{http_get, metric, Proc};
+use common::{http_get, issue_leaf, meshgate_ok, metric, serve_lines, sidecar_toml, Proc, TD};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -21,7 +21,6 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn sh(args: &[&str]) {
@@ -170,24 +169,13 @@ fn call(ns: &str, port: u16, message: &str) -> Option<String> {
 }
 
 /// A plaintext application inside `ns`: answers each line with `<name> got: <line>` and reports it.
-fn app(ns: &str, addr: &'static str, name: &'static str) -> mpsc::Receiver<String> {
+fn app(ns: &str, addr: &'static str, prefix: &'static str) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     spawn_in_ns(ns, move || {
         let listener = TcpListener::bind(addr).expect("app bind");
         let _ = ready_tx.send(());
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                if BufReader::new(&stream).read_line(&mut line).is_ok() {
-                    let _ =
-                        (&stream).write_all(format!("{name} got: {}\n", line.trim()).as_bytes());
-                    let _ = tx.send(line.trim().to_owned());
-                }
-            });
-        }
+        serve_lines(listener, prefix, Some(tx));
     });
     ready_rx.recv_timeout(WAIT).expect("app listening");
     rx
@@ -227,28 +215,6 @@ datacenter = "{dc}"
 listen = ["{lan}:8443", "{wan}:8443"]
 admin = "127.0.0.1:19000"
 workers = 1
-
-[catalog]
-plugin = "file-catalog"
-config = {{ dir = "catalog/{dc}", datacenter = "{dc}", trust_domain = "{TD}" }}
-allow_dirs = ["catalog/{dc}"]
-poll_ms = 100
-"#
-    )
-}
-
-fn sidecar_toml(service: &str, dc: &str, admin_port: u16) -> String {
-    format!(
-        r#"[sidecar]
-service = "{service}"
-datacenter = "{dc}"
-admin = "127.0.0.1:{admin_port}"
-default_intention = "allow"
-
-[tls]
-cert_file = "certs/{service}/cert.pem"
-key_file = "certs/{service}/key.pem"
-roots_file = "certs/{service}/roots.pem"
 
 [catalog]
 plugin = "file-catalog"
@@ -356,75 +322,26 @@ fn cross_datacenter_mesh_in_namespaces() {
     if skip() {
         return;
     }
-    let bin = env!("CARGO_BIN_EXE_meshgate");
     let files = Files {
         dir: std::env::temp_dir().join(format!("meshgate-netns-{}", std::process::id())),
     };
     let _ = std::fs::remove_dir_all(&files.dir);
     // One mesh CA: dc1 holds the root, dc2 an intermediate.
-    for args in [
-        vec![
-            "ca",
-            "init",
-            "--trust-domain",
-            TD,
-            "--out",
-            &files.path("ca/dc1"),
-        ],
-        vec![
-            "ca",
-            "intermediate",
-            "--ca",
-            &files.path("ca/dc1"),
-            "--datacenter",
-            "dc2",
-            "--out",
-            &files.path("ca/dc2"),
-        ],
-        vec![
-            "ca",
-            "issue",
-            "--ca",
-            &files.path("ca/dc1"),
-            "--service",
-            "web",
-            "--datacenter",
-            "dc1",
-            "--out",
-            &files.path("certs/web"),
-        ],
-        vec![
-            "ca",
-            "issue",
-            "--ca",
-            &files.path("ca/dc1"),
-            "--service",
-            "db",
-            "--datacenter",
-            "dc1",
-            "--out",
-            &files.path("certs/db"),
-        ],
-        vec![
-            "ca",
-            "issue",
-            "--ca",
-            &files.path("ca/dc2"),
-            "--service",
-            "api",
-            "--datacenter",
-            "dc2",
-            "--out",
-            &files.path("certs/api"),
-        ],
-    ] {
-        let out = Command::new(bin).args(&args).output().expect("meshgate ca");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (ca1, ca2) = (files.path("ca/dc1"), files.path("ca/dc2"));
+    meshgate_ok(&["ca", "init", "--trust-domain", TD, "--out", &ca1]);
+    meshgate_ok(&[
+        "ca",
+        "intermediate",
+        "--ca",
+        &ca1,
+        "--datacenter",
+        "dc2",
+        "--out",
+        &ca2,
+    ]);
+    issue_leaf(&ca1, "web", "dc1", &files.path("certs/web"));
+    issue_leaf(&ca1, "db", "dc1", &files.path("certs/db"));
+    issue_leaf(&ca2, "api", "dc2", &files.path("certs/api"));
     // Catalogs: each datacenter sees its own services and both gateways (the other's by WAN address).
     files.write("catalog/dc1/web.hcl", &web_hcl(None, None));
     files.write(
@@ -457,9 +374,42 @@ fn cross_datacenter_mesh_in_namespaces() {
     );
     files.write("gw1.toml", &gateway_toml("dc1", "10.1.0.2", "10.99.0.1"));
     files.write("gw2.toml", &gateway_toml("dc2", "10.2.0.2", "10.99.0.2"));
-    files.write("web.toml", &sidecar_toml("web", "dc1", 19100));
-    files.write("db.toml", &sidecar_toml("db", "dc1", 19101));
-    files.write("api.toml", &sidecar_toml("api", "dc2", 19100));
+    files.write(
+        "web.toml",
+        &sidecar_toml(
+            "web",
+            "dc1",
+            "127.0.0.1:19100",
+            "catalog/dc1",
+            TD,
+            "allow",
+            "",
+        ),
+    );
+    files.write(
+        "db.toml",
+        &sidecar_toml(
+            "db",
+            "dc1",
+            "127.0.0.1:19101",
+            "catalog/dc1",
+            TD,
+            "allow",
+            "",
+        ),
+    );
+    files.write(
+        "api.toml",
+        &sidecar_toml(
+            "api",
+            "dc2",
+            "127.0.0.1:19100",
+            "catalog/dc2",
+            TD,
+            "allow",
+            "",
+        ),
+    );
 
     let topo = Topology::build();
     let (dc1, dc2) = (topo.dc1.clone(), topo.dc2.clone());
@@ -481,8 +431,8 @@ fn cross_datacenter_mesh_in_namespaces() {
     );
     capture.wait_log(&["listening on"]);
 
-    let api_seen = app(&dc2, "127.0.0.1:9090", "api");
-    let db_seen = app(&dc1, "127.0.0.1:5432", "db");
+    let api_seen = app(&dc2, "127.0.0.1:9090", "api got: ");
+    let db_seen = app(&dc1, "127.0.0.1:5432", "db got: ");
     let gw1 = Proc::meshgate(
         "dc1 gateway",
         &dc1,

@@ -3,26 +3,16 @@
 
 mod common;
 
-use common::{free_port, http_get, metric, wait_for, Proc, TempDir};
+use common::{
+    free_port, http_get, issue_leaf, line_app, meshgate_ok, metric, sidecar_toml, wait_for, Proc,
+    TempDir, TD,
+};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn meshgate(args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .args(args)
-        .output()
-        .expect("run meshgate");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Write-then-rename, so a poller never sees half a file.
 fn put(path: &Path, text: &str) {
@@ -30,27 +20,6 @@ fn put(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-}
-
-/// An echo application: every line back, prefixed, until EOF.
-fn echo_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for s in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&s);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if (&s).write_all(format!("api: {line}").as_bytes()).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    port
 }
 
 /// A connection from the web application through an upstream port.
@@ -105,22 +74,11 @@ impl Mesh {
     fn start(tag: &str, extra_sidecar: &str) -> Mesh {
         let dir = TempDir::new(tag);
         let d = |rel: &str| dir.0.join(rel).display().to_string();
-        meshgate(&["ca", "init", "--trust-domain", TD, "--out", &d("ca")]);
+        meshgate_ok(&["ca", "init", "--trust-domain", TD, "--out", &d("ca")]);
         for svc in ["web", "api"] {
-            meshgate(&[
-                "ca",
-                "issue",
-                "--ca",
-                &d("ca"),
-                "--service",
-                svc,
-                "--datacenter",
-                "dc1",
-                "--out",
-                &d(&format!("certs/{svc}")),
-            ]);
+            issue_leaf(&d("ca"), svc, "dc1", &d(&format!("certs/{svc}")));
         }
-        let app = echo_app();
+        let app = line_app("api: ");
         let (web_public, api_public, up1, up2) =
             (free_port(), free_port(), free_port(), free_port());
         let (web_admin, api_admin) = (
@@ -136,8 +94,14 @@ impl Mesh {
         for (svc, admin) in [("web", web_admin), ("api", api_admin)] {
             put(
                 &dir.0.join(format!("{svc}.toml")),
-                &format!(
-                    "[sidecar]\nservice = \"{svc}\"\ndatacenter = \"dc1\"\nadmin = \"{admin}\"\ndefault_intention = \"deny\"\n{extra_sidecar}\n[tls]\ncert_file = \"certs/{svc}/cert.pem\"\nkey_file = \"certs/{svc}/key.pem\"\nroots_file = \"certs/{svc}/roots.pem\"\n\n[catalog]\nplugin = \"file-catalog\"\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\nallow_dirs = [\"catalog\"]\npoll_ms = 100\n"
+                &sidecar_toml(
+                    svc,
+                    "dc1",
+                    &admin.to_string(),
+                    "catalog",
+                    TD,
+                    "deny",
+                    extra_sidecar,
                 ),
             );
         }
@@ -238,7 +202,7 @@ fn changes_apply_live_and_connections_continue() {
 
     // 1. api's certificate is reissued (1 h instead of 72 h): loaded without a restart.
     let before = expiry();
-    meshgate(&[
+    meshgate_ok(&[
         "ca",
         "issue",
         "--ca",

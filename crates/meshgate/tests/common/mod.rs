@@ -400,3 +400,103 @@ pub fn metric(body: &str, family: &str, filters: &[&str]) -> u64 {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// Runs `meshgate ARGS` to completion and requires success; its stdout.
+pub fn meshgate_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .output()
+        .expect("run meshgate");
+    assert!(
+        out.status.success(),
+        "meshgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `meshgate ca issue`: a leaf for `service` in `datacenter` from the authority in `ca`, into `out`.
+pub fn issue_leaf(ca: &str, service: &str, datacenter: &str, out: &str) {
+    meshgate_ok(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca,
+        "--service",
+        service,
+        "--datacenter",
+        datacenter,
+        "--out",
+        out,
+    ]);
+}
+
+/// A sidecar config as the sidecar tests write it: certificates in `certs/<service>/`, the file-catalog
+/// reading `catalog` (relative to the config) every 100 ms; `extra` adds `[sidecar]` lines.
+pub fn sidecar_toml(
+    service: &str,
+    datacenter: &str,
+    admin: &str,
+    catalog: &str,
+    trust_domain: &str,
+    default_intention: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"[sidecar]
+service = "{service}"
+datacenter = "{datacenter}"
+admin = "{admin}"
+default_intention = "{default_intention}"
+{extra}
+[tls]
+cert_file = "certs/{service}/cert.pem"
+key_file = "certs/{service}/key.pem"
+roots_file = "certs/{service}/roots.pem"
+
+[catalog]
+plugin = "file-catalog"
+config = {{ dir = "{catalog}", datacenter = "{datacenter}", trust_domain = "{trust_domain}" }}
+allow_dirs = ["{catalog}"]
+poll_ms = 100
+"#
+    )
+}
+
+/// A plaintext application on `listener`: on every connection, each line is answered with `prefix` and
+/// the line, until EOF, and reported on `report`. Runs the accept loop on the calling thread.
+pub fn serve_lines(
+    listener: TcpListener,
+    prefix: &'static str,
+    report: Option<std::sync::mpsc::Sender<String>>,
+) {
+    use std::io::BufRead;
+    for stream in listener.incoming().map_while(Result::ok) {
+        let report = report.clone();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let got = line.trim_end().to_owned();
+                if (&stream)
+                    .write_all(format!("{prefix}{got}\n").as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                if let Some(r) = &report {
+                    let _ = r.send(got);
+                }
+                line.clear();
+            }
+        });
+    }
+}
+
+/// [`serve_lines`] on a loopback port, on a thread of its own; the port.
+pub fn line_app(prefix: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || serve_lines(listener, prefix, None));
+    port
+}
