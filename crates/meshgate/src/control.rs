@@ -81,6 +81,34 @@ struct Plugins {
     router_section: PluginSection,
 }
 
+/// Logs a failure once per distinct message: control loops poll every few hundred milliseconds and
+/// would repeat it; `consequence` says what keeps running meanwhile.
+pub(crate) struct Reporter {
+    consequence: &'static str,
+    last: Option<String>,
+}
+
+impl Reporter {
+    pub(crate) fn new(consequence: &'static str) -> Reporter {
+        Reporter {
+            consequence,
+            last: None,
+        }
+    }
+
+    pub(crate) fn report(&mut self, message: String) {
+        if self.last.as_deref() != Some(message.as_str()) {
+            tracing::warn!(error = %message, "{}", self.consequence);
+            self.last = Some(message);
+        }
+    }
+
+    /// A success: the next failure is logged even if it repeats the last one.
+    pub(crate) fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 /// The catalog plugin's latest answer.
 pub(crate) type Versioned = Option<(u64, Catalog)>;
 
@@ -119,7 +147,7 @@ pub(crate) struct Control {
     catalog: Option<(u64, Catalog)>,
     /// A catalog or config arrived that is not in the installed table yet.
     dirty: bool,
-    last_error: Option<String>,
+    errors: Reporter,
     pub(crate) metrics: Arc<PluginMetrics>,
 }
 
@@ -152,7 +180,7 @@ impl Control {
             plugins: None,
             catalog: None,
             dirty: true,
-            last_error: None,
+            errors: Reporter::new("plugin failure; the last good route table keeps serving"),
             metrics,
         };
         control.plugins = control.load_plugins(&control.config.clone())?;
@@ -259,7 +287,7 @@ impl Control {
             &self.metrics,
         ) {
             Ok(changed) => self.dirty |= changed,
-            Err(e) => self.report(e),
+            Err(e) => self.errors.report(e),
         }
     }
 
@@ -272,18 +300,10 @@ impl Control {
                     self.dirty = false;
                     self.metrics.table_ready.store(true, Ordering::Relaxed);
                 }
-                self.last_error = None;
+                self.errors.clear();
                 tracing::info!(routes, "route table installed");
             }
-            Err(e) => self.report(e),
-        }
-    }
-
-    /// Logs a failure once per distinct message (polls repeat it every few hundred milliseconds).
-    fn report(&mut self, message: String) {
-        if self.last_error.as_deref() != Some(message.as_str()) {
-            tracing::warn!(error = %message, "plugin failure; the last good route table keeps serving");
-            self.last_error = Some(message);
+            Err(e) => self.errors.report(e),
         }
     }
 

@@ -3,7 +3,7 @@
 //! watches the certificate files, and publishes a compiled [`meshgate_sidecar::Plan`] whenever any of them
 //! changes; the data plane (`meshgate_sidecar`) applies it to new connections without a restart.
 
-use crate::control::{poll_catalog, sandbox, PluginMetrics, Versioned};
+use crate::control::{poll_catalog, sandbox, PluginMetrics, Reporter, Versioned};
 use meshgate_config::sidecar::DefaultIntention;
 use meshgate_config::SidecarConfig;
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
@@ -105,7 +105,7 @@ struct Control {
     catalog: Versioned,
     certs: CertFiles,
     tls: Option<Arc<MeshTls>>,
-    last_error: Option<String>,
+    errors: Reporter,
     metrics: Arc<PluginMetrics>,
 }
 
@@ -141,16 +141,9 @@ impl Control {
             router,
             catalog: None,
             tls: None,
-            last_error: None,
+            errors: Reporter::new("sidecar update failed; the running plan stays"),
             metrics,
         })
-    }
-
-    fn report(&mut self, message: String) {
-        if self.last_error.as_deref() != Some(message.as_str()) {
-            tracing::warn!(error = %message, "sidecar update failed; the running plan stays");
-            self.last_error = Some(message);
-        }
     }
 
     /// One poll: a new plan when the catalog, the router's answer or the certificates changed.
@@ -163,7 +156,7 @@ impl Control {
                 changed = true;
             }
             Ok(None) => {}
-            Err(e) => self.report(e),
+            Err(e) => self.errors.report(e),
         }
         match poll_catalog(
             &mut self.catalog_plugin,
@@ -172,7 +165,7 @@ impl Control {
             &self.metrics,
         ) {
             Ok(c) => changed |= c,
-            Err(e) => self.report(e),
+            Err(e) => self.errors.report(e),
         }
         if !changed {
             return None;
@@ -193,17 +186,17 @@ impl Control {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.failed(&e, &name);
-                self.report(e.to_string());
+                self.errors.report(e.to_string());
                 return None;
             }
         };
         match compile(&wit, tls.clone(), &self.config) {
             Ok(plan) => {
-                self.last_error = None;
+                self.errors.clear();
                 Some((plan, wit))
             }
             Err(e) => {
-                self.report(format!("plan from {name}: {e}"));
+                self.errors.report(format!("plan from {name}: {e}"));
                 None
             }
         }
