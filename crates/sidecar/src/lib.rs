@@ -404,12 +404,19 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
             &caller.namespace,
             &caller.service,
         );
-        let action = if caller.trust_domain != plan.tls.identity().trust_domain {
+        let foreign = caller.trust_domain != plan.tls.identity().trust_domain;
+        let action = if foreign {
             IntentionAction::Deny
         } else {
             rule.map_or(plan.default_action, |r| r.action)
         };
-        let because = match rule {
+        // Formatted only when a log line is written: allowed connections do not pay for it.
+        let because = || match rule {
+            _ if foreign => format!(
+                "caller's trust domain {} is not {}",
+                caller.trust_domain,
+                plan.tls.identity().trust_domain
+            ),
             Some(r) => format!(
                 "intention {}/{} → {}: {:?}",
                 r.namespace, r.name, plan.service, r.action
@@ -422,12 +429,12 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
                 source = %caller,
                 destination = %plan.service,
                 ?peer,
-                reason = %because,
+                reason = %because(),
                 "connection denied by intention"
             );
             break 'conn Inbound::Denied;
         }
-        tracing::debug!(source = %caller, reason = %because, "connection allowed");
+        tracing::debug!(source = %caller, reason = %because(), "connection allowed");
         let Some(app) = plan.local_app else {
             break 'conn Inbound::NoApplication;
         };
