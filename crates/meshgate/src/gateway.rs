@@ -161,6 +161,13 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
             for subset in &e.subsets {
                 let _ = writeln!(out, "  subset {}: {}", subset.name, subset.filter);
             }
+            for source in &e.sources {
+                let _ = writeln!(
+                    out,
+                    "  source {}/{}: {:?}",
+                    source.namespace, source.name, source.action
+                );
+            }
             if !e.other.is_empty() {
                 let keys: Vec<&String> = e.other.keys().collect();
                 let _ = writeln!(out, "  other fields kept: {keys:?}");

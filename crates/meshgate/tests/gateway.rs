@@ -436,6 +436,16 @@ fn check_command_reports_file_line_and_field() {
         .expect("run");
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("config entry proxy-defaults \"global\": mesh gateway mode local"));
+    let demo = format!(
+        "{}/../../configs/demo/catalog/dc2/api-intentions.hcl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = common::meshgate_ok(&["check", &demo]);
+    assert!(
+        text.contains("config entry service-intentions \"api\""),
+        "{text}"
+    );
+    assert!(text.contains("  source default/web: Allow"), "{text}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
         .args(["check", &seed("broken-list-closed-with-brace.hcl")])
         .output()
