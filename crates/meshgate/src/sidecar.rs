@@ -105,8 +105,18 @@ struct Control {
     catalog: Versioned,
     certs: CertFiles,
     tls: Option<Arc<MeshTls>>,
+    /// The installed plan as `/routes` shows it: an unchanged plan is not compiled and installed again
+    /// (that would rebuild every upstream's TLS client and drop its session cache).
+    installed: Option<String>,
     errors: Reporter,
     metrics: Arc<PluginMetrics>,
+}
+
+/// A compiled plan, ready to install, with what `/routes` shows of it.
+struct NewPlan {
+    plan: Plan,
+    json: String,
+    upstreams: usize,
 }
 
 fn resolve(what: &str, hostport: &str) -> Result<SocketAddr, String> {
@@ -141,19 +151,22 @@ impl Control {
             router,
             catalog: None,
             tls: None,
+            installed: None,
             errors: Reporter::new("sidecar update failed; the running plan stays"),
             metrics,
         })
     }
 
     /// One poll: a new plan when the catalog, the router's answer or the certificates changed.
-    fn tick(&mut self) -> Option<(Plan, types::SidecarPlan)> {
+    fn tick(&mut self) -> Option<NewPlan> {
         let mut changed = false;
+        let mut new_certs = false;
         match self.certs.reload() {
             Ok(Some(tls)) => {
                 tracing::info!(identity = %tls.identity(), not_after = tls.not_after(), "certificates loaded");
                 self.tls = Some(Arc::new(tls));
                 changed = true;
+                new_certs = true;
             }
             Ok(None) => {}
             Err(e) => self.errors.report(e),
@@ -190,10 +203,20 @@ impl Control {
                 return None;
             }
         };
+        let json = plan_json(&wit);
+        if !new_certs && self.installed.as_ref() == Some(&json) {
+            // The catalog moved, but not in a way that concerns this sidecar.
+            return None;
+        }
         match compile(&wit, tls.clone(), &self.config) {
             Ok(plan) => {
                 self.errors.clear();
-                Some((plan, wit))
+                self.installed = Some(json.clone());
+                Some(NewPlan {
+                    plan,
+                    json,
+                    upstreams: wit.upstreams.len(),
+                })
             }
             Err(e) => {
                 self.errors.report(format!("plan from {name}: {e}"));
@@ -385,7 +408,7 @@ pub(crate) fn start(
         idle_timeout: s.idle_timeout(),
     };
     let poll = Duration::from_millis(config.catalog.poll_ms);
-    let (plan, wit) = loop {
+    let first = loop {
         if stop.load(Ordering::Relaxed) {
             return Err(StartError::Stopped);
         }
@@ -397,17 +420,18 @@ pub(crate) fn start(
         control.certs.stamp = None;
         std::thread::sleep(poll);
     };
-    let sidecar =
-        Arc::new(Sidecar::start(settings, plan).map_err(|e| StartError::Runtime(e.to_string()))?);
+    let sidecar = Arc::new(
+        Sidecar::start(settings, first.plan).map_err(|e| StartError::Runtime(e.to_string()))?,
+    );
     if let Ok(mut j) = admin.plan_json.lock() {
-        *j = plan_json(&wit);
+        *j = first.json;
     }
     let _ = admin.sidecar.set(sidecar.clone());
     tracing::info!(
         service = %s.service,
         datacenter = %s.datacenter,
         public = %sidecar.plan().public,
-        upstreams = wit.upstreams.len(),
+        upstreams = first.upstreams,
         admin = %admin_server.local_addr(),
         "meshgate sidecar ready"
     );
@@ -417,12 +441,12 @@ pub(crate) fn start(
         .spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(poll);
-                if let Some((plan, wit)) = control.tick() {
-                    sc.install(plan);
+                if let Some(new) = control.tick() {
+                    sc.install(new.plan);
                     if let Ok(mut j) = admin.plan_json.lock() {
-                        *j = plan_json(&wit);
+                        *j = new.json;
                     }
-                    tracing::info!(upstreams = wit.upstreams.len(), "sidecar plan installed");
+                    tracing::info!(upstreams = new.upstreams, "sidecar plan installed");
                 }
             }
         })
