@@ -6,9 +6,10 @@
 //! core-local map and published to the scraper about once a second, with a cap on distinct labels.
 
 use arc_swap::ArcSwap;
+pub use prometheus::proto::MetricType;
 use prometheus::proto::{
     Bucket, Counter as PCounter, Gauge as PGauge, Histogram as PHistogram, LabelPair, Metric,
-    MetricFamily, MetricType,
+    MetricFamily,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -274,14 +275,19 @@ pub struct EngineMetrics {
     pub control: Arc<ControlStats>,
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
+// Building blocks for metric families, shared with meshgate's other data planes (the sidecar), so every
+// scrape goes through the same encoder (label escaping, HELP/TYPE lines).
+
+/// A label pair.
+pub fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_owned());
     l.set_value(value.to_owned());
     l
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+/// A metric family of `kind` with its samples.
+pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
     f.set_help(help.to_owned());
@@ -290,7 +296,8 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
-fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
+/// A counter sample.
+pub fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
     let mut c = PCounter::default();
     c.set_value(v as f64);
     let mut m = Metric::default();
@@ -299,7 +306,8 @@ fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
     m
 }
 
-fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
+/// A gauge sample.
+pub fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
     let mut g = PGauge::default();
     g.set_value(v);
     let mut m = Metric::default();

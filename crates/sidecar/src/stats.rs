@@ -2,8 +2,8 @@
 //! shares), summed at scrape into Prometheus text.
 
 use crate::Upstream;
+use meshgate_engine::stats::{counter, encode, family, gauge, label};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,6 +164,7 @@ impl Metrics {
 
     /// Prometheus text.
     pub fn render(&self) -> String {
+        use meshgate_engine::stats::MetricType::{COUNTER, GAUGE};
         let mut inbound: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut outbound: BTreeMap<OutboundKey, u64> = BTreeMap::new();
         let (mut active_in, mut active_out) = (0, 0);
@@ -178,26 +179,55 @@ impl Metrics {
             active_in += c.active_inbound.load(Ordering::Relaxed);
             active_out += c.active_outbound.load(Ordering::Relaxed);
         }
-        let mut out = String::new();
-        out.push_str("# HELP meshgate_sidecar_inbound_connections_total Inbound mTLS connections by outcome (allowed, denied, handshake_failed, no_identity, no_application, application_unreachable).\n# TYPE meshgate_sidecar_inbound_connections_total counter\n");
-        for (outcome, n) in inbound {
-            let _ = writeln!(
-                out,
-                "meshgate_sidecar_inbound_connections_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP meshgate_sidecar_upstream_connections_total Outbound connections by upstream, resolved gateway mode, the level that decided it, and outcome.\n# TYPE meshgate_sidecar_upstream_connections_total counter\n");
-        for ((svc, dc, mode, source, via, outcome), n) in outbound {
-            let _ = writeln!(
-                out,
-                "meshgate_sidecar_upstream_connections_total{{upstream=\"{svc}\",datacenter=\"{dc}\",mode=\"{mode}\",mode_source=\"{source}\",via_gateway=\"{via}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP meshgate_sidecar_active_connections Connections being relayed.\n# TYPE meshgate_sidecar_active_connections gauge\nmeshgate_sidecar_active_connections{{direction=\"inbound\"}} {active_in}\nmeshgate_sidecar_active_connections{{direction=\"outbound\"}} {active_out}\n# HELP meshgate_sidecar_certificate_expiry_timestamp_seconds When the service's leaf expires.\n# TYPE meshgate_sidecar_certificate_expiry_timestamp_seconds gauge\nmeshgate_sidecar_certificate_expiry_timestamp_seconds {}\n",
-            self.cert_not_after.load(Ordering::Relaxed)
-        );
-        out
+        encode(vec![
+            family(
+                "meshgate_sidecar_inbound_connections_total",
+                "Inbound mTLS connections by outcome (allowed, denied, handshake_failed, no_identity, no_application, application_unreachable).",
+                COUNTER,
+                inbound
+                    .into_iter()
+                    .map(|(outcome, n)| counter(vec![label("outcome", outcome)], n))
+                    .collect(),
+            ),
+            family(
+                "meshgate_sidecar_upstream_connections_total",
+                "Outbound connections by upstream, resolved gateway mode, the level that decided it, and outcome.",
+                COUNTER,
+                outbound
+                    .into_iter()
+                    .map(|((svc, dc, mode, source, via, outcome), n)| {
+                        counter(
+                            vec![
+                                label("upstream", &svc),
+                                label("datacenter", &dc),
+                                label("mode", &mode),
+                                label("mode_source", &source),
+                                label("via_gateway", if via { "true" } else { "false" }),
+                                label("outcome", outcome),
+                            ],
+                            n,
+                        )
+                    })
+                    .collect(),
+            ),
+            family(
+                "meshgate_sidecar_active_connections",
+                "Connections being relayed.",
+                GAUGE,
+                vec![
+                    gauge(vec![label("direction", "inbound")], active_in as f64),
+                    gauge(vec![label("direction", "outbound")], active_out as f64),
+                ],
+            ),
+            family(
+                "meshgate_sidecar_certificate_expiry_timestamp_seconds",
+                "When the service's leaf expires.",
+                GAUGE,
+                vec![gauge(
+                    vec![],
+                    self.cert_not_after.load(Ordering::Relaxed) as f64,
+                )],
+            ),
+        ])
     }
 }
