@@ -23,7 +23,65 @@ pub mod hook;
 
 /// Per-core building blocks shared with meshgate's other data planes (the sidecar).
 pub mod cores {
-    pub use crate::sys::{allowed_cpus, ensure_memlock, listen};
+    use crate::sys;
+    pub use crate::sys::listen;
+    use std::future::Future;
+
+    /// Where a data plane's executors run: one per worker, pinned round robin to the CPUs this process
+    /// may use, each with `io_memory` bytes of glommio io memory.
+    #[derive(Debug, Clone)]
+    pub struct CorePlan {
+        cpus: Vec<usize>,
+        workers: usize,
+        io_memory: usize,
+    }
+
+    impl CorePlan {
+        /// `workers` executors (default: one per allowed CPU); raises `RLIMIT_MEMLOCK` to fit them.
+        pub fn new(workers: Option<usize>, io_memory: usize) -> CorePlan {
+            let cpus = sys::allowed_cpus();
+            let workers = workers.unwrap_or(cpus.len()).max(1);
+            // glommio locks its io memory plus ring buffers; leave room for both on every core.
+            let memlock = (workers * (io_memory + 512 * 1024)) as u64;
+            if let Err(e) = sys::ensure_memlock(memlock) {
+                tracing::warn!(error = %e, needed_bytes = memlock, "could not raise RLIMIT_MEMLOCK; glommio may refuse to start");
+            }
+            CorePlan {
+                cpus,
+                workers,
+                io_memory,
+            }
+        }
+
+        /// How many executors.
+        pub fn workers(&self) -> usize {
+            self.workers
+        }
+
+        /// Starts executor `core`, named `<prefix>-<core>`, running `run`.
+        pub fn spawn<G, F, T>(
+            &self,
+            core: usize,
+            prefix: &str,
+            run: G,
+        ) -> Result<glommio::ExecutorJoinHandle<T>, String>
+        where
+            G: FnOnce() -> F + Send + 'static,
+            F: Future<Output = T> + 'static,
+            T: Send + 'static,
+        {
+            let cpu = self
+                .cpus
+                .get(core % self.cpus.len().max(1))
+                .copied()
+                .unwrap_or(0);
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+                .name(&format!("{prefix}-{core}"))
+                .io_memory(self.io_memory)
+                .spawn(run)
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 mod relay;
 pub mod stats;
@@ -107,14 +165,8 @@ impl Engine {
         table: RouteTable,
         hook: Option<hook::HookFactory>,
     ) -> Result<Engine, EngineError> {
-        let cpus = sys::allowed_cpus();
-        let workers = settings.workers.unwrap_or(cpus.len()).max(1);
-        let io_memory = settings.io_memory_kib * 1024;
-        // glommio locks its io memory plus ring buffers; leave room for both on every core.
-        let memlock = (workers * (io_memory + 512 * 1024)) as u64;
-        if let Err(e) = sys::ensure_memlock(memlock) {
-            tracing::warn!(error = %e, needed_bytes = memlock, "could not raise RLIMIT_MEMLOCK; glommio may refuse to start");
-        }
+        let plan = cores::CorePlan::new(settings.workers, settings.io_memory_kib * 1024);
+        let workers = plan.workers();
         let listeners: Arc<[String]> = settings.listen.iter().map(|a| a.to_string()).collect();
         let cores: Arc<[CoreStats]> = (0..workers)
             .map(|_| CoreStats::new(settings.listen.len()))
@@ -139,21 +191,17 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
         let mut handles = Vec::with_capacity(workers);
         for core in 0..workers {
-            let cpu = cpus.get(core % cpus.len().max(1)).copied().unwrap_or(0);
             let shared = shared.clone();
             let stats = metrics.cores.clone();
             let tx = tx.clone();
             let addrs = settings.listen.clone();
             let backlog = settings.backlog;
             let hook = hook.clone();
-            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
-                .name(&format!("meshgate-core-{core}"))
-                .io_memory(io_memory)
-                .spawn(move || worker::run(core, shared, stats, addrs, backlog, tx, hook))
-                .map_err(|e| EngineError::Executor {
-                    core,
-                    message: e.to_string(),
-                })?;
+            let handle = plan
+                .spawn(core, "meshgate-core", move || {
+                    worker::run(core, shared, stats, addrs, backlog, tx, hook)
+                })
+                .map_err(|message| EngineError::Executor { core, message })?;
             handles.push(handle);
         }
         drop(tx);

@@ -158,12 +158,9 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the cores and returns once each has bound the first plan's listeners.
     pub fn start(settings: Settings, plan: Plan) -> Result<Sidecar, SidecarError> {
-        let cpus = meshgate_engine::cores::allowed_cpus();
-        let workers = settings.workers.max(1);
-        let memlock = (workers * (settings.io_memory + 512 * 1024)) as u64;
-        if let Err(e) = meshgate_engine::cores::ensure_memlock(memlock) {
-            tracing::warn!(error = %e, "could not raise RLIMIT_MEMLOCK; glommio may refuse to start");
-        }
+        let cores =
+            meshgate_engine::cores::CorePlan::new(Some(settings.workers), settings.io_memory);
+        let workers = cores.workers();
         let metrics = Metrics::new(workers);
         metrics.set_cert_expiry(plan.tls.not_after());
         let shared = Arc::new(Shared {
@@ -176,17 +173,13 @@ impl Sidecar {
         });
         let mut handles = Vec::with_capacity(workers);
         for core in 0..workers {
-            let cpu = cpus.get(core % cpus.len().max(1)).copied().unwrap_or(0);
             let shared = shared.clone();
             let stats = metrics.core(core);
-            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
-                .name(&format!("meshgate-sidecar-{core}"))
-                .io_memory(settings.io_memory)
-                .spawn(move || run_core(core, shared, stats))
-                .map_err(|e| SidecarError::Executor {
-                    core,
-                    message: e.to_string(),
-                })?;
+            let handle = cores
+                .spawn(core, "meshgate-sidecar", move || {
+                    run_core(core, shared, stats)
+                })
+                .map_err(|message| SidecarError::Executor { core, message })?;
             handles.push(handle);
         }
         let sidecar = Sidecar {
