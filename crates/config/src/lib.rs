@@ -342,11 +342,7 @@ pub enum LoadError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            file: path.to_owned(),
-            source,
-        })?;
-        Ok(Self::parse(&text, path)?)
+        Ok(Self::parse(&read_file(path)?, path)?)
     }
 
     /// The router section in force: `[router]`, or `consul-router` when only `[catalog]` is set.
@@ -360,14 +356,8 @@ impl Config {
 
     /// Parses and validates configuration text; `file` is used in errors only.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            locate(text, file, span, None, e.message().trim_end().to_owned())
-        })?;
-        config.base_dir = file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        let mut config: Config = from_toml(text, file)?;
+        config.base_dir = base_dir(file);
         config.validate(text, file)?;
         Ok(config)
     }
@@ -518,6 +508,29 @@ fn fallback_spec(f: &FallbackConfig) -> RouteSpec {
         connect_timeout: None,
         source: "config".to_owned(),
     }
+}
+
+/// A config file's text.
+fn read_file(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        file: path.to_owned(),
+        source,
+    })
+}
+
+/// Deserializes a config file's text; a TOML or schema error is located in `file`.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        locate(text, file, span, None, e.message().trim_end().to_owned())
+    })
+}
+
+/// The directory relative paths in `file` start from.
+fn base_dir(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 /// Plugin limits must be positive.

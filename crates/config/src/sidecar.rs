@@ -4,9 +4,9 @@
 //! with Consul.
 
 use super::{
-    find_key, locate, validate_plugin_sections, ConfigError, LoadError, PluginSection,
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_IO_MEMORY_KIB, DEFAULT_ROUTER_PLUGIN,
+    base_dir, find_key, from_toml, locate, read_file, validate_plugin_sections, ConfigError,
+    LoadError, PluginSection, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB, DEFAULT_ROUTER_PLUGIN,
 };
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -147,11 +147,7 @@ impl SidecarSettings {
 impl SidecarConfig {
     /// Reads and validates a sidecar configuration file.
     pub fn load(path: &Path) -> Result<SidecarConfig, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            file: path.to_owned(),
-            source,
-        })?;
-        Ok(Self::parse(&text, path)?)
+        Ok(Self::parse(&read_file(path)?, path)?)
     }
 
     /// The router section in force.
@@ -168,14 +164,8 @@ impl SidecarConfig {
 
     /// Parses and validates configuration text; `file` is used in errors only.
     pub fn parse(text: &str, file: &Path) -> Result<SidecarConfig, ConfigError> {
-        let mut config: SidecarConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            locate(text, file, span, None, e.message().trim_end().to_owned())
-        })?;
-        config.base_dir = file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        let mut config: SidecarConfig = from_toml(text, file)?;
+        config.base_dir = base_dir(file);
         let s = &config.sidecar;
         let at = |field: &str, message: String| {
             let span = find_key(text, "sidecar", field);
