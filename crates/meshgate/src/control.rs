@@ -109,6 +109,22 @@ impl Reporter {
     }
 }
 
+/// Loads a catalog and a router plugin in their sandboxes; an error names the section.
+pub(crate) fn load_catalog_and_router(
+    host: &PluginHost,
+    catalog: &PluginSection,
+    router: &PluginSection,
+    base_dir: &std::path::Path,
+) -> Result<(CatalogPlugin, RouterPlugin), String> {
+    let catalog = host
+        .catalog(&catalog.plugin, sandbox(catalog, base_dir, None))
+        .map_err(|e| format!("[catalog] {e}"))?;
+    let router = host
+        .router(&router.plugin, sandbox(router, base_dir, None))
+        .map_err(|e| format!("[router] {e}"))?;
+    Ok((catalog, router))
+}
+
 /// The catalog plugin's latest answer.
 pub(crate) type Versioned = Option<(u64, Catalog)>;
 
@@ -200,18 +216,8 @@ impl Control {
             self.host = Some(PluginHost::new().map_err(|e| e.to_string())?);
         }
         let host = self.host.as_ref().ok_or("no plugin host")?;
-        let catalog = host
-            .catalog(
-                &catalog_section.plugin,
-                sandbox(&catalog_section, &config.base_dir, None),
-            )
-            .map_err(|e| format!("[catalog] {e}"))?;
-        let router = host
-            .router(
-                &router_section.plugin,
-                sandbox(&router_section, &config.base_dir, None),
-            )
-            .map_err(|e| format!("[router] {e}"))?;
+        let (catalog, router) =
+            load_catalog_and_router(host, &catalog_section, &router_section, &config.base_dir)?;
         Ok(Some(Plugins {
             catalog,
             catalog_section,

@@ -3,7 +3,7 @@
 //! watches the certificate files, and publishes a compiled [`meshgate_sidecar::Plan`] whenever any of them
 //! changes; the data plane (`meshgate_sidecar`) applies it to new connections without a restart.
 
-use crate::control::{poll_catalog, sandbox, PluginMetrics, Reporter, Versioned};
+use crate::control::{load_catalog_and_router, poll_catalog, PluginMetrics, Reporter, Versioned};
 use meshgate_config::sidecar::DefaultIntention;
 use meshgate_config::SidecarConfig;
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
@@ -131,19 +131,12 @@ impl Control {
     fn new(config: SidecarConfig) -> Result<Control, String> {
         let metrics = Arc::new(PluginMetrics::new().map_err(|e| e.to_string())?);
         let host = PluginHost::new().map_err(|e| e.to_string())?;
-        let catalog_plugin = host
-            .catalog(
-                &config.catalog.plugin,
-                sandbox(&config.catalog, &config.base_dir, None),
-            )
-            .map_err(|e| format!("[catalog] {e}"))?;
-        let router_section = config.router_section();
-        let router = host
-            .router(
-                &router_section.plugin,
-                sandbox(&router_section, &config.base_dir, None),
-            )
-            .map_err(|e| format!("[router] {e}"))?;
+        let (catalog_plugin, router) = load_catalog_and_router(
+            &host,
+            &config.catalog,
+            &config.router_section(),
+            &config.base_dir,
+        )?;
         Ok(Control {
             certs: CertFiles::new(&config),
             config,
