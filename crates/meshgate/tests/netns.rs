@@ -465,9 +465,11 @@ fn cross_datacenter_mesh_in_namespaces() {
         (&dc1, "127.0.0.1:19100"),
         (&dc1, "127.0.0.1:19101"),
     ] {
-        wait_admin(ns, admin, "/ready", "ready", |_| true);
+        // The body, not only an answer: a starting process answers "not ready" (503) first.
+        wait_admin(ns, admin, "/ready", "ready", |b| b.starts_with("ready"));
     }
     let _keep = (&gw1, &gw2, &db);
+    let _dump = common::DumpOnPanic::new(&[&gw1, &gw2, &api, &web, &db]);
 
     // Connections each gateway accepted: counted at accept (no publication delay), so once web has its
     // answer every hop has been counted.

@@ -375,6 +375,27 @@ impl Proc {
     }
 }
 
+/// Prints the logs of the given processes if the test panics while it is alive (CI shows only the test's
+/// output: without this a failure deep in a multi-process test says nothing about why).
+pub struct DumpOnPanic(Vec<(&'static str, std::sync::Arc<std::sync::Mutex<String>>)>);
+
+impl DumpOnPanic {
+    pub fn new(procs: &[&Proc]) -> DumpOnPanic {
+        DumpOnPanic(procs.iter().map(|p| (p.name, p.log.clone())).collect())
+    }
+}
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, log) in &self.0 {
+                let text = log.lock().map(|l| l.clone()).unwrap_or_default();
+                eprintln!("---- log of {name} ----\n{text}");
+            }
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
