@@ -26,6 +26,56 @@ pub mod cores {
     use crate::sys;
     pub use crate::sys::listen;
     use std::future::Future;
+    use thiserror::Error;
+
+    /// glommio refuses to create an executor when `RLIMIT_MEMLOCK` is below this (its own check).
+    pub const MIN_MEMLOCK: u64 = 512 * 1024;
+
+    /// Why no executor can start in this process. Found before any core starts, so the message says
+    /// what to change instead of glommio's error from inside a core thread.
+    #[derive(Debug, Error)]
+    #[non_exhaustive]
+    pub enum CoreError {
+        /// This process may not use io_uring.
+        #[error("io_uring is unavailable to this process (io_uring_setup: {source}): {hint}")]
+        IoUring {
+            /// What `io_uring_setup(2)` returned.
+            source: std::io::Error,
+            /// The likely cause and what to do about it.
+            hint: String,
+        },
+        /// The locked-memory limit is below glommio's minimum and may not be raised.
+        #[error("the locked-memory limit (RLIMIT_MEMLOCK) is {limit} bytes and cannot be raised ({source}); glommio needs at least {MIN_MEMLOCK} bytes: raise it (docker run --ulimit memlock=-1, systemd LimitMEMLOCK=infinity, ulimit -l unlimited)")]
+        MemLock {
+            /// The soft limit in force.
+            limit: u64,
+            /// Why raising it failed.
+            source: std::io::Error,
+        },
+    }
+
+    /// Checks that this process may create an io_uring, and if not, says why in terms an operator can
+    /// act on. Container runtimes block io_uring in their default seccomp profiles (Docker since 25.0,
+    /// containerd since 2.0); `kernel.io_uring_disabled` can turn it off host-wide.
+    pub fn probe_io_uring() -> Result<(), CoreError> {
+        let Err(source) = sys::probe_io_uring() else {
+            return Ok(());
+        };
+        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .unwrap_or(0);
+        let hint = match source.raw_os_error() {
+            Some(libc::EPERM) if disabled > 0 => format!(
+                "the sysctl kernel.io_uring_disabled is {disabled}; set it to 0 (or, at 1, run as a member of kernel.io_uring_group)"
+            ),
+            Some(libc::EPERM) => "blocked, most likely by a seccomp profile: container runtimes block io_uring by default (Docker since 25.0, containerd since 2.0); run with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (see docs/container.md)".to_owned(),
+            Some(libc::ENOSYS) => "this kernel has no io_uring; meshgate needs Linux 5.8 or newer with CONFIG_IO_URING".to_owned(),
+            Some(libc::ENOMEM) => "not enough lockable memory; raise RLIMIT_MEMLOCK (docker run --ulimit memlock=-1)".to_owned(),
+            _ => "meshgate's executors run on io_uring and cannot start without it".to_owned(),
+        };
+        Err(CoreError::IoUring { source, hint })
+    }
 
     /// Where a data plane's executors run: one per worker, pinned round robin to the CPUs this process
     /// may use, each with `io_memory` bytes of glommio io memory.
@@ -37,20 +87,27 @@ pub mod cores {
     }
 
     impl CorePlan {
-        /// `workers` executors (default: one per allowed CPU); raises `RLIMIT_MEMLOCK` to fit them.
-        pub fn new(workers: Option<usize>, io_memory: usize) -> CorePlan {
+        /// `workers` executors (default: one per allowed CPU); checks io_uring and raises `RLIMIT_MEMLOCK`
+        /// to fit them.
+        pub fn new(workers: Option<usize>, io_memory: usize) -> Result<CorePlan, CoreError> {
+            probe_io_uring()?;
             let cpus = sys::allowed_cpus();
             let workers = workers.unwrap_or(cpus.len()).max(1);
             // glommio locks its io memory plus ring buffers; leave room for both on every core.
             let memlock = (workers * (io_memory + 512 * 1024)) as u64;
-            if let Err(e) = sys::ensure_memlock(memlock) {
-                tracing::warn!(error = %e, needed_bytes = memlock, "could not raise RLIMIT_MEMLOCK; glommio may refuse to start");
+            if let Err(source) = sys::ensure_memlock(memlock) {
+                let limit = sys::memlock_limit().unwrap_or(0);
+                if limit < MIN_MEMLOCK {
+                    return Err(CoreError::MemLock { limit, source });
+                }
+                // Above glommio's floor: cores start, with less room for registered buffers.
+                tracing::warn!(error = %source, limit, wanted = memlock, "could not raise RLIMIT_MEMLOCK to the wanted size");
             }
-            CorePlan {
+            Ok(CorePlan {
                 cpus,
                 workers,
                 io_memory,
-            }
+            })
         }
 
         /// How many executors.
@@ -141,6 +198,9 @@ pub enum EngineError {
     /// A core thread panicked or failed.
     #[error("core {0} failed: {1}")]
     Core(usize, String),
+    /// This process cannot run executors (io_uring or locked-memory limit).
+    #[error(transparent)]
+    Cores(#[from] cores::CoreError),
 }
 
 /// A running data plane.
@@ -165,7 +225,7 @@ impl Engine {
         table: RouteTable,
         hook: Option<hook::HookFactory>,
     ) -> Result<Engine, EngineError> {
-        let plan = cores::CorePlan::new(settings.workers, settings.io_memory_kib * 1024);
+        let plan = cores::CorePlan::new(settings.workers, settings.io_memory_kib * 1024)?;
         let workers = plan.workers();
         let listeners: Arc<[String]> = settings.listen.iter().map(|a| a.to_string()).collect();
         let cores: Arc<[CoreStats]> = (0..workers)
@@ -220,7 +280,15 @@ impl Engine {
                     return Err(e);
                 }
                 Err(_) => {
-                    return Err(EngineError::Core(0, "core exited during start-up".into()));
+                    // A core ended without reporting: glommio's own error is in its join handle.
+                    engine.shutdown();
+                    let why = engine
+                        .handles
+                        .into_iter()
+                        .enumerate()
+                        .find_map(|(core, h)| h.join().err().map(|e| (core, e.to_string())));
+                    let (core, message) = why.unwrap_or((0, "core exited during start-up".into()));
+                    return Err(EngineError::Core(core, message));
                 }
             }
         }

@@ -218,6 +218,34 @@ pub fn ensure_memlock(bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates and closes a two-entry io_uring. glommio cannot run without one, and when the kernel refuses
+/// it panics inside the executor thread with a message about old kernels; probing first lets the caller
+/// say what is actually wrong (usually a container's seccomp profile).
+pub fn probe_io_uring() -> io::Result<()> {
+    // struct io_uring_params is 120 bytes on every architecture; zeroed means "no flags".
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`, which we own.
+    let ret = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(ret).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else holds it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// The soft locked-memory limit in bytes (`u64::MAX` for unlimited).
+pub fn memlock_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 /// Borrows the descriptor of an object that owns one but implements only `AsRawFd` (glommio's sockets);
 /// the borrow cannot outlive the owner, which keeps the descriptor open.
 pub fn borrow_fd<T: std::os::fd::AsRawFd>(owner: &T) -> BorrowedFd<'_> {

@@ -245,12 +245,18 @@ impl Running {
 }
 
 /// Starts the control plane (plugins, first table), the engine and the admin endpoint.
-pub(crate) fn start(config: &Config) -> Result<Running, String> {
+pub(crate) fn start(config: &Config) -> Result<Running, StartError> {
     let mut control = Control::new(config.clone())?;
     let table = control.initial_table()?;
     let hook = crate::hook::factory(config)?;
     let engine = Arc::new(
-        Engine::start_with_hook(config.gateway.clone(), table, hook).map_err(|e| e.to_string())?,
+        Engine::start_with_hook(config.gateway.clone(), table, hook).map_err(|e| match e {
+            // The host, not the file: locked-memory limit, io_uring, a core's failure.
+            meshgate_engine::EngineError::Cores(_)
+            | meshgate_engine::EngineError::Executor { .. }
+            | meshgate_engine::EngineError::Core(..) => StartError::Runtime(e.to_string()),
+            _ => StartError::Config(e.to_string()),
+        })?,
     );
     let plugins = control.metrics.clone();
     let admin = match config.gateway.admin {
@@ -285,12 +291,27 @@ pub(crate) fn start(config: &Config) -> Result<Running, String> {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     Ok(Running {
         engine,
         admin,
         control: tx,
     })
+}
+
+/// Why a gateway did not start: something in its configuration (exit 2), or in the host (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError::Config(message)
+    }
 }
 
 /// `meshgate gateway --config FILE`.
@@ -307,7 +328,10 @@ pub(crate) fn run(path: &Path) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("{}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(match e {
+                StartError::Config(_) => EXIT_CONFIG,
+                StartError::Runtime(_) => EXIT_RUNTIME,
+            });
         }
     };
     tracing::info!(

@@ -87,6 +87,18 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // The data planes need io_uring; say so plainly before reading configs or starting anything (glommio
+    // itself would panic in a core thread with a misleading message).
+    if matches!(
+        cli.command,
+        Command::Gateway { .. } | Command::Demo { .. } | Command::Sidecar { .. }
+    ) {
+        if let Err(e) = meshgate_engine::cores::probe_io_uring() {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("meshgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match cli.command {
         Command::Gateway { config } => gateway::run(&config),
         Command::Check { file } => gateway::check(&file),

@@ -13,7 +13,9 @@
 
 mod common;
 
-use common::{http_get, issue_leaf, meshgate_ok, metric, serve_lines, sidecar_toml, Proc, TD};
+use common::{
+    http_get, in_ns, issue_leaf, meshgate_ok, metric, serve_lines, sidecar_toml, Proc, TD,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -96,18 +98,6 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// Starts a long-lived thread inside `ns`.
@@ -296,14 +286,8 @@ fn skip() -> bool {
         return true;
     }
     // Say plainly what is missing instead of failing on the first `ip` call.
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
     assert!(
-        root,
+        common::is_root(),
         "the namespace tests need root (CI runs as root); set MESHGATE_SKIP_NETNS=1 to skip them"
     );
     for tool in ["ip", "tcpdump"] {

@@ -136,6 +136,9 @@ pub enum SidecarError {
     /// A core failed.
     #[error("core {0} failed: {1}")]
     Core(usize, String),
+    /// This process cannot run executors (io_uring or locked-memory limit).
+    #[error(transparent)]
+    Cores(#[from] meshgate_engine::cores::CoreError),
 }
 
 struct Shared {
@@ -159,7 +162,7 @@ impl Sidecar {
     /// Starts the cores and returns once each has bound the first plan's listeners.
     pub fn start(settings: Settings, plan: Plan) -> Result<Sidecar, SidecarError> {
         let cores =
-            meshgate_engine::cores::CorePlan::new(Some(settings.workers), settings.io_memory);
+            meshgate_engine::cores::CorePlan::new(Some(settings.workers), settings.io_memory)?;
         let workers = cores.workers();
         let metrics = Metrics::new(workers);
         metrics.set_cert_expiry(plan.tls.not_after());

@@ -521,3 +521,26 @@ pub fn line_app(prefix: &'static str) -> u16 {
     std::thread::spawn(move || serve_lines(listener, prefix, None));
     port
 }
+
+/// Runs `f` on a thread inside network namespace `ns` (a name under /var/run/netns) and returns its
+/// result. Sockets made there stay in that namespace, whichever thread uses them later.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// True when this process runs as root (network namespaces, dropping privileges).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
