@@ -406,6 +406,9 @@ fn cross_datacenter_mesh_in_namespaces() {
             "tcpdump",
             "-i",
             "br0",
+            // Each packet to the file as it arrives: without it libpcap holds packets in a ring block
+            // until the block fills or a second passes, and stopping tcpdump loses that block.
+            "--immediate-mode",
             "-U",
             "-s",
             "0",
@@ -595,14 +598,26 @@ fn cross_datacenter_mesh_in_namespaces() {
     );
 
     // What crossed the WAN: TLS records whose ClientHellos name api (the capture works), never the marker.
+    // Every connection dc2's gateway accepted came over the WAN with one such hello: once the file holds
+    // that many, the capture has caught up with the test's traffic.
+    let sni = b"api.default.dc2.internal.";
+    let count = |bytes: &[u8]| bytes.windows(sni.len()).filter(|w| w == sni).count() as u64;
+    let crossed = accepted(&dc2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = count(&std::fs::read(&pcap).unwrap_or_default());
+        if seen >= crossed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the capture saw {seen} ClientHellos naming api; dc2's gateway accepted {crossed} connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     capture.stop();
     let bytes = std::fs::read(&pcap).expect("pcap");
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-    assert!(
-        contains(b"api.default.dc2.internal."),
-        "the capture saw the SNI ({} bytes)",
-        bytes.len()
-    );
     assert!(!contains(marker.as_bytes()), "plaintext crossed the WAN");
     assert!(!contains(b"api got:"), "plaintext answers crossed the WAN");
     drop(topo);
