@@ -167,7 +167,7 @@ async fn forward(
     }
     let first = reader.into_buffered();
     debug_assert!(first.len() >= hello.consumed);
-    if let Err(e) = relay::write_all(up_fd, &first).await {
+    if let Err(e) = relay::write_all(&relay::Side::plain(up_fd), &first).await {
         tracing::debug!(error = %e, "writing the ClientHello upstream failed");
         let _ = sys::set_linger_zero(down_fd);
         return Outcome::ended(End::UpstreamError);

@@ -7,8 +7,10 @@
 //! - Nothing on the per-connection path is shared between cores: load-balancing state, per-endpoint
 //!   connection counts, pipe pools and counters are per core. The only cross-core read is one relaxed
 //!   atomic load per connection to notice a new route-table snapshot ([`Engine::install`]).
-//! - Relay: `splice(2)` socket → pipe → socket (pipes pooled per core), driven by io_uring readiness
-//!   polls (see `vendor/README.md`); a buffered copy where no pipe can be made, or when configured.
+//! - Relay: `splice(2)` socket → pipe → socket (pipes pooled per core); a buffered copy where no pipe can
+//!   be made, or when configured. Relayed sockets' readiness comes from one epoll set per core, itself
+//!   waited on through a single io_uring poll (`poller`); accept, connect and the ClientHello wait go
+//!   through glommio directly.
 //! - glommio locks memory for io_uring buffers per executor; TCP does not use them, so `io_memory_kib`
 //!   defaults to glommio's minimum (512 KiB) and [`Engine::start`] raises `RLIMIT_MEMLOCK` to fit.
 //!
@@ -20,6 +22,7 @@
 
 mod conn;
 pub mod hook;
+mod poller;
 
 /// Per-core building blocks shared with meshgate's other data planes (the sidecar).
 pub mod cores {

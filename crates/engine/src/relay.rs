@@ -3,12 +3,14 @@
 //! Each direction is a pump: wait until the source is readable, move what is there to the destination,
 //! wait until the destination is writable when it is full. With splice the bytes go socket → pipe →
 //! socket and never enter user space; the buffered pump copies through a 16 KiB buffer. Readiness comes
-//! from io_uring polls (`glommio::net::wait_readable` / `wait_writable`).
+//! from the core's epoll set (`poller`), or from glommio's io_uring polls for a socket that could not
+//! join it.
 //!
 //! Endings: EOF on one side half-closes the other (FIN is passed on, the other direction keeps going);
 //! a reset or error on one side resets the other promptly (SO_LINGER 0); an idle timeout or the maximum
 //! duration closes both.
 
+use crate::poller::Registration;
 use crate::stats::{Counter, End};
 use crate::sys::{self, Pipe};
 use crate::worker::Core;
@@ -76,6 +78,8 @@ pub(crate) async fn relay(
     settings: &GatewaySettings,
     deadline: Option<Instant>,
 ) -> Outcome {
+    let (down_side, up_side) = (Side::registered(core, down), Side::registered(core, up));
+    let (down, up) = (&down_side, &up_side);
     let stats = core.stats();
     let to_up = Flow {
         counter: &stats.bytes_to_upstream,
@@ -125,9 +129,11 @@ pub(crate) async fn relay(
                 Ok(_) => End::Completed,
                 Err((from_down, err)) => {
                     let (failed_down, other, error) = match err {
-                        PumpError::Source(e) => (from_down, if from_down { up } else { down }, e),
+                        PumpError::Source(e) => {
+                            (from_down, if from_down { up.fd } else { down.fd }, e)
+                        }
                         PumpError::Destination(e) => {
-                            (!from_down, if from_down { down } else { up }, e)
+                            (!from_down, if from_down { down.fd } else { up.fd }, e)
                         }
                     };
                     tracing::debug!(error = %error, downstream = failed_down, "relay side failed; resetting the other");
@@ -179,12 +185,45 @@ async fn watchdog(moved: impl Fn() -> u64, idle: Duration, deadline: Option<Inst
     }
 }
 
-async fn readable(fd: BorrowedFd<'_>) -> io::Result<()> {
-    glommio::net::wait_readable(fd.as_raw_fd()).await
+/// A relayed socket and how to wait on it: through the core's epoll set, or through glommio's io_uring
+/// poll when it could not join the set (or is used only briefly, as for the hello).
+pub(crate) struct Side<'a> {
+    fd: BorrowedFd<'a>,
+    registration: Option<Registration<'a>>,
 }
 
-async fn writable(fd: BorrowedFd<'_>) -> io::Result<()> {
-    glommio::net::wait_writable(fd.as_raw_fd()).await
+impl<'a> Side<'a> {
+    /// Waits through glommio.
+    pub(crate) fn plain(fd: BorrowedFd<'a>) -> Side<'a> {
+        Side {
+            fd,
+            registration: None,
+        }
+    }
+
+    /// Joins the core's epoll set (until dropped), or waits through glommio if it cannot.
+    fn registered(core: &'a Core, fd: BorrowedFd<'a>) -> Side<'a> {
+        let registration = core.poller().and_then(|p| {
+            p.register(fd)
+                .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
+                .ok()
+        });
+        Side { fd, registration }
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match &self.registration {
+            Some(r) => r.readable().await,
+            None => glommio::net::wait_readable(self.fd.as_raw_fd()).await,
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match &self.registration {
+            Some(r) => r.writable().await,
+            None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
+        }
+    }
 }
 
 /// A pipe borrowed from the core's pool; goes back (or is closed, if bytes are stuck in it) on drop.
@@ -208,8 +247,8 @@ impl Drop for Lease<'_> {
 /// the pool is sized by the connections moving data, not by the connections open.
 async fn splice_pump(
     core: &Core,
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
+    src: &Side<'_>,
+    dst: &Side<'_>,
     flow: &Flow<'_>,
 ) -> Result<(), PumpError> {
     let mut lease = Lease { core, pipe: None };
@@ -223,7 +262,7 @@ async fn splice_pump(
             if let Some(p) = lease.pipe.take() {
                 core.give_empty_pipe(p);
             }
-            readable(src).await.map_err(PumpError::Source)?;
+            src.readable().await.map_err(PumpError::Source)?;
         }
         if pending == 0 {
             let pipe = match &lease.pipe {
@@ -239,9 +278,9 @@ async fn splice_pump(
                     }
                 },
             };
-            match sys::splice(src, pipe.write.as_fd(), SPLICE_CHUNK) {
+            match sys::splice(src.fd, pipe.write.as_fd(), SPLICE_CHUNK) {
                 Ok(0) => {
-                    let _ = sys::shutdown_write(dst);
+                    let _ = sys::shutdown_write(dst.fd);
                     return Ok(());
                 }
                 Ok(n) => {
@@ -252,7 +291,7 @@ async fn splice_pump(
                     if let Some(p) = lease.pipe.take() {
                         core.give_empty_pipe(p);
                     }
-                    readable(src).await.map_err(PumpError::Source)?;
+                    src.readable().await.map_err(PumpError::Source)?;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -263,13 +302,13 @@ async fn splice_pump(
             pending = 0;
             continue;
         };
-        match sys::splice(pipe.read.as_fd(), dst, pending) {
+        match sys::splice(pipe.read.as_fd(), dst.fd, pending) {
             Ok(n) => {
                 pending -= n;
                 flow.moved(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                writable(dst).await.map_err(PumpError::Destination)?;
+                dst.writable().await.map_err(PumpError::Destination)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(PumpError::Destination(e)),
@@ -278,27 +317,23 @@ async fn splice_pump(
 }
 
 /// Copying direction: src → buffer → dst.
-async fn buffered_pump(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    flow: &Flow<'_>,
-) -> Result<(), PumpError> {
+async fn buffered_pump(src: &Side<'_>, dst: &Side<'_>, flow: &Flow<'_>) -> Result<(), PumpError> {
     let mut buf = vec![0u8; BUFFER];
     let mut drained = false;
     loop {
         if drained {
             // A short read drained the socket: wait rather than try again (see `splice_pump`).
             drained = false;
-            readable(src).await.map_err(PumpError::Source)?;
+            src.readable().await.map_err(PumpError::Source)?;
         }
-        let n = match sys::recv(src, &mut buf) {
+        let n = match sys::recv(src.fd, &mut buf) {
             Ok(0) => {
-                let _ = sys::shutdown_write(dst);
+                let _ = sys::shutdown_write(dst.fd);
                 return Ok(());
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                readable(src).await.map_err(PumpError::Source)?;
+                src.readable().await.map_err(PumpError::Source)?;
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -313,11 +348,11 @@ async fn buffered_pump(
 }
 
 /// Writes all of `bytes` to a non-blocking socket.
-pub(crate) async fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(dst: &Side<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        match sys::send(fd, bytes) {
+        match sys::send(dst.fd, bytes) {
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -218,6 +218,36 @@ pub fn ensure_memlock(bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// A new epoll set (close-on-exec).
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes flags only; on success we own the returned descriptor.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this descriptor and nothing else holds it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(op)` for `fd` with interest `events`, tagged with `data`.
+pub fn epoll_ctl(
+    epoll: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: std::os::fd::RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: data };
+    // SAFETY: the kernel reads the event struct we own (ignored for EPOLL_CTL_DEL).
+    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) })?;
+    Ok(())
+}
+
+/// Ready events of `epoll` without waiting; how many were written into `events`.
+pub fn epoll_poll(epoll: BorrowedFd<'_>, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+    let max = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the kernel writes at most `max` entries into the slice we own.
+    let n = check(unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, 0) })?;
+    Ok(n as usize)
+}
+
 /// Creates and closes a two-entry io_uring. glommio cannot run without one, and when the kernel refuses
 /// it panics inside the executor thread with a message about old kernels; probing first lets the caller
 /// say what is actually wrong (usually a container's seccomp profile).

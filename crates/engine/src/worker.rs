@@ -2,6 +2,7 @@
 //! load-balancing cursors, per-endpoint connection counts, pipe pool, labelled counters), and its drain.
 
 use crate::hook::{ConnectionHook, HookDecision, HookFactory, HOOK_CACHE_MAX};
+use crate::poller::Poller;
 use crate::stats::{CoreStats, Labelled, MAX_LABEL_VALUES};
 use crate::sys::{self, Pipe};
 use crate::{EngineError, Shared, Snapshot};
@@ -51,9 +52,15 @@ pub(crate) struct Core {
     pub(crate) live: Cell<usize>,
     hook: RefCell<Option<Box<dyn ConnectionHook>>>,
     hook_cache: RefCell<HashMap<String, HookDecision>>,
+    /// Readiness of relayed sockets; `None` if the epoll set could not be made (glommio polls instead).
+    poller: Option<Rc<Poller>>,
 }
 
 impl Core {
+    pub(crate) fn poller(&self) -> Option<&Poller> {
+        self.poller.as_deref()
+    }
+
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.stats[self.index]
     }
@@ -235,7 +242,18 @@ pub(crate) async fn run(
         live: Cell::new(0),
         hook: RefCell::new(hook),
         hook_cache: RefCell::new(HashMap::new()),
+        poller: match Poller::new() {
+            Ok(p) => Some(Rc::new(p)),
+            Err(e) => {
+                tracing::warn!(core = index, error = %e, "no epoll set; relayed sockets are polled through io_uring");
+                None
+            }
+        },
     });
+    // Lives as long as the executor: dropped with it when the core's run ends.
+    if let Some(p) = &core.poller {
+        glommio::spawn_local(p.clone().drive()).detach();
+    }
 
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in &addrs {
