@@ -260,21 +260,25 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
 }
 
 /// A backend that accepts and holds connections without reading (for the idle-connection test).
-fn sink() -> SocketAddr {
+/// A backend that accepts and holds connections; the counter says how many it holds.
+fn sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
     let addr = l.local_addr().expect("addr");
+    let held_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = held_count.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for s in l.incoming().flatten() {
             held.push(s);
+            count.store(held.len(), std::sync::atomic::Ordering::Relaxed);
         }
     });
-    addr
+    (addr, held_count)
 }
 
 /// Resident memory per idle connection: open `n` raw connections that send a ClientHello and wait.
 fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
-    let backend = sink();
+    let (backend, held) = sink();
     let router = Router::start(
         kind,
         &Spec {
@@ -300,20 +304,33 @@ fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
         let _ = s.write_all(&hello);
         conns.push(s);
     }
-    // Let the router finish accepting and connecting upstream (bounded).
+    // Every connection relayed: the backend holds as many as the clients opened (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(30);
+    while held.load(std::sync::atomic::Ordering::Relaxed) < conns.len() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let relayed = held.load(std::sync::atomic::Ordering::Relaxed);
+    if relayed < conns.len() {
+        eprintln!(
+            "{}: only {relayed} of {} connections reached the backend",
+            kind.name(),
+            conns.len()
+        );
+    }
+    // Then until resident memory stops moving (bounded).
     let mut last = 0;
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
         let rss = router.rss_bytes()?;
         if rss == last {
             break;
         }
         last = rss;
+        std::thread::sleep(Duration::from_millis(250));
     }
     let rss1 = router.rss_bytes()?;
-    let per = (rss1.saturating_sub(rss0)) as f64 / conns.len().max(1) as f64;
-    Some((per, conns.len()))
+    let per = (rss1.saturating_sub(rss0)) as f64 / relayed.max(1) as f64;
+    Some((per, relayed))
 }
 
 /// A real ClientHello (rustls) for the benchmark SNI; the handshake is never completed.

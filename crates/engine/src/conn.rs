@@ -3,18 +3,17 @@
 //! hello, relay, and write one access-log line.
 
 use crate::hook::HookDecision;
-use crate::relay::{self, Outcome};
+use crate::relay::{self, Outcome, Side};
 use crate::stats::End;
 use crate::sys;
 use crate::worker::Core;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use meshgate_route::{EndpointGroup, LbPolicy, Plan, Route};
 use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
-use std::time::Instant;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 /// How the ClientHello phase ended without a hello.
 enum HelloFailure {
@@ -25,34 +24,30 @@ enum HelloFailure {
 }
 
 /// Serves one accepted connection on listener `li`.
-pub(crate) async fn handle(core: &Core, down: TcpStream, li: usize) {
+pub(crate) async fn handle(core: &Core, down: OwnedFd, li: usize) {
     let stats = core.stats();
     stats.listeners[li].accepted.inc();
     stats.listeners[li].active.inc();
     core.live.set(core.live.get() + 1);
     let started = Instant::now();
-    let peer = down.peer_addr().ok();
+    let peer = sys::peer_addr(std::os::fd::AsFd::as_fd(&down));
+    let down = Side::new(core, down);
     let end = serve(core, &down, peer, started).await;
     stats.end(end);
     stats.listeners[li].active.dec();
     core.live.set(core.live.get() - 1);
 }
 
-async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started: Instant) -> End {
+async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: Instant) -> End {
     let stats = core.stats();
     let snapshot = core.snapshot();
     let settings = &snapshot.settings;
-    let down_fd = fd(down);
-    if let Err(e) = sys::set_nonblocking(down_fd) {
-        tracing::debug!(error = %e, "downstream socket setup failed");
-        return End::DownstreamError;
-    }
 
     // 1. The ClientHello, under one total deadline.
     let mut reader = HelloReader::new(Limits::with_max_hello_bytes(
         settings.max_client_hello_bytes,
     ));
-    let hello = match futures_lite::future::or(read_hello(core, down_fd, &mut reader), async {
+    let hello = match futures_lite::future::or(read_hello(core, down, &mut reader), async {
         Timer::new(settings.hello_timeout()).await;
         Err(HelloFailure::Timeout)
     })
@@ -116,10 +111,9 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
         };
         attempts += 1;
         stats.connect_attempts.inc();
-        match TcpStream::connect_timeout(addr, timeout).await {
+        match connect(core, addr, timeout).await {
             Ok(s) => break (s, addr),
             Err(e) => {
-                let e = io::Error::from(e);
                 stats.connect_failures.inc();
                 if e.kind() == io::ErrorKind::TimedOut {
                     stats.connect_timeouts.inc();
@@ -129,7 +123,7 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
         }
     };
     core.endpoint_opened(upstream);
-    let outcome = forward(core, down_fd, &up, reader, &hello, settings, started).await;
+    let outcome = forward(core, down, &up, reader, &hello, settings, started).await;
     core.endpoint_closed(upstream);
     stats.duration.observe(started.elapsed().as_secs_f64());
     tracing::info!(
@@ -149,33 +143,42 @@ async fn serve(core: &Core, down: &TcpStream, peer: Option<SocketAddr>, started:
     outcome.end
 }
 
+/// Connects to `addr` within `timeout`, waiting on the core's readiness set.
+async fn connect<'c>(core: &'c Core, addr: SocketAddr, timeout: Duration) -> io::Result<Side<'c>> {
+    let up = Side::new(core, sys::connect_start(addr)?);
+    let done = futures_lite::future::or(async { Some(up.writable().await) }, async {
+        Timer::new(timeout).await;
+        None
+    })
+    .await;
+    match done {
+        None => Err(io::ErrorKind::TimedOut.into()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(())) => sys::connect_result(up.fd()).map(|()| up),
+    }
+}
+
 /// Sends the buffered hello upstream, then relays.
 async fn forward(
     core: &Core,
-    down_fd: BorrowedFd<'_>,
-    up: &TcpStream,
+    down: &Side<'_>,
+    up: &Side<'_>,
     reader: HelloReader,
     hello: &ClientHello,
     settings: &meshgate_config::GatewaySettings,
     started: Instant,
 ) -> Outcome {
-    let up_fd = fd(up);
-    let _ = up.set_nodelay(true);
-    if let Err(e) = sys::set_nonblocking(up_fd) {
-        tracing::debug!(error = %e, "upstream socket setup failed");
-        return Outcome::ended(End::UpstreamError);
-    }
     let first = reader.into_buffered();
     debug_assert!(first.len() >= hello.consumed);
-    if let Err(e) = relay::write_all(&relay::Side::plain(up_fd), &first).await {
+    if let Err(e) = relay::write_all(up, &first).await {
         tracing::debug!(error = %e, "writing the ClientHello upstream failed");
-        let _ = sys::set_linger_zero(down_fd);
+        let _ = sys::set_linger_zero(down.fd());
         return Outcome::ended(End::UpstreamError);
     }
     core.stats().bytes_to_upstream.add(first.len() as u64);
     drop(first);
     let deadline = settings.max_connection_duration().map(|d| started + d);
-    let mut outcome = relay::relay(core, down_fd, up_fd, settings, deadline).await;
+    let mut outcome = relay::relay(core, down, up, settings, deadline).await;
     outcome.to_upstream += hello.consumed as u64;
     outcome
 }
@@ -183,14 +186,14 @@ async fn forward(
 /// Reads until the reader has a whole ClientHello (or refuses the bytes).
 async fn read_hello(
     core: &Core,
-    fd: BorrowedFd<'_>,
+    down: &Side<'_>,
     reader: &mut HelloReader,
 ) -> Result<ClientHello, HelloFailure> {
     loop {
         // The scratch buffer is per core and never held across an await.
         let read = {
             let mut scratch = core.scratch.borrow_mut();
-            match sys::recv(fd, &mut scratch) {
+            match sys::recv(down.fd(), &mut scratch) {
                 Ok(0) => return Err(HelloFailure::Eof),
                 Ok(n) => Some(reader.feed(&scratch[..n])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -202,13 +205,7 @@ async fn read_hello(
             Some(Ok(Progress::Done(hello))) => return Ok(hello),
             Some(Ok(Progress::NeedMore)) => {}
             Some(Err(reject)) => return Err(HelloFailure::Rejected(reject)),
-            None => glommio::net::wait_readable(std::os::fd::AsRawFd::as_raw_fd(&fd))
-                .await
-                .map_err(HelloFailure::Io)?,
+            None => down.readable().await.map_err(HelloFailure::Io)?,
         }
     }
-}
-
-fn fd(stream: &TcpStream) -> BorrowedFd<'_> {
-    sys::borrow_fd(stream)
 }

@@ -18,7 +18,7 @@ use glommio::timer::Timer;
 use meshgate_config::{GatewaySettings, RelayMode};
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Bytes asked of one splice(2) call: the pipe's capacity.
@@ -73,13 +73,11 @@ impl Flow<'_> {
 /// Relays between `down` and `up` until both directions finish, one fails, or a timeout fires.
 pub(crate) async fn relay(
     core: &Core,
-    down: BorrowedFd<'_>,
-    up: BorrowedFd<'_>,
+    down: &Side<'_>,
+    up: &Side<'_>,
     settings: &GatewaySettings,
     deadline: Option<Instant>,
 ) -> Outcome {
-    let (down_side, up_side) = (Side::registered(core, down), Side::registered(core, up));
-    let (down, up) = (&down_side, &up_side);
     let stats = core.stats();
     let to_up = Flow {
         counter: &stats.bytes_to_upstream,
@@ -130,10 +128,10 @@ pub(crate) async fn relay(
                 Err((from_down, err)) => {
                     let (failed_down, other, error) = match err {
                         PumpError::Source(e) => {
-                            (from_down, if from_down { up.fd } else { down.fd }, e)
+                            (from_down, if from_down { up.fd() } else { down.fd() }, e)
                         }
                         PumpError::Destination(e) => {
-                            (!from_down, if from_down { down.fd } else { up.fd }, e)
+                            (!from_down, if from_down { down.fd() } else { up.fd() }, e)
                         }
                     };
                     tracing::debug!(error = %error, downstream = failed_down, "relay side failed; resetting the other");
@@ -185,40 +183,39 @@ async fn watchdog(moved: impl Fn() -> u64, idle: Duration, deadline: Option<Inst
     }
 }
 
-/// A relayed socket and how to wait on it: through the core's epoll set, or through glommio's io_uring
-/// poll when it could not join the set (or is used only briefly, as for the hello).
+/// A socket of the connection, owned, and how to wait on it: through the core's epoll set, or through
+/// glommio's io_uring poll if it could not join the set.
 pub(crate) struct Side<'a> {
-    fd: BorrowedFd<'a>,
+    // Declared first: leaves the set before the descriptor closes.
     registration: Option<Registration<'a>>,
+    fd: OwnedFd,
 }
 
 impl<'a> Side<'a> {
-    /// Waits through glommio.
-    pub(crate) fn plain(fd: BorrowedFd<'a>) -> Side<'a> {
-        Side {
-            fd,
-            registration: None,
-        }
-    }
-
-    /// Joins the core's epoll set (until dropped), or waits through glommio if it cannot.
-    fn registered(core: &'a Core, fd: BorrowedFd<'a>) -> Side<'a> {
+    /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
+    pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
         let registration = core.poller().and_then(|p| {
-            p.register(fd)
+            p.register(fd.as_fd())
                 .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
                 .ok()
         });
-        Side { fd, registration }
+        Side { registration, fd }
     }
 
-    async fn readable(&self) -> io::Result<()> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Until readable, at end of stream, or in error (for a listener: a connection is waiting).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
         match &self.registration {
             Some(r) => r.readable().await,
             None => glommio::net::wait_readable(self.fd.as_raw_fd()).await,
         }
     }
 
-    async fn writable(&self) -> io::Result<()> {
+    /// Until there is room to write, or in error (for a connecting socket: the connect ended).
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         match &self.registration {
             Some(r) => r.writable().await,
             None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
@@ -278,9 +275,9 @@ async fn splice_pump(
                     }
                 },
             };
-            match sys::splice(src.fd, pipe.write.as_fd(), SPLICE_CHUNK) {
+            match sys::splice(src.fd(), pipe.write.as_fd(), SPLICE_CHUNK) {
                 Ok(0) => {
-                    let _ = sys::shutdown_write(dst.fd);
+                    let _ = sys::shutdown_write(dst.fd());
                     return Ok(());
                 }
                 Ok(n) => {
@@ -302,7 +299,7 @@ async fn splice_pump(
             pending = 0;
             continue;
         };
-        match sys::splice(pipe.read.as_fd(), dst.fd, pending) {
+        match sys::splice(pipe.read.as_fd(), dst.fd(), pending) {
             Ok(n) => {
                 pending -= n;
                 flow.moved(n);
@@ -326,9 +323,9 @@ async fn buffered_pump(src: &Side<'_>, dst: &Side<'_>, flow: &Flow<'_>) -> Resul
             drained = false;
             src.readable().await.map_err(PumpError::Source)?;
         }
-        let n = match sys::recv(src.fd, &mut buf) {
+        let n = match sys::recv(src.fd(), &mut buf) {
             Ok(0) => {
-                let _ = sys::shutdown_write(dst.fd);
+                let _ = sys::shutdown_write(dst.fd());
                 return Ok(());
             }
             Ok(n) => n,
@@ -350,7 +347,7 @@ async fn buffered_pump(src: &Side<'_>, dst: &Side<'_>, flow: &Flow<'_>) -> Resul
 /// Writes all of `bytes` to a non-blocking socket.
 pub(crate) async fn write_all(dst: &Side<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        match sys::send(dst.fd, bytes) {
+        match sys::send(dst.fd(), bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

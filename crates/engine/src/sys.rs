@@ -24,20 +24,6 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
-/// Puts a socket in non-blocking mode: splice(2) and our recv/send must never block the executor.
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on a valid, borrowed descriptor; no memory is passed.
-    unsafe {
-        let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        check(libc::fcntl(
-            fd.as_raw_fd(),
-            libc::F_SETFL,
-            flags | libc::O_NONBLOCK,
-        ))?;
-    }
-    Ok(())
-}
-
 /// A pipe used as the kernel-side buffer between two sockets.
 #[derive(Debug)]
 pub struct Pipe {
@@ -157,6 +143,28 @@ pub fn listen(
     backlog: u32,
     client_speaks_first: bool,
 ) -> io::Result<glommio::net::TcpListener> {
+    let socket = listen_socket(addr, backlog, client_speaks_first)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Like [`listen`], as a plain non-blocking socket (the gateway accepts with `accept4` on its own
+/// readiness set; glommio's streams each arm a poll and two timers the gateway does not use).
+pub fn listen_raw(
+    addr: SocketAddr,
+    backlog: u32,
+    client_speaks_first: bool,
+) -> io::Result<OwnedFd> {
+    let socket = listen_socket(addr, backlog, client_speaks_first)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn listen_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    client_speaks_first: bool,
+) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -180,8 +188,53 @@ pub fn listen(
         };
     }
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok(socket)
+}
+
+/// Accepts one connection, non-blocking and close-on-exec from the start.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address pointers writes no memory; on success we own the descriptor.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor and nothing else holds it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Starts a non-blocking TCP connect (`TCP_NODELAY` set); the socket turns writable when it completes,
+/// then [`connect_result`] says how.
+pub fn connect_start(addr: SocketAddr) -> io::Result<OwnedFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+/// How a connect started by [`connect_start`] ended, once the socket is writable.
+pub fn connect_result(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match socket2::SockRef::from(&fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The peer's address of a connected socket.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }
 
 /// CPUs this process may run on (its affinity mask), in ascending order.
@@ -274,11 +327,4 @@ pub fn memlock_limit() -> io::Result<u64> {
     // SAFETY: getrlimit writes the struct we own.
     check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
     Ok(lim.rlim_cur)
-}
-
-/// Borrows the descriptor of an object that owns one but implements only `AsRawFd` (glommio's sockets);
-/// the borrow cannot outlive the owner, which keeps the descriptor open.
-pub fn borrow_fd<T: std::os::fd::AsRawFd>(owner: &T) -> BorrowedFd<'_> {
-    // SAFETY: `owner` owns an open descriptor for at least the lifetime of the returned borrow.
-    unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
 }

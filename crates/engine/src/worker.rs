@@ -257,7 +257,7 @@ pub(crate) async fn run(
 
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in &addrs {
-        match sys::listen(addr, backlog, true) {
+        match sys::listen_raw(addr, backlog, true) {
             Ok(l) => listeners.push(l),
             Err(source) => {
                 let _ = ready.send(Err(EngineError::Listen { addr, source }));
@@ -334,11 +334,12 @@ pub(crate) async fn run(
 
 async fn accept_loop(
     core: Rc<Core>,
-    listener: glommio::net::TcpListener,
+    listener: std::os::fd::OwnedFd,
     li: usize,
     global: Rc<Semaphore>,
     per_listener: Option<Rc<Semaphore>>,
 ) {
+    let listener = crate::relay::Side::new(&core, listener);
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         // Take the permits before accepting: over the limit, connections wait in the kernel backlog and
@@ -353,7 +354,19 @@ async fn accept_loop(
             },
             None => None,
         };
-        match listener.accept().await {
+        let accepted = loop {
+            match sys::accept(listener.fd()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = listener.readable().await {
+                        break Err(e);
+                    }
+                }
+                // The client gave up while queued, or a signal: take the next one.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+                other => break other,
+            }
+        };
+        match accepted {
             Ok(stream) => {
                 backoff = MIN_ACCEPT_BACKOFF;
                 let core = core.clone();
@@ -364,7 +377,6 @@ async fn accept_loop(
                 .detach();
             }
             Err(e) => {
-                let e = io::Error::from(e);
                 let stats = core.stats();
                 match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
