@@ -260,25 +260,54 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
 }
 
 /// A backend that accepts and holds connections without reading (for the idle-connection test).
-/// A backend that accepts and holds connections; the counter says how many it holds.
-fn sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
-    let addr = l.local_addr().expect("addr");
-    let held_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = held_count.clone();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming().flatten() {
-            held.push(s);
-            count.store(held.len(), std::sync::atomic::Ordering::Relaxed);
+/// A backend that accepts and holds connections until dropped (the bench runs several idle tests in one
+/// process: held sockets must not pile up against its descriptor limit).
+struct Sink {
+    addr: SocketAddr,
+    held: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = l.local_addr().expect("addr");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, st) = (held.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                if st.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(mut v) = h.lock() {
+                    v.push(s);
+                }
+            }
+        });
+        Sink { addr, held, stop }
+    }
+
+    fn count(&self) -> usize {
+        self.held.lock().map_or(0, |v| v.len())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut v) = self.held.lock() {
+            v.clear();
         }
-    });
-    (addr, held_count)
+        // Wakes the accept loop so it sees the flag and closes the listener.
+        let _ = TcpStream::connect(self.addr);
+    }
 }
 
 /// Resident memory per idle connection: open `n` raw connections that send a ClientHello and wait.
 fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
-    let (backend, held) = sink();
+    let sink = Sink::start();
+    let backend = sink.addr;
     let router = Router::start(
         kind,
         &Spec {
@@ -306,11 +335,10 @@ fn idle_memory(kind: Kind, n: usize) -> Option<(f64, usize)> {
     }
     // Every connection relayed: the backend holds as many as the clients opened (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while held.load(std::sync::atomic::Ordering::Relaxed) < conns.len() && Instant::now() < deadline
-    {
+    while sink.count() < conns.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let relayed = held.load(std::sync::atomic::Ordering::Relaxed);
+    let relayed = sink.count();
     if relayed < conns.len() {
         eprintln!(
             "{}: only {relayed} of {} connections reached the backend",
