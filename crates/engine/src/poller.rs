@@ -285,6 +285,13 @@ mod tests {
             .expect("join");
     }
 
+    /// A poller with its driver running on the current executor.
+    fn driven() -> Rc<Poller> {
+        let poller = Rc::new(Poller::new().expect("epoll"));
+        glommio::spawn_local(poller.clone().drive()).detach();
+        poller
+    }
+
     fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -305,8 +312,7 @@ mod tests {
     #[test]
     fn waits_until_readable_and_writable() {
         on_executor(|| async {
-            let poller = Rc::new(Poller::new().expect("epoll"));
-            glommio::spawn_local(poller.clone().drive()).detach();
+            let poller = driven();
             let (mut client, server) = pair();
             let reg = poller.register(server.as_fd()).expect("register");
             // Nothing sent: not readable.
@@ -324,8 +330,7 @@ mod tests {
     #[test]
     fn a_report_nobody_waits_for_is_kept_and_disarmed() {
         on_executor(|| async {
-            let poller = Rc::new(Poller::new().expect("epoll"));
-            glommio::spawn_local(poller.clone().drive()).detach();
+            let poller = driven();
             let (mut client, server) = pair();
             let reg = poller.register(server.as_fd()).expect("register");
             client.write_all(b"x").expect("write");
@@ -347,8 +352,7 @@ mod tests {
     #[test]
     fn hang_up_wakes_the_reader_and_does_not_spin() {
         on_executor(|| async {
-            let poller = Rc::new(Poller::new().expect("epoll"));
-            glommio::spawn_local(poller.clone().drive()).detach();
+            let poller = driven();
             let (client, server) = pair();
             let reg = poller.register(server.as_fd()).expect("register");
             drop(client);
