@@ -8,9 +8,10 @@
 //!   connection counts, pipe pools and counters are per core. The only cross-core read is one relaxed
 //!   atomic load per connection to notice a new route-table snapshot ([`Engine::install`]).
 //! - Relay: `splice(2)` socket → pipe → socket (pipes pooled per core); a buffered copy where no pipe can
-//!   be made, or when configured. Relayed sockets' readiness comes from one epoll set per core, itself
-//!   waited on through a single io_uring poll (`poller`); accept, connect and the ClientHello wait go
-//!   through glommio directly.
+//!   be made, or when configured.
+//! - Readiness: a core's sockets (listeners, accepted and upstream connections) sit in one epoll set per
+//!   core, itself waited on through a single io_uring poll (`poller`); accept is `accept4` drained while
+//!   the listener is readable, connect is non-blocking. glommio runs the tasks and timers.
 //! - glommio locks memory for io_uring buffers per executor; TCP does not use them, so `io_memory_kib`
 //!   defaults to glommio's minimum (512 KiB) and [`Engine::start`] raises `RLIMIT_MEMLOCK` to fit.
 //!
