@@ -2,12 +2,13 @@
 //! connect upstream (retrying and failing over while nothing has been forwarded), forward the buffered
 //! hello, relay, and write one access-log line.
 
+use crate::cores::within;
 use crate::hook::HookDecision;
-use crate::relay::{self, Outcome, Side};
+use crate::poller::Side;
+use crate::relay::{self, Outcome};
 use crate::stats::End;
 use crate::sys;
 use crate::worker::Core;
-use glommio::timer::Timer;
 use meshgate_route::{EndpointGroup, LbPolicy, Plan, Route};
 use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
 use std::io;
@@ -47,11 +48,12 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
     let mut reader = HelloReader::new(Limits::with_max_hello_bytes(
         settings.max_client_hello_bytes,
     ));
-    let hello = match futures_lite::future::or(read_hello(core, down, &mut reader), async {
-        Timer::new(settings.hello_timeout()).await;
-        Err(HelloFailure::Timeout)
-    })
+    let hello = match within(
+        settings.hello_timeout(),
+        read_hello(core, down, &mut reader),
+    )
     .await
+    .unwrap_or(Err(HelloFailure::Timeout))
     {
         Ok(h) => h,
         Err(failure) => {
@@ -146,12 +148,7 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
 /// Connects to `addr` within `timeout`, waiting on the core's readiness set.
 async fn connect<'c>(core: &'c Core, addr: SocketAddr, timeout: Duration) -> io::Result<Side<'c>> {
     let up = Side::new(core, sys::connect_start(addr)?);
-    let done = futures_lite::future::or(async { Some(up.writable().await) }, async {
-        Timer::new(timeout).await;
-        None
-    })
-    .await;
-    match done {
+    match within(timeout, up.writable()).await {
         None => Err(io::ErrorKind::TimedOut.into()),
         Some(Err(e)) => Err(e),
         Some(Ok(())) => sys::connect_result(up.fd()).map(|()| up),

@@ -81,6 +81,15 @@ pub mod cores {
         Err(CoreError::IoUring { source, hint })
     }
 
+    /// `f`'s output, or `None` once `limit` has passed (on the current executor's timer).
+    pub async fn within<T>(limit: std::time::Duration, f: impl Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(f.await) }, async {
+            glommio::timer::Timer::new(limit).await;
+            None
+        })
+        .await
+    }
+
     /// Where a data plane's executors run: one per worker, pinned round robin to the CPUs this process
     /// may use, each with `io_memory` bytes of glommio io memory.
     #[derive(Debug, Clone)]

@@ -10,9 +10,12 @@
 //! set would repeat it. Hang-up and error cannot be masked, so a socket that reports them with nobody
 //! waiting leaves the set until a pump waits on it again.
 //!
-//! Everything here lives on the core that made it (`Rc`, `RefCell`, never across threads).
+//! [`Side`] is how the rest of the engine holds a socket: the descriptor, its place in the set, and
+//! glommio's own poll as the fallback when the set cannot take it. Everything here lives on the core
+//! that made it (`Rc`, `RefCell`, never across threads).
 
 use crate::sys;
+use crate::worker::Core;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -262,11 +265,52 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// A socket of the connection, owned, and how to wait on it: through the core's epoll set, or through
+/// glommio's io_uring poll if it could not join the set.
+pub(crate) struct Side<'a> {
+    // Declared first: leaves the set before the descriptor closes.
+    registration: Option<Registration<'a>>,
+    fd: OwnedFd,
+}
+
+impl<'a> Side<'a> {
+    /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
+    pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
+        let registration = core.poller().and_then(|p| {
+            p.register(fd.as_fd())
+                .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
+                .ok()
+        });
+        Side { registration, fd }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Until readable, at end of stream, or in error (for a listener: a connection is waiting).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match &self.registration {
+            Some(r) => r.readable().await,
+            None => glommio::net::wait_readable(self.fd.as_raw_fd()).await,
+        }
+    }
+
+    /// Until there is room to write, or in error (for a connecting socket: the connect ended).
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        match &self.registration {
+            Some(r) => r.writable().await,
+            None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
+        }
+    }
+}
+
 // The tests' peers are plain blocking sockets on loopback.
 #[cfg(test)]
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 mod tests {
     use super::*;
+    use crate::cores::within;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
@@ -300,15 +344,6 @@ mod tests {
         (client, server)
     }
 
-    /// Resolves `f`, or `None` after `ms` milliseconds.
-    async fn within<T>(ms: u64, f: impl std::future::Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(f.await) }, async {
-            glommio::timer::Timer::new(Duration::from_millis(ms)).await;
-            None
-        })
-        .await
-    }
-
     #[test]
     fn waits_until_readable_and_writable() {
         on_executor(|| async {
@@ -316,14 +351,20 @@ mod tests {
             let (mut client, server) = pair();
             let reg = poller.register(server.as_fd()).expect("register");
             // Nothing sent: not readable.
-            assert!(within(50, reg.readable()).await.is_none());
+            assert!(within(Duration::from_millis(50), reg.readable())
+                .await
+                .is_none());
             client.write_all(b"ping").expect("write");
-            assert!(within(5_000, reg.readable()).await.is_some());
+            assert!(within(Duration::from_secs(5), reg.readable())
+                .await
+                .is_some());
             let mut buf = [0u8; 4];
             (&server).read_exact(&mut buf).expect("read");
             assert_eq!(&buf, b"ping");
             // An empty send buffer has room.
-            assert!(within(5_000, reg.writable()).await.is_some());
+            assert!(within(Duration::from_secs(5), reg.writable())
+                .await
+                .is_some());
         });
     }
 
@@ -345,7 +386,9 @@ mod tests {
             glommio::timer::Timer::new(Duration::from_millis(50)).await;
             assert!(poller.rounds.get() <= seen + 1, "driver spun");
             // The kept report answers the next wait at once.
-            assert!(within(5_000, reg.readable()).await.is_some());
+            assert!(within(Duration::from_secs(5), reg.readable())
+                .await
+                .is_some());
         });
     }
 
@@ -356,7 +399,9 @@ mod tests {
             let (client, server) = pair();
             let reg = poller.register(server.as_fd()).expect("register");
             drop(client);
-            assert!(within(5_000, reg.readable()).await.is_some());
+            assert!(within(Duration::from_secs(5), reg.readable())
+                .await
+                .is_some());
             let mut buf = [0u8; 8];
             assert_eq!((&server).read(&mut buf).expect("eof"), 0);
             // Also shut our side: hang-up is now reported whatever the interest, and nobody waits.
@@ -370,7 +415,9 @@ mod tests {
                 "driver spun on a hang-up"
             );
             // Waiting again re-joins the set and sees the end at once.
-            assert!(within(5_000, reg.readable()).await.is_some());
+            assert!(within(Duration::from_secs(5), reg.readable())
+                .await
+                .is_some());
             drop(reg);
             assert!(poller.slots.borrow().free.contains(&0));
         });

@@ -3,14 +3,13 @@
 //! Each direction is a pump: wait until the source is readable, move what is there to the destination,
 //! wait until the destination is writable when it is full. With splice the bytes go socket → pipe →
 //! socket and never enter user space; the buffered pump copies through a 16 KiB buffer. Readiness comes
-//! from the core's epoll set (`poller`), or from glommio's io_uring polls for a socket that could not
-//! join it.
+//! from the connection's sockets (`poller::Side`).
 //!
 //! Endings: EOF on one side half-closes the other (FIN is passed on, the other direction keeps going);
 //! a reset or error on one side resets the other promptly (SO_LINGER 0); an idle timeout or the maximum
 //! duration closes both.
 
-use crate::poller::Registration;
+use crate::poller::Side;
 use crate::stats::{Counter, End};
 use crate::sys::{self, Pipe};
 use crate::worker::Core;
@@ -18,7 +17,7 @@ use glommio::timer::Timer;
 use meshgate_config::{GatewaySettings, RelayMode};
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Bytes asked of one splice(2) call: the pipe's capacity.
@@ -180,46 +179,6 @@ async fn watchdog(moved: impl Fn() -> u64, idle: Duration, deadline: Option<Inst
             return End::IdleTimeout;
         }
         last = current;
-    }
-}
-
-/// A socket of the connection, owned, and how to wait on it: through the core's epoll set, or through
-/// glommio's io_uring poll if it could not join the set.
-pub(crate) struct Side<'a> {
-    // Declared first: leaves the set before the descriptor closes.
-    registration: Option<Registration<'a>>,
-    fd: OwnedFd,
-}
-
-impl<'a> Side<'a> {
-    /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
-    pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
-        let registration = core.poller().and_then(|p| {
-            p.register(fd.as_fd())
-                .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
-                .ok()
-        });
-        Side { registration, fd }
-    }
-
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Until readable, at end of stream, or in error (for a listener: a connection is waiting).
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        match &self.registration {
-            Some(r) => r.readable().await,
-            None => glommio::net::wait_readable(self.fd.as_raw_fd()).await,
-        }
-    }
-
-    /// Until there is room to write, or in error (for a connecting socket: the connect ended).
-    pub(crate) async fn writable(&self) -> io::Result<()> {
-        match &self.registration {
-            Some(r) => r.writable().await,
-            None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
-        }
     }
 }
 

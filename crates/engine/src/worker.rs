@@ -339,7 +339,7 @@ async fn accept_loop(
     global: Rc<Semaphore>,
     per_listener: Option<Rc<Semaphore>>,
 ) {
-    let listener = crate::relay::Side::new(&core, listener);
+    let listener = crate::poller::Side::new(&core, listener);
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         // Take the permits before accepting: over the limit, connections wait in the kernel backlog and

@@ -19,12 +19,12 @@ pub mod tls;
 use arc_swap::ArcSwap;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use meshgate_engine::cores::within;
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
 use rustls::pki_types::ServerName;
 use stats::{CoreStats, Inbound, Metrics, Outbound};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -255,15 +255,6 @@ impl Sidecar {
         }
         Ok(())
     }
-}
-
-/// A future's output, or `None` after `limit`.
-async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(f.await) }, async {
-        glommio::timer::Timer::new(limit).await;
-        None
-    })
-    .await
 }
 
 /// An accept loop; dropping it stops accepting and closes the socket.
