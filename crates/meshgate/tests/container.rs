@@ -14,7 +14,6 @@ use common::{http_get, in_ns, is_root, meshgate_ok, Proc, TempDir, TD};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -172,32 +171,11 @@ fn dockerfile_matches_the_repository() {
 
 #[test]
 fn image_default_command_routes_a_mounted_catalog() {
-    if std::env::var_os("MESHGATE_SKIP_NETNS").is_some() {
-        eprintln!("MESHGATE_SKIP_NETNS set: skipping (the image's command binds all interfaces)");
+    if common::skip_netns(&["ip"]) {
         return;
     }
-    assert!(
-        is_root(),
-        "needs root for a network namespace; set MESHGATE_SKIP_NETNS=1 to skip"
-    );
-    let ns = format!("mg{}-image", std::process::id() % 100_000);
-    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-    for args in [
-        vec!["netns", "add", &ns],
-        vec!["-n", &ns, "link", "set", "lo", "up"],
-    ] {
-        assert!(Command::new("ip")
-            .args(&args)
-            .status()
-            .is_ok_and(|s| s.success()));
-    }
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
+    let netns = common::Netns::new(format!("mg{}-image", std::process::id() % 100_000));
+    let ns = netns.name.clone();
 
     let root = TempDir::new("image-root");
     let argv = image_command(&root.0);
@@ -225,13 +203,16 @@ fn image_default_command_routes_a_mounted_catalog() {
     let _dump = common::DumpOnPanic::new(&[&gw]);
     let routed = {
         let name = name.clone();
+        let route = name.clone();
+        common::wait_admin(
+            &ns,
+            "127.0.0.1:19000",
+            "/routes",
+            "a route for api",
+            move |r| r.contains(&route),
+        );
         in_ns(&ns, move || {
             let admin = "127.0.0.1:19000".parse().expect("addr");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !http_get(admin, "/routes").is_some_and(|r| r.contains(&name)) {
-                assert!(Instant::now() < deadline, "no route for {name}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
             assert_eq!(http_get(admin, "/ready").as_deref(), Some("ready\n"));
             let client = pki.client_config(&["h2"]).expect("client");
             meshgate_tlskit::hello("127.0.0.1:8443".parse().expect("addr"), &name, client)

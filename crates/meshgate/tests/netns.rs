@@ -14,49 +14,35 @@
 mod common;
 
 use common::{
-    http_get, in_ns, issue_leaf, meshgate_ok, metric, serve_lines, sidecar_toml, Proc, TD,
+    in_ns, issue_leaf, meshgate_ok, metric, serve_lines, sh, sidecar_toml, wait_admin, Netns, Proc,
+    TD,
 };
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(15);
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+const WAIT: Duration = common::NETNS_WAIT;
 
 /// The namespaces and links; removed on drop (deleting a namespace removes its interfaces).
 struct Topology {
     dc1: String,
     dc2: String,
     wan: String,
+    _spaces: [Netns; 3],
 }
 
 impl Topology {
     fn build() -> Topology {
         let id = std::process::id() % 100_000;
+        let spaces = ["dc1", "dc2", "wan"].map(|n| Netns::new(format!("mg{id}-{n}")));
         let t = Topology {
-            dc1: format!("mg{id}-dc1"),
-            dc2: format!("mg{id}-dc2"),
-            wan: format!("mg{id}-wan"),
+            dc1: spaces[0].name.clone(),
+            dc2: spaces[1].name.clone(),
+            wan: spaces[2].name.clone(),
+            _spaces: spaces,
         };
-        for ns in [&t.dc1, &t.dc2, &t.wan] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         sh(&["ip", "-n", &t.wan, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &t.wan, "link", "set", "br0", "up"]);
         for (ns, leg, wan_ip, lan_ips) in [
@@ -92,14 +78,6 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.dc1, &self.dc2, &self.wan] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
 /// Starts a long-lived thread inside `ns`.
 fn spawn_in_ns(ns: &str, f: impl FnOnce() + Send + 'static) {
     let path = format!("/var/run/netns/{ns}");
@@ -108,40 +86,6 @@ fn spawn_in_ns(ns: &str, f: impl FnOnce() + Send + 'static) {
         nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         f()
     });
-}
-
-/// Polls an admin endpoint inside `ns` until `ok` accepts its body; returns it.
-fn wait_admin(
-    ns: &str,
-    admin: &str,
-    path: &str,
-    what: &str,
-    ok: impl Fn(&str) -> bool + Send + 'static,
-) -> String {
-    let (ns, admin, path, what) = (
-        ns.to_owned(),
-        admin.to_owned(),
-        path.to_owned(),
-        what.to_owned(),
-    );
-    in_ns(&ns.clone(), move || {
-        let addr: SocketAddr = admin.parse().expect("admin address");
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        loop {
-            if let Some(body) = http_get(addr, &path) {
-                if ok(&body) {
-                    return body;
-                }
-                last = Some(body);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{ns} {admin}{path}: never {what}; last: {last:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
 }
 
 /// The web application: one request through a web sidecar upstream port; the answer, or None when the
@@ -280,30 +224,9 @@ fn gateway_hcl(lan: &str, wan: &str) -> String {
     )
 }
 
-fn skip() -> bool {
-    if std::env::var_os("MESHGATE_SKIP_NETNS").is_some() {
-        eprintln!("MESHGATE_SKIP_NETNS set: skipping the namespace tests");
-        return true;
-    }
-    // Say plainly what is missing instead of failing on the first `ip` call.
-    assert!(
-        common::is_root(),
-        "the namespace tests need root (CI runs as root); set MESHGATE_SKIP_NETNS=1 to skip them"
-    );
-    for tool in ["ip", "tcpdump"] {
-        let found = Command::new(tool).arg("-V").output().is_ok()
-            || Command::new(tool).arg("--version").output().is_ok();
-        assert!(
-            found,
-            "the namespace tests need `{tool}` (apt-get install iproute2 tcpdump; .ci/run does); set MESHGATE_SKIP_NETNS=1 to skip them"
-        );
-    }
-    false
-}
-
 #[test]
 fn cross_datacenter_mesh_in_namespaces() {
-    if skip() {
+    if common::skip_netns(&["ip", "tcpdump"]) {
         return;
     }
     let files = Files {

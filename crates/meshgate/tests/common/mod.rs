@@ -544,3 +544,98 @@ pub fn is_root() -> bool {
             == Some("0")
     })
 }
+
+/// How long the namespace tests wait for a process inside a namespace to get somewhere.
+pub const NETNS_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs a command (`args[0]` with the rest) and requires success; its stderr is the failure message.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// True when the namespace tests should not run (`MESHGATE_SKIP_NETNS` set); otherwise requires root and
+/// each of `tools`, saying plainly what is missing instead of failing on the first `ip` call.
+pub fn skip_netns(tools: &[&str]) -> bool {
+    if std::env::var_os("MESHGATE_SKIP_NETNS").is_some() {
+        eprintln!("MESHGATE_SKIP_NETNS set: skipping the namespace tests");
+        return true;
+    }
+    assert!(
+        is_root(),
+        "the namespace tests need root (CI runs as root); set MESHGATE_SKIP_NETNS=1 to skip them"
+    );
+    for tool in tools {
+        let found = Command::new(tool).arg("-V").output().is_ok()
+            || Command::new(tool).arg("--version").output().is_ok();
+        assert!(
+            found,
+            "the namespace tests need `{tool}` (apt-get install iproute2 tcpdump; .ci/run does); set MESHGATE_SKIP_NETNS=1 to skip them"
+        );
+    }
+    false
+}
+
+/// A network namespace with its loopback up, made by the test (a stale one of the same name is
+/// replaced) and deleted on drop, which removes its interfaces too.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Polls an admin endpoint inside `ns` until `ok` accepts its body (at most [`NETNS_WAIT`]); returns it.
+pub fn wait_admin(
+    ns: &str,
+    admin: &str,
+    path: &str,
+    what: &str,
+    ok: impl Fn(&str) -> bool + Send + 'static,
+) -> String {
+    let (ns, admin, path, what) = (
+        ns.to_owned(),
+        admin.to_owned(),
+        path.to_owned(),
+        what.to_owned(),
+    );
+    in_ns(&ns.clone(), move || {
+        let addr: SocketAddr = admin.parse().expect("admin address");
+        let deadline = Instant::now() + NETNS_WAIT;
+        let mut last = None;
+        loop {
+            if let Some(body) = http_get(addr, &path) {
+                if ok(&body) {
+                    return body;
+                }
+                last = Some(body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ns} {admin}{path}: never {what}; last: {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
