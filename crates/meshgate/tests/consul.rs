@@ -23,15 +23,8 @@ fn consul_binary() -> PathBuf {
     let tools = root.join("target/tools");
     let bin = tools.join("consul");
     if !bin.exists() {
-        let out = std::process::Command::new(root.join("scripts/install-consul.sh"))
-            .arg(&tools)
-            .output()
-            .expect("run scripts/install-consul.sh");
-        assert!(
-            out.status.success(),
-            "installing consul failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let script = root.join("scripts/install-consul.sh");
+        common::sh(&[&script.display().to_string(), &tools.display().to_string()]);
     }
     bin
 }

@@ -424,16 +424,9 @@ pub fn metric(body: &str, family: &str, filters: &[&str]) -> u64 {
 
 /// Runs `meshgate ARGS` to completion and requires success; its stdout.
 pub fn meshgate_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .args(args)
-        .output()
-        .expect("run meshgate");
-    assert!(
-        out.status.success(),
-        "meshgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut argv = vec![env!("CARGO_BIN_EXE_meshgate")];
+    argv.extend_from_slice(args);
+    sh(&argv)
 }
 
 /// `meshgate ca issue`: a leaf for `service` in `datacenter` from the authority in `ca`, into `out`.
@@ -548,8 +541,9 @@ pub fn is_root() -> bool {
 /// How long the namespace tests wait for a process inside a namespace to get somewhere.
 pub const NETNS_WAIT: Duration = Duration::from_secs(15);
 
-/// Runs a command (`args[0]` with the rest) and requires success; its stderr is the failure message.
-pub fn sh(args: &[&str]) {
+/// Runs a command (`args[0]` with the rest) and requires success (its stderr is the failure message);
+/// its stdout.
+pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -559,6 +553,7 @@ pub fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// True when the namespace tests should not run (`MESHGATE_SKIP_NETNS` set); otherwise requires root and
