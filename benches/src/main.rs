@@ -191,13 +191,14 @@ fn new_connections(
     seconds: f64,
 ) -> Sample {
     let addr = router.addr;
+    let probe = router.probe();
     drive(router, clients, seconds, |_| {
         let client = client.clone();
         Box::new(
             move || match meshgate_tlskit::hello(addr, SNI, client.clone()) {
                 Ok(_) => true,
                 Err(e) => {
-                    eprintln!("connection failed: {e}");
+                    eprintln!("connection failed: {e}; router: {}", probe.describe());
                     false
                 }
             },
@@ -208,10 +209,24 @@ fn new_connections(
 /// Persistent TLS connections doing 64-byte request/response round trips.
 fn keep_alive(router: &Router, client: &Arc<ClientConfig>, clients: usize, seconds: f64) -> Sample {
     let addr = router.addr;
+    let probe = router.probe();
     drive(router, clients, seconds, |_| {
-        let mut tls =
-            meshgate_tlskit::connect(addr, SNI, client.clone()).expect("keep-alive connect");
-        tls.write_all(b"ECHO\n").expect("echo");
+        // A connection that cannot be set up is reported and its client measures nothing (a panic here
+        // would end the whole run).
+        let tls = meshgate_tlskit::connect(addr, SNI, client.clone()).and_then(|mut tls| {
+            tls.write_all(b"ECHO\n")?;
+            Ok(tls)
+        });
+        let mut tls = match tls {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!(
+                    "keep-alive connection failed: {e}; router: {}",
+                    probe.describe()
+                );
+                return Box::new(|| false);
+            }
+        };
         let req = [b'x'; 64];
         let mut resp = [0u8; 64];
         Box::new(move || tls.write_all(&req).is_ok() && tls.read_exact(&mut resp).is_ok())

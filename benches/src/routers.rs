@@ -49,6 +49,83 @@ pub struct Router {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+}
+
+/// What can be asked of a running router from a client thread when an operation fails: its counters
+/// (meshgate's admin endpoint) and what its threads are blocked in.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    pid: Option<u32>,
+}
+
+impl Probe {
+    /// One line: meshgate's connection counters, who listens on the router's port, and each of the
+    /// router's threads with its state and kernel wait channel.
+    pub fn describe(self) -> String {
+        let mut out = String::new();
+        if let Some(admin) = self.admin {
+            let body = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+                    let mut body = String::new();
+                    std::io::Read::read_to_string(&mut s, &mut body)?;
+                    Ok(body)
+                })
+                .unwrap_or_else(|e| format!("metrics unavailable: {e}"));
+            for line in body.lines().filter(|l| {
+                [
+                    "meshgate_downstream_connections_",
+                    "meshgate_client_hello_total",
+                    "meshgate_upstream_connect_",
+                    "meshgate_connections_closed_total",
+                    "meshgate_accept_",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            }) {
+                let _ = write!(out, "{line}; ");
+            }
+        }
+        // Every process listening on the router's port (SO_REUSEPORT lets several share one).
+        if let Ok(o) = Command::new("ss")
+            .args(["-Hltnp", &format!("sport = :{}", self.listen.port())])
+            .output()
+        {
+            let _ = write!(
+                out,
+                "listening: {} ",
+                String::from_utf8_lossy(&o.stdout).trim()
+            );
+        }
+        if let Some(pid) = self.pid {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten();
+            for t in tasks.flatten() {
+                let path = t.path();
+                let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
+                let stat = read("stat");
+                let state = stat
+                    .rsplit(") ")
+                    .next()
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("?")
+                    .to_owned();
+                let _ = write!(
+                    out,
+                    "[{} {} {}] ",
+                    read("comm").trim(),
+                    state,
+                    read("wchan").trim()
+                );
+            }
+        }
+        out
+    }
 }
 
 impl Drop for Router {
@@ -107,6 +184,7 @@ impl Router {
             addr: backend,
             child: None,
             dir: None,
+            admin: None,
         }
     }
 
@@ -239,6 +317,7 @@ impl Router {
             addr: listen,
             child: Some(child),
             dir: Some(dir),
+            admin: ready_probe,
         };
         // Large route tables take a while to parse: allow a second per 10k routes on top.
         let deadline =
@@ -269,6 +348,15 @@ impl Router {
             std::thread::sleep(Duration::from_millis(20));
         }
         router
+    }
+
+    /// How to look inside the router when something fails.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            listen: self.addr,
+            admin: self.admin,
+            pid: self.child.as_ref().map(Child::id),
+        }
     }
 
     /// PIDs of the router's processes (parent and workers).
