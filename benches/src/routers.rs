@@ -102,6 +102,29 @@ impl Probe {
             );
         }
         if let Some(pid) = self.pid {
+            // Each epoll set of the router: the descriptors in it and the events each is armed for.
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+                .into_iter()
+                .flatten();
+            for f in fds.flatten() {
+                let info = std::fs::read_to_string(f.path()).unwrap_or_default();
+                let items: Vec<String> = info
+                    .lines()
+                    .filter(|l| l.starts_with("tfd:"))
+                    .map(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        format!("{}:{}", w.get(1).unwrap_or(&"?"), w.get(3).unwrap_or(&"?"))
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    let _ = write!(
+                        out,
+                        "epoll fd {} (fd:events) {} ",
+                        f.file_name().to_string_lossy(),
+                        items.join(",")
+                    );
+                }
+            }
             let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
                 .into_iter()
                 .flatten();
