@@ -253,7 +253,7 @@ impl Router {
                 Command::new(meshgate_bin())
                     .args(["gateway", "--config"])
                     .arg(&config)
-                    .env("MESHGATE_LOG", "error")
+                    .env("MESHGATE_LOG", "warn")
                     .stdin(Stdio::null())
                     .spawn()
                     .unwrap_or_else(|e| {

@@ -296,6 +296,9 @@ pub(crate) async fn run(
     let mut ticks = 0u32;
     while !shared.shutdown.load(Ordering::Relaxed) {
         Timer::new(TICK).await;
+        if let Some(p) = &core.poller {
+            p.check_driver();
+        }
         ticks += 1;
         if ticks % PUBLISH_EVERY_TICKS == 0 {
             core.publish_labelled();
