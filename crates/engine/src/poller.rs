@@ -42,8 +42,6 @@ struct Slot {
     /// A report arrived since the last wait: the next wait (or the woken one) returns at once.
     read_ready: bool,
     write_ready: bool,
-    /// An error or hang-up was reported (a connect that failed says so this way).
-    failed: bool,
 }
 
 #[derive(Default)]
@@ -59,11 +57,6 @@ pub(crate) struct Poller {
     /// Wake-ups of the driver that found reports (for tests: a socket nobody waits on must not make
     /// the driver spin).
     rounds: std::cell::Cell<u64>,
-    /// Times [`Poller::check_driver`] handed out reports the driver had left for two ticks.
-    rescued: std::cell::Cell<u64>,
-    /// The driver's `rounds` at the last tick, and whether that tick already found reports waiting.
-    seen_rounds: std::cell::Cell<u64>,
-    suspect: std::cell::Cell<bool>,
 }
 
 fn token(index: u32, generation: u32) -> u64 {
@@ -76,16 +69,12 @@ impl Poller {
             epoll: sys::epoll_create()?,
             slots: RefCell::new(Slots::default()),
             rounds: std::cell::Cell::new(0),
-            rescued: std::cell::Cell::new(0),
-            seen_rounds: std::cell::Cell::new(0),
-            suspect: std::cell::Cell::new(false),
         })
     }
 
-    /// Adds `fd` to the set with a first `interest` (reading; a connecting socket also writing, which
-    /// saves arming it in a second call); it leaves the set when the registration drops, which must
-    /// happen before `fd` is closed.
-    fn register(&self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<Registration<'_>> {
+    /// Adds `fd` to the set, interested in reading; it leaves the set when the registration drops, which
+    /// must happen before `fd` is closed.
+    pub(crate) fn register(&self, fd: BorrowedFd<'_>) -> io::Result<Registration<'_>> {
         let mut slots = self.slots.borrow_mut();
         let index = match slots.free.pop() {
             Some(i) => i,
@@ -108,11 +97,11 @@ impl Poller {
             self.epoll.as_fd(),
             libc::EPOLL_CTL_ADD,
             fd.as_raw_fd(),
-            interest,
+            IN,
             token(index, generation),
         );
         match added {
-            Ok(()) => slot.interest = Some(interest),
+            Ok(()) => slot.interest = Some(IN),
             Err(e) => {
                 slots.free.push(index);
                 return Err(e);
@@ -165,55 +154,15 @@ impl Poller {
         Poll::Pending
     }
 
-    /// Frees the slot; takes the socket out of the set unless `closing` (closing the socket's last
-    /// descriptor removes it from the set anyway: the engine never shares or forks its sockets).
-    fn unregister(&self, index: u32, closing: bool) {
+    fn unregister(&self, index: u32) {
         let mut slots = self.slots.borrow_mut();
         if let Some(slot) = slots.all.get_mut(index as usize) {
-            if slot.interest.take().is_some() && !closing {
+            if slot.interest.take().is_some() {
                 let _ = sys::epoll_ctl(self.epoll.as_fd(), libc::EPOLL_CTL_DEL, slot.fd, 0, 0);
             }
             slot.reader = None;
             slot.writer = None;
             slots.free.push(index);
-        }
-    }
-
-    /// The core's safety net, called on its 50 ms tick. If the driver has not run since the last tick
-    /// although the set has reports, and the same holds on the next tick, the reports are handed out
-    /// here. A stress run showed a core whose set held ready sockets (its listener's queue growing)
-    /// while the io_uring wait on the set never completed; with this, such a lost wake-up costs at most
-    /// two ticks instead of stalling the core. A busy core costs nothing here (the driver ran, no
-    /// system call); an idle one costs one `epoll_wait` per tick. Rescues are counted and logged.
-    pub(crate) fn check_driver(&self) {
-        let rounds = self.rounds.get();
-        if self.seen_rounds.replace(rounds) != rounds {
-            self.suspect.set(false);
-            return;
-        }
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        let n = sys::epoll_poll(self.epoll.as_fd(), &mut events).unwrap_or(0);
-        // Level-triggered: looking does not consume anything; the reports stay for the driver.
-        if n == 0 || !self.suspect.replace(true) {
-            if n == 0 {
-                self.suspect.set(false);
-            }
-            return;
-        }
-        self.suspect.set(false);
-        let mut wake = Vec::new();
-        self.dispatch(&events[..n], &mut wake);
-        for w in wake {
-            w.wake();
-        }
-        let rescues = self.rescued.get() + 1;
-        self.rescued.set(rescues);
-        if rescues == 1 || rescues % 100 == 0 {
-            tracing::warn!(
-                reports = n,
-                rescues,
-                "the core's io_uring wait missed ready sockets for two ticks; handed them out on the tick"
-            );
         }
     }
 
@@ -258,9 +207,6 @@ impl Poller {
                 continue;
             };
             let mut keep = interest;
-            if mask & HANGUP != 0 {
-                slot.failed = true;
-            }
             // The flag is what the woken wait finds when it is polled again.
             if mask & (IN | HANGUP) != 0 {
                 slot.read_ready = true;
@@ -311,29 +257,18 @@ impl Registration<'_> {
     pub(crate) async fn writable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poller.poll_ready(self.index, false, cx)).await
     }
-
-    /// Whether the set has reported an error or hang-up on the socket.
-    fn failed(&self) -> bool {
-        let slots = self.poller.slots.borrow();
-        slots.all.get(self.index as usize).is_none_or(|s| s.failed)
-    }
-
-    /// Frees the slot without an `epoll_ctl`: for a socket whose only descriptor closes next.
-    fn release_before_close(self) {
-        self.poller.unregister(self.index, true);
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.poller.unregister(self.index, false);
+        self.poller.unregister(self.index);
     }
 }
 
 /// A socket of the connection, owned, and how to wait on it: through the core's epoll set, or through
 /// glommio's io_uring poll if it could not join the set.
 pub(crate) struct Side<'a> {
+    // Declared first: leaves the set before the descriptor closes.
     registration: Option<Registration<'a>>,
     fd: OwnedFd,
 }
@@ -341,18 +276,8 @@ pub(crate) struct Side<'a> {
 impl<'a> Side<'a> {
     /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
     pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
-        Self::with_interest(core, fd, IN)
-    }
-
-    /// A socket whose non-blocking connect is under way: joins the set waiting for reading and
-    /// writing (writable = the connect ended).
-    pub(crate) fn connecting(core: &'a Core, fd: OwnedFd) -> Side<'a> {
-        Self::with_interest(core, fd, IN | OUT)
-    }
-
-    fn with_interest(core: &'a Core, fd: OwnedFd, interest: u32) -> Side<'a> {
         let registration = core.poller().and_then(|p| {
-            p.register(fd.as_fd(), interest)
+            p.register(fd.as_fd())
                 .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
                 .ok()
         });
@@ -376,21 +301,6 @@ impl<'a> Side<'a> {
         match &self.registration {
             Some(r) => r.writable().await,
             None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
-        }
-    }
-
-    /// False only when the socket is known not to have reported an error or hang-up; a connect that
-    /// became writable without one succeeded, and needs no `SO_ERROR` query.
-    pub(crate) fn may_have_failed(&self) -> bool {
-        self.registration.as_ref().is_none_or(Registration::failed)
-    }
-}
-
-impl Drop for Side<'_> {
-    fn drop(&mut self) {
-        // `fd` closes right after this (fields drop after `drop`), which takes it out of the set.
-        if let Some(r) = self.registration.take() {
-            r.release_before_close();
         }
     }
 }
@@ -439,7 +349,7 @@ mod tests {
         on_executor(|| async {
             let poller = driven();
             let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd(), IN).expect("register");
+            let reg = poller.register(server.as_fd()).expect("register");
             // Nothing sent: not readable.
             assert!(within(Duration::from_millis(50), reg.readable())
                 .await
@@ -459,87 +369,11 @@ mod tests {
     }
 
     #[test]
-    fn the_tick_hands_out_reports_the_driver_missed() {
-        on_executor(|| async {
-            // No driver task: as if the io_uring wait on the set never completed.
-            let poller = Rc::new(Poller::new().expect("epoll"));
-            let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd(), IN).expect("register");
-            client.write_all(b"x").expect("write");
-            let mut waiting = std::pin::pin!(reg.readable());
-            assert!(futures_lite::future::poll_once(waiting.as_mut())
-                .await
-                .is_none());
-            // One tick with reports waiting is only suspicious; the second hands them out.
-            poller.check_driver();
-            assert!(futures_lite::future::poll_once(waiting.as_mut())
-                .await
-                .is_none());
-            poller.check_driver();
-            assert!(within(Duration::from_secs(5), waiting).await.is_some());
-            assert_eq!(poller.rescued.get(), 1);
-        });
-    }
-
-    #[test]
-    fn a_busy_driver_is_not_second_guessed() {
-        on_executor(|| async {
-            let poller = driven();
-            let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd(), IN).expect("register");
-            for _ in 0..3 {
-                client.write_all(b"x").expect("write");
-                assert!(within(Duration::from_secs(5), reg.readable())
-                    .await
-                    .is_some());
-                let mut buf = [0u8; 1];
-                (&server).read_exact(&mut buf).expect("read");
-                poller.check_driver();
-            }
-            assert_eq!(poller.rescued.get(), 0);
-        });
-    }
-
-    #[test]
-    fn a_connect_reports_failure_only_when_it_failed() {
-        on_executor(|| async {
-            let poller = driven();
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            let open = listener.local_addr().expect("addr");
-            let ok = sys::connect_start(open).expect("connect");
-            let reg = poller.register(ok.as_fd(), IN | OUT).expect("register");
-            assert!(within(Duration::from_secs(5), reg.writable())
-                .await
-                .is_some());
-            assert!(!reg.failed(), "a connect that succeeded reported a failure");
-            drop(reg);
-            // Nobody listens on this port any more: the connect is refused.
-            drop(listener);
-            let refused = match sys::connect_start(open) {
-                Ok(fd) => fd,
-                // Refused within the call (the kernel may finish a loopback handshake inline).
-                Err(e) => {
-                    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED));
-                    return;
-                }
-            };
-            let reg = poller
-                .register(refused.as_fd(), IN | OUT)
-                .expect("register");
-            assert!(within(Duration::from_secs(5), reg.writable())
-                .await
-                .is_some());
-            assert!(reg.failed(), "a refused connect reported no failure");
-            assert!(sys::connect_result(refused.as_fd()).is_err());
-        });
-    }
-
-    #[test]
     fn a_report_nobody_waits_for_is_kept_and_disarmed() {
         on_executor(|| async {
             let poller = driven();
             let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd(), IN).expect("register");
+            let reg = poller.register(server.as_fd()).expect("register");
             client.write_all(b"x").expect("write");
             // Let the driver see the report while no one waits.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -563,7 +397,7 @@ mod tests {
         on_executor(|| async {
             let poller = driven();
             let (client, server) = pair();
-            let reg = poller.register(server.as_fd(), IN).expect("register");
+            let reg = poller.register(server.as_fd()).expect("register");
             drop(client);
             assert!(within(Duration::from_secs(5), reg.readable())
                 .await

@@ -296,9 +296,6 @@ pub(crate) async fn run(
     let mut ticks = 0u32;
     while !shared.shutdown.load(Ordering::Relaxed) {
         Timer::new(TICK).await;
-        if let Some(p) = &core.poller {
-            p.check_driver();
-        }
         ticks += 1;
         if ticks % PUBLISH_EVERY_TICKS == 0 {
             core.publish_labelled();
@@ -370,11 +367,11 @@ async fn accept_loop(
             }
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok(stream) => {
                 backoff = MIN_ACCEPT_BACKOFF;
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    crate::conn::handle(&core, stream, peer, li).await;
+                    crate::conn::handle(&core, stream, li).await;
                     drop((global_permit, listener_permit));
                 })
                 .detach();
