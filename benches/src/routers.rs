@@ -4,7 +4,7 @@
 //! tree (nginx and HAProxy fork workers).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -67,14 +67,7 @@ impl Probe {
     pub fn describe(self) -> String {
         let mut out = String::new();
         if let Some(admin) = self.admin {
-            let body = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")?;
-                    let mut body = String::new();
-                    std::io::Read::read_to_string(&mut s, &mut body)?;
-                    Ok(body)
-                })
+            let body = admin_get(admin, "/metrics")
                 .unwrap_or_else(|e| format!("metrics unavailable: {e}"));
             for line in body.lines().filter(|l| {
                 [
@@ -149,6 +142,16 @@ impl Probe {
         }
         out
     }
+}
+
+/// One request to meshgate's admin endpoint; the whole response, status line first (bounded waits).
+fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut s, &mut response)?;
+    Ok(response)
 }
 
 impl Drop for Router {
@@ -347,14 +350,8 @@ impl Router {
             Instant::now() + Duration::from_secs(20 + (spec.extra_routes / 10_000) as u64);
         loop {
             let ready = match ready_probe {
-                Some(admin) => std::net::TcpStream::connect(admin)
-                    .and_then(|mut s| {
-                        s.write_all(b"GET /ready HTTP/1.1\r\n\r\n")?;
-                        let mut line = String::new();
-                        BufReader::new(s).read_line(&mut line)?;
-                        Ok(line.contains(" 200 "))
-                    })
-                    .unwrap_or(false),
+                Some(admin) => admin_get(admin, "/ready")
+                    .is_ok_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200 "))),
                 None => std::net::TcpStream::connect(listen).is_ok(),
             };
             if ready {
