@@ -1321,19 +1321,25 @@ impl LocalExecutor {
     }
 
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
+        // meshgate patch: upstream checked for preemption before the first queue and returned
+        // `false` when preempted, which the caller reads as "nothing to run" and parks on. A
+        // latency-ring completion (the preemption timer) landing between the caller's ring poll and
+        // that check parked the executor with runnable tasks and nothing armed to wake it: it slept
+        // for good. The rings were polled just before this call, so one queue always runs first.
+        // See vendor/README.md.
+        self.reactor.sys.install_eventfd();
+        if !self.run_one_task_queue() {
+            return false;
+        }
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1373,7 +1379,9 @@ impl LocalExecutor {
             let mut tasks_executed_this_loop = 0;
             loop {
                 let mut queue_ref = queue.borrow_mut();
-                if self.need_preempt() || queue_ref.yielded() {
+                // meshgate patch: the first task runs whatever the preemption state (see
+                // `run_task_queues`): a turn always makes progress.
+                if (tasks_executed_this_loop > 0 && self.need_preempt()) || queue_ref.yielded() {
                     break;
                 }
 
