@@ -25,13 +25,12 @@ enum HelloFailure {
 }
 
 /// Serves one accepted connection on listener `li`.
-pub(crate) async fn handle(core: &Core, down: OwnedFd, li: usize) {
+pub(crate) async fn handle(core: &Core, down: OwnedFd, peer: Option<SocketAddr>, li: usize) {
     let stats = core.stats();
     stats.listeners[li].accepted.inc();
     stats.listeners[li].active.inc();
     core.live.set(core.live.get() + 1);
     let started = Instant::now();
-    let peer = sys::peer_addr(std::os::fd::AsFd::as_fd(&down));
     let down = Side::new(core, down);
     let end = serve(core, &down, peer, started).await;
     stats.end(end);
@@ -147,11 +146,13 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
 
 /// Connects to `addr` within `timeout`, waiting on the core's readiness set.
 async fn connect<'c>(core: &'c Core, addr: SocketAddr, timeout: Duration) -> io::Result<Side<'c>> {
-    let up = Side::new(core, sys::connect_start(addr)?);
+    let up = Side::connecting(core, sys::connect_start(addr)?);
     match within(timeout, up.writable()).await {
         None => Err(io::ErrorKind::TimedOut.into()),
         Some(Err(e)) => Err(e),
-        Some(Ok(())) => sys::connect_result(up.fd()).map(|()| up),
+        // A failed connect is reported as an error or hang-up; only then ask the socket which.
+        Some(Ok(())) if up.may_have_failed() => sys::connect_result(up.fd()).map(|()| up),
+        Some(Ok(())) => Ok(up),
     }
 }
 

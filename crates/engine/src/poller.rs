@@ -42,6 +42,8 @@ struct Slot {
     /// A report arrived since the last wait: the next wait (or the woken one) returns at once.
     read_ready: bool,
     write_ready: bool,
+    /// An error or hang-up was reported (a connect that failed says so this way).
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -72,9 +74,10 @@ impl Poller {
         })
     }
 
-    /// Adds `fd` to the set, interested in reading; it leaves the set when the registration drops, which
-    /// must happen before `fd` is closed.
-    pub(crate) fn register(&self, fd: BorrowedFd<'_>) -> io::Result<Registration<'_>> {
+    /// Adds `fd` to the set with a first `interest` (reading; a connecting socket also writing, which
+    /// saves arming it in a second call); it leaves the set when the registration drops, which must
+    /// happen before `fd` is closed.
+    fn register(&self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<Registration<'_>> {
         let mut slots = self.slots.borrow_mut();
         let index = match slots.free.pop() {
             Some(i) => i,
@@ -97,11 +100,11 @@ impl Poller {
             self.epoll.as_fd(),
             libc::EPOLL_CTL_ADD,
             fd.as_raw_fd(),
-            IN,
+            interest,
             token(index, generation),
         );
         match added {
-            Ok(()) => slot.interest = Some(IN),
+            Ok(()) => slot.interest = Some(interest),
             Err(e) => {
                 slots.free.push(index);
                 return Err(e);
@@ -154,10 +157,12 @@ impl Poller {
         Poll::Pending
     }
 
-    fn unregister(&self, index: u32) {
+    /// Frees the slot; takes the socket out of the set unless `closing` (closing the socket's last
+    /// descriptor removes it from the set anyway: the engine never shares or forks its sockets).
+    fn unregister(&self, index: u32, closing: bool) {
         let mut slots = self.slots.borrow_mut();
         if let Some(slot) = slots.all.get_mut(index as usize) {
-            if slot.interest.take().is_some() {
+            if slot.interest.take().is_some() && !closing {
                 let _ = sys::epoll_ctl(self.epoll.as_fd(), libc::EPOLL_CTL_DEL, slot.fd, 0, 0);
             }
             slot.reader = None;
@@ -207,6 +212,9 @@ impl Poller {
                 continue;
             };
             let mut keep = interest;
+            if mask & HANGUP != 0 {
+                slot.failed = true;
+            }
             // The flag is what the woken wait finds when it is polled again.
             if mask & (IN | HANGUP) != 0 {
                 slot.read_ready = true;
@@ -257,18 +265,29 @@ impl Registration<'_> {
     pub(crate) async fn writable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poller.poll_ready(self.index, false, cx)).await
     }
+
+    /// Whether the set has reported an error or hang-up on the socket.
+    fn failed(&self) -> bool {
+        let slots = self.poller.slots.borrow();
+        slots.all.get(self.index as usize).is_none_or(|s| s.failed)
+    }
+
+    /// Frees the slot without an `epoll_ctl`: for a socket whose only descriptor closes next.
+    fn release_before_close(self) {
+        self.poller.unregister(self.index, true);
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.poller.unregister(self.index);
+        self.poller.unregister(self.index, false);
     }
 }
 
 /// A socket of the connection, owned, and how to wait on it: through the core's epoll set, or through
 /// glommio's io_uring poll if it could not join the set.
 pub(crate) struct Side<'a> {
-    // Declared first: leaves the set before the descriptor closes.
     registration: Option<Registration<'a>>,
     fd: OwnedFd,
 }
@@ -276,8 +295,18 @@ pub(crate) struct Side<'a> {
 impl<'a> Side<'a> {
     /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
     pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
+        Self::with_interest(core, fd, IN)
+    }
+
+    /// A socket whose non-blocking connect is under way: joins the set waiting for reading and
+    /// writing (writable = the connect ended).
+    pub(crate) fn connecting(core: &'a Core, fd: OwnedFd) -> Side<'a> {
+        Self::with_interest(core, fd, IN | OUT)
+    }
+
+    fn with_interest(core: &'a Core, fd: OwnedFd, interest: u32) -> Side<'a> {
         let registration = core.poller().and_then(|p| {
-            p.register(fd.as_fd())
+            p.register(fd.as_fd(), interest)
                 .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
                 .ok()
         });
@@ -301,6 +330,21 @@ impl<'a> Side<'a> {
         match &self.registration {
             Some(r) => r.writable().await,
             None => glommio::net::wait_writable(self.fd.as_raw_fd()).await,
+        }
+    }
+
+    /// False only when the socket is known not to have reported an error or hang-up; a connect that
+    /// became writable without one succeeded, and needs no `SO_ERROR` query.
+    pub(crate) fn may_have_failed(&self) -> bool {
+        self.registration.as_ref().is_none_or(Registration::failed)
+    }
+}
+
+impl Drop for Side<'_> {
+    fn drop(&mut self) {
+        // `fd` closes right after this (fields drop after `drop`), which takes it out of the set.
+        if let Some(r) = self.registration.take() {
+            r.release_before_close();
         }
     }
 }
@@ -349,7 +393,7 @@ mod tests {
         on_executor(|| async {
             let poller = driven();
             let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd()).expect("register");
+            let reg = poller.register(server.as_fd(), IN).expect("register");
             // Nothing sent: not readable.
             assert!(within(Duration::from_millis(50), reg.readable())
                 .await
@@ -369,11 +413,45 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_reports_failure_only_when_it_failed() {
+        on_executor(|| async {
+            let poller = driven();
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let open = listener.local_addr().expect("addr");
+            let ok = sys::connect_start(open).expect("connect");
+            let reg = poller.register(ok.as_fd(), IN | OUT).expect("register");
+            assert!(within(Duration::from_secs(5), reg.writable())
+                .await
+                .is_some());
+            assert!(!reg.failed(), "a connect that succeeded reported a failure");
+            drop(reg);
+            // Nobody listens on this port any more: the connect is refused.
+            drop(listener);
+            let refused = match sys::connect_start(open) {
+                Ok(fd) => fd,
+                // Refused within the call (the kernel may finish a loopback handshake inline).
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED));
+                    return;
+                }
+            };
+            let reg = poller
+                .register(refused.as_fd(), IN | OUT)
+                .expect("register");
+            assert!(within(Duration::from_secs(5), reg.writable())
+                .await
+                .is_some());
+            assert!(reg.failed(), "a refused connect reported no failure");
+            assert!(sys::connect_result(refused.as_fd()).is_err());
+        });
+    }
+
+    #[test]
     fn a_report_nobody_waits_for_is_kept_and_disarmed() {
         on_executor(|| async {
             let poller = driven();
             let (mut client, server) = pair();
-            let reg = poller.register(server.as_fd()).expect("register");
+            let reg = poller.register(server.as_fd(), IN).expect("register");
             client.write_all(b"x").expect("write");
             // Let the driver see the report while no one waits.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -397,7 +475,7 @@ mod tests {
         on_executor(|| async {
             let poller = driven();
             let (client, server) = pair();
-            let reg = poller.register(server.as_fd()).expect("register");
+            let reg = poller.register(server.as_fd(), IN).expect("register");
             drop(client);
             assert!(within(Duration::from_secs(5), reg.readable())
                 .await

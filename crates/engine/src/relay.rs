@@ -86,6 +86,7 @@ pub(crate) async fn relay(
         counter: &stats.bytes_to_downstream,
         moved: Cell::new(0),
     };
+    let eofs = Eofs(Cell::new(0));
     // Pinned here, awaited by reference below: moved into the `or` block it would be stored twice in the
     // connection's task (once captured, once awaited), ~0.8 KB more per connection.
     let mut pumps = std::pin::pin!(async {
@@ -93,12 +94,12 @@ pub(crate) async fn relay(
             RelayMode::Splice => {
                 futures_lite::future::try_zip(
                     async {
-                        splice_pump(core, down, up, &to_up)
+                        splice_pump(core, down, up, &to_up, &eofs)
                             .await
                             .map_err(|e| (true, e))
                     },
                     async {
-                        splice_pump(core, up, down, &to_down)
+                        splice_pump(core, up, down, &to_down, &eofs)
                             .await
                             .map_err(|e| (false, e))
                     },
@@ -108,9 +109,13 @@ pub(crate) async fn relay(
             // Boxed: only connections of a buffered gateway pay for the buffered pumps' larger state.
             RelayMode::Buffered => {
                 Box::pin(futures_lite::future::try_zip(
-                    async { buffered_pump(down, up, &to_up).await.map_err(|e| (true, e)) },
                     async {
-                        buffered_pump(up, down, &to_down)
+                        buffered_pump(down, up, &to_up, &eofs)
+                            .await
+                            .map_err(|e| (true, e))
+                    },
+                    async {
+                        buffered_pump(up, down, &to_down, &eofs)
                             .await
                             .map_err(|e| (false, e))
                     },
@@ -154,6 +159,22 @@ pub(crate) async fn relay(
         end: result,
         to_upstream: to_up.moved.get(),
         to_downstream: to_down.moved.get(),
+    }
+}
+
+/// End-of-stream bookkeeping shared by the two directions.
+struct Eofs(Cell<u8>);
+
+impl Eofs {
+    /// The source of one direction reached EOF: pass the FIN on to `dst`. The second direction to end
+    /// skips the `shutdown`: both sockets close right after the relay returns, and that close sends
+    /// the FIN (every byte was read, so it cannot turn into a reset) — one system call less per
+    /// connection.
+    fn reached(&self, dst: &Side<'_>) {
+        if self.0.get() == 0 {
+            let _ = sys::shutdown_write(dst.fd());
+        }
+        self.0.set(self.0.get() + 1);
     }
 }
 
@@ -206,12 +227,15 @@ async fn splice_pump(
     src: &Side<'_>,
     dst: &Side<'_>,
     flow: &Flow<'_>,
+    eofs: &Eofs,
 ) -> Result<(), PumpError> {
     let mut lease = Lease { core, pipe: None };
     let mut pending = 0usize;
     // A small read means the socket's queue was drained: wait for readiness instead of trying (and
-    // failing) another splice first. The poll completes at once if bytes arrived meanwhile.
-    let mut drained = false;
+    // failing) another splice first. The poll completes at once if bytes arrived meanwhile. Starts
+    // true: when the relay begins, the client has just sent its hello and waits for the server's
+    // answer, and the server has not answered yet.
+    let mut drained = true;
     loop {
         if pending == 0 && drained {
             drained = false;
@@ -230,13 +254,17 @@ async fn splice_pump(
                         tracing::debug!(error = %e, "no pipe; relaying this direction through a buffer");
                         core.stats().splice_fallbacks.inc();
                         // Boxed: the rare path should not size every connection's task.
-                        return Box::pin(buffered_pump(src, dst, flow)).await;
+                        return Box::pin(buffered_pump(src, dst, flow, eofs)).await;
                     }
                 },
             };
             match sys::splice(src.fd(), pipe.write.as_fd(), SPLICE_CHUNK) {
                 Ok(0) => {
-                    let _ = sys::shutdown_write(dst.fd());
+                    // Nothing is pending: the pipe is empty and goes back without a check.
+                    if let Some(p) = lease.pipe.take() {
+                        core.give_empty_pipe(p);
+                    }
+                    eofs.reached(dst);
                     return Ok(());
                 }
                 Ok(n) => {
@@ -273,9 +301,15 @@ async fn splice_pump(
 }
 
 /// Copying direction: src → buffer → dst.
-async fn buffered_pump(src: &Side<'_>, dst: &Side<'_>, flow: &Flow<'_>) -> Result<(), PumpError> {
+async fn buffered_pump(
+    src: &Side<'_>,
+    dst: &Side<'_>,
+    flow: &Flow<'_>,
+    eofs: &Eofs,
+) -> Result<(), PumpError> {
     let mut buf = vec![0u8; BUFFER];
-    let mut drained = false;
+    // Starts waiting, as `splice_pump` does.
+    let mut drained = true;
     loop {
         if drained {
             // A short read drained the socket: wait rather than try again (see `splice_pump`).
@@ -284,7 +318,7 @@ async fn buffered_pump(src: &Side<'_>, dst: &Side<'_>, flow: &Flow<'_>) -> Resul
         }
         let n = match sys::recv(src.fd(), &mut buf) {
             Ok(0) => {
-                let _ = sys::shutdown_write(dst.fd());
+                eofs.reached(dst);
                 return Ok(());
             }
             Ok(n) => n,

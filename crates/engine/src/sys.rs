@@ -191,19 +191,27 @@ fn listen_socket(
     Ok(socket)
 }
 
-/// Accepts one connection, non-blocking and close-on-exec from the start.
-pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: accept4 with null address pointers writes no memory; on success we own the descriptor.
+/// Accepts one connection, non-blocking and close-on-exec from the start, with the peer's address
+/// (taken from the same call: no `getpeername` per connection).
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value of that plain-data type.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: accept4 writes at most `len` bytes of address into the storage we own and updates `len`;
+    // on success we own the returned descriptor.
     let fd = check(unsafe {
         libc::accept4(
             listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
         )
     })?;
     // SAFETY: the kernel just returned this descriptor and nothing else holds it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the kernel initialised `len` bytes of the storage as a socket address.
+    let peer = unsafe { socket2::SockAddr::new(storage, len) }.as_socket();
+    Ok((fd, peer))
 }
 
 /// Starts a non-blocking TCP connect (`TCP_NODELAY` set); the socket turns writable when it completes,
@@ -230,11 +238,6 @@ pub fn connect_result(fd: BorrowedFd<'_>) -> io::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// The peer's address of a connected socket.
-pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
-    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }
 
 /// CPUs this process may run on (its affinity mask), in ascending order.

@@ -367,11 +367,11 @@ async fn accept_loop(
             }
         };
         match accepted {
-            Ok(stream) => {
+            Ok((stream, peer)) => {
                 backoff = MIN_ACCEPT_BACKOFF;
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    crate::conn::handle(&core, stream, li).await;
+                    crate::conn::handle(&core, stream, peer, li).await;
                     drop((global_permit, listener_permit));
                 })
                 .detach();
