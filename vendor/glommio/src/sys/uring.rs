@@ -53,6 +53,11 @@ use smallvec::SmallVec;
 
 const MSG_ZEROCOPY: i32 = 0x4000000;
 
+/// meshgate patch: how much later than asked the armed latency timer may fire and still count as
+/// covering a user timer (see `latency_timer_pending_by`). Timers here wake a reactor; a fraction of a
+/// millisecond late is within their precision anyway.
+const LATENCY_TIMER_SLACK: Duration = Duration::from_micros(250);
+
 #[allow(dead_code)]
 #[derive(Debug)]
 enum UringOpDescriptor {
@@ -1891,12 +1896,14 @@ impl Reactor {
         Ok(should_sleep)
     }
 
-    /// meshgate patch: true if the armed latency timer has not fired and fires within `within`.
+    /// meshgate patch: true if the armed latency timer has not fired and fires within `within`
+    /// (give or take `LATENCY_TIMER_SLACK`).
     fn latency_timer_pending_by(&self, within: Duration) -> bool {
         let src = self.latency_preemption_timeout_src.take();
         let pending = match (&src, self.latency_timer_deadline.get()) {
             (Some(s), Some(deadline)) => {
-                deadline <= std::time::Instant::now() + within && s.result().is_none()
+                deadline <= std::time::Instant::now() + within + LATENCY_TIMER_SLACK
+                    && s.result().is_none()
             }
             _ => false,
         };
@@ -1905,6 +1912,9 @@ impl Reactor {
     }
 
     /// meshgate patch: replaces (and so cancels) the latency timer with one firing after `dur`.
+    /// The deadline is stored as measured here, a few microseconds after the caller computed
+    /// `dur`: without the slack above, the same user timer looked "not covered" on the next turn and
+    /// was re-armed (a timeout and a cancellation) on almost every sleep.
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
         self.latency_preemption_timeout_src
             .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
