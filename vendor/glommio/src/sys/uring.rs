@@ -1051,12 +1051,25 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    /// meshgate patch: `link` is `None` when the link armed by an earlier sleep is still pending in
+    /// the kernel (see `Reactor::link_rings_and_sleep`); the ring then just waits. Returns whether
+    /// `link` was armed by this call.
+    fn sleep(&mut self, link: Option<&Source>) -> io::Result<bool> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
+        let Some(link) = link else {
+            return self
+                .ring
+                .cq()
+                .wait(1)
+                .map(|_| false)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok);
+        };
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1097,10 +1110,11 @@ impl SleepableRing {
                 self.ring
                     .cq()
                     .wait(1)
-                    .map(|_| 1)
+                    .map(|_| ())
                     .or_else(Reactor::busy_ok)
                     .or_else(Reactor::again_ok)
                     .or_else(Reactor::intr_ok)
+                    .map(|()| true)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1110,6 +1124,7 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
+                .map(|_| false)
         }
     }
 }
@@ -1233,6 +1248,9 @@ pub(crate) struct Reactor {
     latency_timer_deadline: Cell<Option<std::time::Instant>>,
 
     link_fd: RawFd,
+    /// meshgate patch: the poll that links the latency ring into the main ring, kept while it is
+    /// armed in the kernel (see `link_rings_and_sleep`).
+    link_src: Cell<Option<Source>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1364,6 +1382,7 @@ impl Reactor {
             latency_timer_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
+            link_src: Cell::new(None),
             notifier,
             eventfd_src,
             source_map,
@@ -1733,7 +1752,25 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
+    ///
+    /// meshgate patch: upstream armed a new link poll at every sleep and dropped its source on waking
+    /// without cancelling the poll (a source submitted outside the queue is not known to be in the
+    /// kernel), so one poll per sleep stayed armed until the latency ring next completed something,
+    /// then all of them fired at once: on a proxy that sleeps between packets, dozens of polls and
+    /// their completions per timer tick. The armed poll is kept instead, and a sleep arms a new one
+    /// only once the last has fired (its completion reaped).
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        // A link's completion sets no result (`consume_one_event` handles `LinkRings` itself); what
+        // says it fired is that it left the source map, which clears `enqueued`.
+        if let Some(armed) = self
+            .link_src
+            .take()
+            .filter(|s| s.inner.borrow().enqueued.is_some())
+        {
+            let slept = ring.sleep(None);
+            self.link_src.set(Some(armed));
+            return slept.or_else(Self::busy_ok).map(|_| ());
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1741,7 +1778,11 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        let armed = ring.sleep(Some(&link_rings)).or_else(Self::busy_ok)?;
+        if armed {
+            self.link_src.set(Some(link_rings));
+        }
+        Ok(())
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
