@@ -50,14 +50,12 @@ fn json_field(body: &str, key: &str) -> Vec<String> {
     out
 }
 
-#[test]
-fn consul_ca_certificates_work_in_sidecars() {
-    if std::env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
-        eprintln!("MESHGATE_SKIP_CONSUL set: skipping the Consul CA test");
-        return;
-    }
-    let consul = consul_binary();
-    let dir = TempDir::new("consul");
+/// Starts on fresh ports each time: ports picked free can be taken again before the agent binds them.
+const CONSUL_ATTEMPTS: u32 = 3;
+
+/// A Consul dev agent on loopback, its HTTP address and its CA roots once the Connect CA answers with
+/// one (within 30 s); `None` if it exited or gave none.
+fn start_consul(consul: &std::path::Path, attempt: u32) -> Option<(Proc, SocketAddr, String)> {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (serf_lan, serf_wan, server) = (free_port(), free_port(), free_port());
     let consul_bin = consul.display().to_string();
@@ -67,7 +65,7 @@ fn consul_ca_certificates_work_in_sidecars() {
         serf_wan.to_string(),
         server.to_string(),
     );
-    let _agent = Proc::start_in(
+    let mut agent = Proc::start_in(
         "consul",
         None,
         &[
@@ -92,10 +90,42 @@ fn consul_ca_certificates_work_in_sidecars() {
             &srv,
         ],
     );
-    // Ready once the Connect CA answers with a root.
-    let roots = wait_for(Duration::from_secs(30), "consul CA roots", || {
-        http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert"))
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(roots) =
+            http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert"))
+        {
+            return Some((agent, http, roots));
+        }
+        if let Some(status) = agent.exited() {
+            eprintln!(
+                "consul attempt {attempt}: exited ({status}): {}",
+                agent.log()
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "consul attempt {attempt}: no CA roots within 30 s: {}",
+        agent.log()
+    );
+    None
+}
+
+#[test]
+fn consul_ca_certificates_work_in_sidecars() {
+    if std::env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
+        eprintln!("MESHGATE_SKIP_CONSUL set: skipping the Consul CA test");
+        return;
+    }
+    let consul = consul_binary();
+    let dir = TempDir::new("consul");
+    let (_agent, http, roots) = (1..=CONSUL_ATTEMPTS)
+        .find_map(|attempt| start_consul(&consul, attempt))
+        .unwrap_or_else(|| {
+            panic!("the Consul agent gave no CA roots in {CONSUL_ATTEMPTS} attempts")
+        });
     let trust_domain = json_field(&roots, "TrustDomain")
         .pop()
         .expect("trust domain");

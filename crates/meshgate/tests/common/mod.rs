@@ -339,6 +339,11 @@ impl Proc {
         }
     }
 
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
