@@ -62,8 +62,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// One line: meshgate's connection counters, who listens on the router's port, and each of the
-    /// router's threads with its state and kernel wait channel.
+    /// One line: meshgate's connection counters, who listens on the router's port, the router's epoll
+    /// sets and io_uring queues, and each of its threads with its state and kernel wait channel.
     pub fn describe(self) -> String {
         let mut out = String::new();
         if let Some(admin) = self.admin {
@@ -115,6 +115,31 @@ impl Probe {
                         "epoll fd {} (fd:events) {} ",
                         f.file_name().to_string_lossy(),
                         items.join(",")
+                    );
+                }
+                // Each io_uring: its queue positions and the polls armed in it. A core asleep with
+                // no poll on its epoll set (only glommio's ring link) has work queued in user space.
+                if info.contains("CqHead:") {
+                    let field = |k: &str| {
+                        info.lines()
+                            .find_map(|l| l.strip_prefix(k))
+                            .map_or("?", str::trim)
+                            .to_owned()
+                    };
+                    let polls: Vec<&str> = info
+                        .lines()
+                        .filter_map(|l| l.trim().strip_prefix("op="))
+                        .map(|l| l.split(',').next().unwrap_or("?"))
+                        .collect();
+                    let _ = write!(
+                        out,
+                        "io_uring fd {} sq {}/{} cq {}/{} armed ops [{}] ",
+                        f.file_name().to_string_lossy(),
+                        field("SqHead:"),
+                        field("SqTail:"),
+                        field("CqHead:"),
+                        field("CqTail:"),
+                        polls.join(",")
                     );
                 }
             }
