@@ -1327,18 +1327,16 @@ impl LocalExecutor {
         // that check parked the executor with runnable tasks and nothing armed to wake it: it slept
         // for good. The rings were polled just before this call, so one queue always runs first.
         // See vendor/README.md.
-        self.reactor.sys.install_eventfd();
-        if !self.run_one_task_queue() {
-            return false;
-        }
+        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
-            if self.need_preempt() {
+            if ran && self.need_preempt() {
                 return true;
             }
             if !self.run_one_task_queue() {
                 return false;
             }
+            ran = true;
         }
     }
 
