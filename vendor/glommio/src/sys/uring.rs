@@ -1061,14 +1061,7 @@ impl SleepableRing {
             "sleeping with pending SQEs"
         );
         let Some(link) = link else {
-            return self
-                .ring
-                .cq()
-                .wait(1)
-                .map(|_| false)
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok);
+            return self.wait_one().map(|()| false);
         };
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
@@ -1107,14 +1100,7 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| ())
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
-                    .map(|()| true)
+                self.wait_one().map(|()| true)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1126,6 +1112,18 @@ impl SleepableRing {
                 .or_else(Reactor::intr_ok)
                 .map(|_| false)
         }
+    }
+
+    /// meshgate patch: blocks until a completion arrives; a wake-up by a signal or a busy or full ring
+    /// is not an error (the caller's loop polls again).
+    fn wait_one(&mut self) -> io::Result<()> {
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| ())
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
     }
 }
 
