@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{free_port, http_get, line_app, metric, sidecar_toml, wait_for, Proc, TempDir};
+use common::{
+    free_port, http_get, line_app, metric, poll_until, sidecar_toml, wait_for, Proc, TempDir,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -90,27 +92,30 @@ fn start_consul(consul: &std::path::Path, attempt: u32) -> Option<(Proc, SocketA
             &srv,
         ],
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if let Some(roots) =
-            http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert"))
-        {
-            return Some((agent, http, roots));
+    // Ready once the Connect CA answers with a root; an agent that exits will not.
+    let outcome = poll_until(Duration::from_secs(30), || {
+        match http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert")) {
+            Some(roots) => Some(Ok(roots)),
+            None => agent.exited().map(Err),
         }
-        if let Some(status) = agent.exited() {
+    });
+    match outcome {
+        Some(Ok(roots)) => Some((agent, http, roots)),
+        Some(Err(status)) => {
             eprintln!(
                 "consul attempt {attempt}: exited ({status}): {}",
                 agent.log()
             );
-            return None;
+            None
         }
-        std::thread::sleep(Duration::from_millis(10));
+        None => {
+            eprintln!(
+                "consul attempt {attempt}: no CA roots within 30 s: {}",
+                agent.log()
+            );
+            None
+        }
     }
-    eprintln!(
-        "consul attempt {attempt}: no CA roots within 30 s: {}",
-        agent.log()
-    );
-    None
 }
 
 #[test]
