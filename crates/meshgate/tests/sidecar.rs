@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    free_port, http_get, issue_leaf, line_app, meshgate_ok, metric, sidecar_toml, wait_for, Proc,
-    TempDir, TD,
+    free_port, http_get, issue_leaf, line_app, meshgate_ok, metric, poll_until, sidecar_toml,
+    wait_for, Proc, TempDir, TD,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -116,10 +116,16 @@ impl Mesh {
             None,
             &[bin, "sidecar", "--config", &d("web.toml")],
         );
-        for admin in [api_admin, web_admin] {
-            wait_for(WAIT, "sidecar ready", || {
+        for (admin, side) in [(api_admin, &api), (web_admin, &web)] {
+            // A sidecar that never gets ready says why in its log (it failed once on CI, 15 s).
+            let ready = poll_until(WAIT, || {
                 http_get(admin, "/ready").filter(|b| b.starts_with("ready"))
             });
+            assert!(
+                ready.is_some(),
+                "timed out waiting for sidecar ready; its log:\n{}",
+                side.log()
+            );
         }
         Mesh {
             dir,
