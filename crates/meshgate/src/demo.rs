@@ -12,15 +12,15 @@
 //!   10001 (`remote`, set on the upstream: one hop), and prints each path as the gateways' own counters
 //!   recorded it, the answer from api, and the metrics. Neither gateway holds a key.
 
-use crate::{gateway, sidecar};
 use meshgate_ca::{Authority, LeafRequest, DEFAULT_LEAF_LIFETIME};
 use meshgate_config::{Config, SidecarConfig};
+use meshgate_control::signals::{Signal, Signals};
+use meshgate_control::{gateway, sidecar};
 use meshgate_engine::Engine;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -272,13 +272,15 @@ fn demo(once: bool) -> Result<(), Error> {
     let running2 = gateway::start(&dc2)?;
     let running1 = gateway::start(&dc1)?;
     let (gw1, gw2) = (running1.engine.clone(), running2.engine.clone());
-    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C before the sidecars have their first plan ends the demo; afterwards it starts the drain.
+    let signals = if once {
+        Signals::channel().1
+    } else {
+        Signals::install()?
+    };
     let start_sidecar = |file: &str| -> Result<sidecar::RunningSidecar, Error> {
         let config = SidecarConfig::load(&dir.join(file))?;
-        sidecar::start(&config, stop.clone()).map_err(|e| match e {
-            sidecar::StartError::Config(m) | sidecar::StartError::Runtime(m) => m.into(),
-            sidecar::StartError::Stopped => "stopped".into(),
-        })
+        sidecar::start(&config, &signals)?.ok_or_else(|| "stopped".into())
     };
     let api = start_sidecar("api-sidecar.toml")?;
     let web = start_sidecar("web-sidecar.toml")?;
@@ -338,16 +340,16 @@ fn demo(once: bool) -> Result<(), Error> {
             "  edit {} (modes, intentions, health) and watch it apply within a second",
             dir.join("catalog").display()
         );
-        gateway::serve_signals(&gw1, || {});
-    } else {
-        gw1.shutdown();
+        while let Some(Signal::Reload) = signals.recv() {}
+        signals.exit_on_second_stop();
     }
-    gw2.shutdown();
+    running1.shutdown();
+    running2.shutdown();
     web.stop();
     api.stop();
-    drop((running1, running2));
-    gateway::finish(gw1);
-    gateway::finish(gw2);
+    drop((gw1, gw2));
+    running1.finish()?;
+    running2.finish()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -2,11 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
-mod control;
 mod demo;
-mod gateway;
-mod hook;
-mod sidecar;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -99,11 +95,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match cli.command {
-        Command::Gateway { config } => gateway::run(&config),
-        Command::Check { file } => gateway::check(&file),
-        Command::Demo { once } => demo::run(once),
-        Command::Ca { command } => ca::run(command),
-        Command::Sidecar { config } => sidecar::run(&config),
+    let daemon = matches!(
+        cli.command,
+        Command::Gateway { .. } | Command::Sidecar { .. }
+    );
+    let result = match cli.command {
+        Command::Gateway { config } => meshgate_control::gateway::run(&config),
+        Command::Check { file } => {
+            meshgate_control::inspect::check(&file).map(|text| print!("{text}"))
+        }
+        Command::Demo { once } => return demo::run(once),
+        Command::Ca { command } => return ca::run(command),
+        Command::Sidecar { config } => meshgate_control::sidecar::run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if daemon {
+                tracing::error!(error = %e, "cannot run");
+            }
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! Adapts a Wasm connection-hook plugin to the engine's [`ConnectionHook`] trait: one plugin instance
 //! per core, made on that core's thread.
 
+use crate::error::ControlError;
+use crate::plugins;
 use meshgate_config::{Config, HOOK_MAX_DEADLINE_MS};
 use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
 use meshgate_plugin::types::Decision;
-use meshgate_plugin::{HookPlugin, PluginHost};
+use meshgate_plugin::HookPlugin;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
 struct WasmHook {
     plugin: HookPlugin,
     settings: Vec<(String, String)>,
@@ -53,22 +54,26 @@ impl ConnectionHook for WasmHook {
 }
 
 /// The factory for `[hook]`, compiling the plugin once; `None` when no hook is configured.
-pub(crate) fn factory(config: &Config) -> Result<Option<HookFactory>, String> {
+pub fn factory(config: &Config) -> Result<Option<HookFactory>, ControlError> {
     let Some(section) = config.hook.clone() else {
         return Ok(None);
     };
-    let host = PluginHost::new().map_err(|e| e.to_string())?;
+    let hook_error = |source| ControlError::Plugin {
+        section: "[hook]",
+        source,
+    };
+    let host = plugins::host()?;
     let (name, component) = host
         .component(&section.plugin, &config.base_dir)
-        .map_err(|e| format!("[hook] {e}"))?;
-    let sandbox = crate::control::sandbox(
+        .map_err(hook_error)?;
+    let sandbox = plugins::sandbox(
         &section,
         &config.base_dir,
         Some(Duration::from_millis(HOOK_MAX_DEADLINE_MS)),
     );
     // Instantiate once here so a plugin that does not fit the world is refused at start.
     host.hook_from(name.clone(), component.clone(), sandbox.clone())
-        .map_err(|e| format!("[hook] {e}"))?;
+        .map_err(hook_error)?;
     let settings = section.settings();
     Ok(Some(Arc::new(move |core| {
         match host.hook_from(name.clone(), component.clone(), sandbox.clone()) {

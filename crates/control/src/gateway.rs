@@ -1,0 +1,583 @@
+//! A gateway's control plane and its runner. [`GatewayControl`] owns the configuration and the plugins
+//! and turns catalog changes and reloads into route tables, which it hands to a [`Publish`] sink (the
+//! engine, or a test). [`start`] wires it to the engine and the admin endpoint on a control thread of its
+//! own; [`run`] is `meshgate gateway`: start, reload on SIGHUP, drain on SIGTERM.
+//!
+//! Table = the static `[[routes]]` (and fallbacks) first, then the router plugin's routes; a pattern
+//! defined statically wins over the same pattern from the plugin. A failing or misbehaving plugin never
+//! replaces a good table: the last one keeps serving and the failure is counted by plugin and reason.
+
+use crate::clock::{Clock, Schedule, SystemClock};
+use crate::error::ControlError;
+use crate::plugins::{self, CatalogWatch, PluginMetrics, Reporter, Router};
+use crate::signals::{Signal, Signals};
+use meshgate_admin::AdminSource;
+use meshgate_config::{Config, GatewaySettings};
+use meshgate_engine::Engine;
+use meshgate_plugin::{PluginError, PluginHost};
+use meshgate_route::{LbPolicy, RouteSpec, RouteTable};
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where new route tables go.
+pub trait Publish {
+    /// Installs `table` (and the settings that apply to new connections) for new connections.
+    fn install(&self, table: RouteTable, settings: GatewaySettings);
+}
+
+impl Publish for Engine {
+    fn install(&self, table: RouteTable, settings: GatewaySettings) {
+        Engine::install(self, table, settings);
+    }
+}
+
+/// The control plane of one gateway.
+pub struct GatewayControl {
+    config: Config,
+    host: Option<PluginHost>,
+    plugins: Option<(CatalogWatch, Router)>,
+    /// A catalog or config arrived that is not in the installed table yet.
+    dirty: bool,
+    errors: Reporter,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl GatewayControl {
+    /// Loads the plugins the config names (a plugin that cannot load is the config's fault).
+    pub fn new(config: Config) -> Result<GatewayControl, ControlError> {
+        let metrics = Arc::new(PluginMetrics::new()?);
+        let mut control = GatewayControl {
+            config,
+            host: None,
+            plugins: None,
+            dirty: true,
+            errors: Reporter::new("plugin failure; the last good route table keeps serving"),
+            metrics,
+        };
+        control.plugins = control.load_plugins(&control.config.clone())?;
+        if control.plugins.is_some() {
+            control.metrics.table_ready.store(false, Ordering::Relaxed);
+        }
+        Ok(control)
+    }
+
+    /// The plugin metrics and readiness, for the admin endpoint.
+    pub fn metrics(&self) -> Arc<PluginMetrics> {
+        self.metrics.clone()
+    }
+
+    fn load_plugins(
+        &mut self,
+        config: &Config,
+    ) -> Result<Option<(CatalogWatch, Router)>, ControlError> {
+        let (Some(catalog), Some(router)) = (config.catalog.clone(), config.router_section())
+        else {
+            return Ok(None);
+        };
+        let host = match &self.host {
+            Some(h) => h,
+            None => self.host.insert(plugins::host()?),
+        };
+        plugins::load_catalog_and_router(host, &catalog, &router, &config.base_dir).map(Some)
+    }
+
+    /// How often to poll the catalog.
+    pub fn poll_interval(&self) -> Duration {
+        self.plugins
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(c, _)| c.poll_interval())
+    }
+
+    /// The table to start with: static routes plus whatever the plugins give on a first try.
+    pub fn initial_table(&mut self) -> Result<RouteTable, ControlError> {
+        self.poll_catalog();
+        match self.compute() {
+            Ok(t) => {
+                let have_catalog = self.have_catalog();
+                if have_catalog {
+                    self.metrics.table_ready.store(true, Ordering::Relaxed);
+                }
+                self.dirty = self.plugins.is_some() && !have_catalog;
+                Ok(t)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "starting with the static routes only");
+                self.config
+                    .route_table()
+                    .map_err(|e| ControlError::Config(e.to_string()))
+            }
+        }
+    }
+
+    /// One poll: fetch the catalog and install a new table if anything changed.
+    pub fn tick(&mut self, sink: &dyn Publish) {
+        self.poll_catalog();
+        if self.dirty {
+            self.recompute(sink);
+        }
+    }
+
+    /// A new configuration (SIGHUP). Returns false when it was refused.
+    pub fn reload(&mut self, config: Config, sink: &dyn Publish) -> bool {
+        let sections_changed = config.catalog != self.config.catalog
+            || config.router_section() != self.config.router_section()
+            || config.base_dir != self.config.base_dir;
+        if sections_changed {
+            match self.load_plugins(&config) {
+                Ok(p) => self.plugins = p,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: plugin cannot load; the running configuration stays");
+                    return false;
+                }
+            }
+        }
+        self.config = config;
+        self.poll_catalog();
+        self.recompute(sink);
+        true
+    }
+
+    fn have_catalog(&self) -> bool {
+        self.plugins
+            .as_ref()
+            .is_some_and(|(c, _)| c.current().is_some())
+    }
+
+    fn poll_catalog(&mut self) {
+        let Some((catalog, _)) = &mut self.plugins else {
+            return;
+        };
+        match catalog.poll(&self.metrics) {
+            Ok(changed) => self.dirty |= changed,
+            Err(e) => {
+                self.errors.report(e.to_string());
+            }
+        }
+    }
+
+    fn recompute(&mut self, sink: &dyn Publish) {
+        match self.compute() {
+            Ok(table) => {
+                let routes = table.len();
+                sink.install(table, self.config.gateway.clone());
+                if self.have_catalog() || self.plugins.is_none() {
+                    self.dirty = false;
+                    self.metrics.table_ready.store(true, Ordering::Relaxed);
+                }
+                self.errors.clear();
+                tracing::info!(routes, "route table installed");
+            }
+            Err(e) => {
+                self.errors.report(e.to_string());
+            }
+        }
+    }
+
+    /// Static routes, then the router plugin's.
+    fn compute(&mut self) -> Result<RouteTable, ControlError> {
+        let mut builder = self
+            .config
+            .route_builder()
+            .map_err(|e| ControlError::Config(e.to_string()))?;
+        let mut from_plugin = 0;
+        if let Some((watch, router)) = &mut self.plugins {
+            if let Some(catalog) = watch.current() {
+                let name = router.plugin.name().to_owned();
+                let metrics = &self.metrics;
+                metrics.called(&name);
+                let plugin_error = |source: PluginError| {
+                    metrics.failed(&source, &name);
+                    ControlError::Plugin {
+                        section: "[router]",
+                        source,
+                    }
+                };
+                let invalid = |message: String| {
+                    plugin_error(PluginError::Invalid {
+                        plugin: name.clone(),
+                        message,
+                    })
+                };
+                let routes = router
+                    .plugin
+                    .gateway_routes(
+                        &router.section.settings(),
+                        catalog,
+                        &self.config.gateway.datacenter,
+                    )
+                    .map_err(plugin_error)?;
+                for r in routes {
+                    if builder.contains(&r.pattern) {
+                        tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
+                        continue;
+                    }
+                    let mut endpoints = Vec::new();
+                    for e in &r.endpoints {
+                        let addrs = e.to_socket_addrs().map_err(|err| {
+                            invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
+                        })?;
+                        endpoints.extend(addrs);
+                    }
+                    builder
+                        .add(RouteSpec {
+                            pattern: r.pattern.clone(),
+                            groups: vec![endpoints],
+                            lb: LbPolicy::RoundRobin,
+                            connect_timeout: None,
+                            source: format!("plugin {name}: {}", r.reason),
+                        })
+                        .map_err(|err| invalid(err.to_string()))?;
+                    from_plugin += 1;
+                }
+            }
+        }
+        self.metrics.plugin_routes.set(from_plugin);
+        Ok(builder.build())
+    }
+}
+
+/// The admin endpoint's view of a running gateway.
+struct Admin {
+    engine: Arc<Engine>,
+    plugins: Arc<PluginMetrics>,
+}
+
+impl AdminSource for Admin {
+    fn metrics(&self) -> String {
+        let mut text = self.engine.metrics().render();
+        text.push_str(&self.plugins.render());
+        text
+    }
+    fn ready(&self) -> bool {
+        self.engine.ready() && self.plugins.table_ready.load(Ordering::Relaxed)
+    }
+    fn routes_json(&self) -> String {
+        let snap = self.engine.snapshot();
+        serde_json::to_string_pretty(&snap.table)
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// A running gateway: its engine, admin endpoint and control thread.
+pub struct Gateway {
+    /// The data plane.
+    pub engine: Arc<Engine>,
+    /// The admin endpoint, when configured.
+    pub admin: Option<meshgate_admin::AdminServer>,
+    control: Sender<Config>,
+}
+
+/// Starts the control plane (plugins, first table), the engine and the admin endpoint.
+pub fn start(config: &Config) -> Result<Gateway, ControlError> {
+    let mut control = GatewayControl::new(config.clone())?;
+    let table = control.initial_table()?;
+    let hook = crate::hook::factory(config)?;
+    let engine = Arc::new(Engine::start_with_hook(
+        config.gateway.clone(),
+        table,
+        hook,
+    )?);
+    let admin = match config.gateway.admin {
+        Some(addr) => Some(
+            meshgate_admin::serve(
+                addr,
+                Arc::new(Admin {
+                    engine: engine.clone(),
+                    plugins: control.metrics(),
+                }),
+            )
+            .map_err(|e| ControlError::Host(format!("admin endpoint {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<Config>();
+    let eng = engine.clone();
+    std::thread::Builder::new()
+        .name("meshgate-control".into())
+        .spawn(move || {
+            let clock = SystemClock;
+            let mut schedule = Schedule::new(control.poll_interval(), clock.now());
+            loop {
+                match rx.recv_timeout(schedule.wait(clock.now())) {
+                    Ok(config) => {
+                        let counters = eng.metrics().control;
+                        if control.reload(config, &*eng) {
+                            counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("configuration reloaded");
+                        } else {
+                            counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        schedule.set_interval(control.poll_interval(), clock.now());
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if schedule.due(clock.now()) {
+                            control.tick(&*eng);
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+        .map_err(|e| ControlError::Host(format!("control thread: {e}")))?;
+    Ok(Gateway {
+        engine,
+        admin,
+        control: tx,
+    })
+}
+
+impl Gateway {
+    /// Hands a new configuration to the control thread.
+    pub fn reload(&self, config: Config) {
+        let _ = self.control.send(config);
+    }
+
+    /// SIGHUP: re-reads `path`; a valid file goes to the control thread, an invalid one is counted and
+    /// logged and the running configuration stays. `running` is what the process was started with.
+    pub fn reload_file(&self, path: &Path, running: &mut GatewaySettings) {
+        match Config::load(path) {
+            Ok(config) => {
+                let new = &config.gateway;
+                if new.listen != running.listen
+                    || new.admin != running.admin
+                    || new.workers != running.workers
+                    || new.io_memory_kib != running.io_memory_kib
+                    || new.backlog != running.backlog
+                {
+                    tracing::warn!("reload: listen, admin, workers, backlog and io_memory_kib apply only after a restart");
+                }
+                *running = config.gateway.clone();
+                self.reload(config);
+            }
+            Err(e) => {
+                self.engine
+                    .metrics()
+                    .control
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
+            }
+        }
+    }
+
+    /// Starts the drain: readiness 503, listeners close, live connections get the drain timeout.
+    pub fn shutdown(&self) {
+        tracing::info!(
+            "shutting down: readiness 503, listeners closing, draining live connections"
+        );
+        self.engine.shutdown();
+    }
+
+    /// Waits for the drain to end.
+    pub fn finish(self) -> Result<(), ControlError> {
+        finish_engine(self.engine)
+    }
+}
+
+/// Waits for an engine's drain to end (the admin thread may still hold a reference to it).
+pub fn finish_engine(engine: Arc<Engine>) -> Result<(), ControlError> {
+    while !engine.finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.wait().map_err(ControlError::from),
+        Err(_) => {
+            tracing::info!("drained");
+            Ok(())
+        }
+    }
+}
+
+/// `meshgate gateway --config FILE`: runs until SIGTERM/SIGINT and the drain after it.
+pub fn run(path: &Path) -> Result<(), ControlError> {
+    let config = Config::load(path)?;
+    let signals = Signals::install()?;
+    let gw = start(&config).map_err(|e| e.in_file(path))?;
+    tracing::info!(
+        gateway = %config.gateway.name,
+        datacenter = %config.gateway.datacenter,
+        listen = ?config.gateway.listen,
+        admin = ?gw.admin.as_ref().map(|a| a.local_addr()),
+        workers = gw.engine.workers(),
+        routes = gw.engine.snapshot().table.len(),
+        "meshgate gateway ready"
+    );
+    let mut running = config.gateway.clone();
+    while let Some(Signal::Reload) = signals.recv() {
+        gw.reload_file(path, &mut running);
+    }
+    gw.shutdown();
+    signals.exit_on_second_stop();
+    gw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::{TempDir, TD};
+    use std::cell::RefCell;
+    use std::net::SocketAddr;
+
+    /// Records what would have been installed in an engine.
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<RouteTable>>);
+
+    impl Publish for Recorder {
+        fn install(&self, table: RouteTable, _: GatewaySettings) {
+            self.0.borrow_mut().push(table);
+        }
+    }
+
+    impl Recorder {
+        fn installs(&self) -> usize {
+            self.0.borrow().len()
+        }
+        fn last_endpoints(&self, sni: &str) -> Option<(Vec<SocketAddr>, String)> {
+            let tables = self.0.borrow();
+            endpoints(tables.last()?, sni)
+        }
+    }
+
+    fn endpoints(table: &RouteTable, sni: &str) -> Option<(Vec<SocketAddr>, String)> {
+        let (route, _) = table.lookup(sni).route()?;
+        Some((route.groups[0].endpoints.clone(), route.source.clone()))
+    }
+
+    /// dc1's demo gateway on the copied catalog, plus `extra` TOML.
+    fn config(dir: &TempDir, extra: &str) -> Config {
+        let text = format!(
+            "[gateway]\nname = \"gw\"\ndatacenter = \"dc1\"\nlisten = [\"127.0.0.1:1\"]\n\n\
+             [catalog]\nplugin = \"file-catalog\"\n\
+             config = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\n\
+             allow_dirs = [\"catalog\"]\n\n[router]\nplugin = \"consul-router\"\n{extra}"
+        );
+        let file = dir.0.join("gw.toml");
+        std::fs::write(&file, &text).expect("write config");
+        Config::parse(&text, &file).expect("valid config")
+    }
+
+    fn web() -> String {
+        format!("web.default.dc1.internal.{TD}")
+    }
+    fn api_dc2() -> String {
+        format!("api.default.dc2.internal.{TD}")
+    }
+
+    #[test]
+    fn static_routes_win_over_the_plugins_and_both_are_in_the_table() {
+        let dir = TempDir::with_demo_catalog("static-wins", "dc1");
+        let wildcard = format!("*.dc2.internal.{TD}");
+        let mut control = GatewayControl::new(config(
+            &dir,
+            &format!("\n[[routes]]\nsni = \"{wildcard}\"\nendpoints = [\"127.0.0.9:9\"]\n"),
+        ))
+        .expect("plugins load");
+        let table = control.initial_table().expect("table");
+        let (eps, source) = endpoints(&table, &api_dc2()).expect("dc2 routed");
+        assert_eq!(eps, vec!["127.0.0.9:9".parse().expect("addr")]);
+        assert!(!source.starts_with("plugin"), "static route: {source}");
+        // The plugin's local route is there beside it.
+        let (eps, source) = endpoints(&table, &web()).expect("web routed");
+        assert_eq!(eps, vec!["127.0.0.1:21000".parse().expect("addr")]);
+        assert!(source.starts_with("plugin consul-router"), "{source}");
+        assert!(control.metrics().table_ready.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_unchanged_catalog_installs_nothing_and_a_change_installs_once() {
+        let dir = TempDir::with_demo_catalog("unchanged", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        control.tick(&sink);
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 0, "nothing changed");
+        dir.write(
+            "catalog/db.hcl",
+            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
+        );
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1);
+        let db = format!("db.default.dc1.internal.{TD}");
+        let (eps, _) = sink.last_endpoints(&db).expect("db routed");
+        assert_eq!(eps, vec!["127.0.0.1:21002".parse().expect("addr")]);
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1);
+    }
+
+    #[test]
+    fn a_failing_plugin_keeps_the_last_table_and_is_counted() {
+        let dir = TempDir::with_demo_catalog("failing", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        let metrics = control.metrics();
+        let first = control.initial_table().expect("table");
+        assert!(endpoints(&first, &web()).is_some());
+        let sink = Recorder::default();
+        dir.write("catalog/broken.hcl", "service {\n  name = \n");
+        for _ in 0..3 {
+            control.tick(&sink);
+        }
+        assert_eq!(sink.installs(), 0, "a failed fetch installs nothing");
+        let errors = metrics.failures("file-catalog", "error");
+        assert_eq!(errors, 3, "{}", metrics.render());
+        assert!(metrics.table_ready.load(Ordering::Relaxed), "still ready");
+        // Fixed as it was: the catalog in force is that one already, nothing to install.
+        std::fs::remove_file(dir.0.join("catalog/broken.hcl")).expect("rm");
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 0);
+        // A real change after the failure is installed at the next poll.
+        dir.write(
+            "catalog/db.hcl",
+            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
+        );
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1);
+        assert!(sink.last_endpoints(&web()).is_some());
+        assert!(sink
+            .last_endpoints(&format!("db.default.dc1.internal.{TD}"))
+            .is_some());
+    }
+
+    #[test]
+    fn a_reload_that_cannot_load_its_plugin_is_refused_and_the_table_stays() {
+        let dir = TempDir::with_demo_catalog("reload", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        let mut bad = config(&dir, "");
+        bad.catalog = bad.catalog.map(|mut c| {
+            c.plugin = "plugins/nope.wasm".into();
+            c
+        });
+        assert!(!control.reload(bad, &sink));
+        assert_eq!(sink.installs(), 0);
+        // A good reload with a static route recomputes and installs at once.
+        let good = config(
+            &dir,
+            "\n[[routes]]\nsni = \"a.example\"\nendpoints = [\"127.0.0.1:7\"]\n",
+        );
+        assert!(control.reload(good, &sink));
+        assert_eq!(sink.installs(), 1);
+        assert!(sink.last_endpoints("a.example").is_some());
+        assert!(sink.last_endpoints(&web()).is_some());
+    }
+
+    #[test]
+    fn a_plugin_that_cannot_load_at_start_is_the_configs_fault() {
+        let dir = TempDir::with_demo_catalog("noload", "dc1");
+        let mut c = config(&dir, "");
+        c.catalog = c.catalog.map(|mut s| {
+            s.plugin = "plugins/nope.wasm".into();
+            s
+        });
+        let Err(e) = GatewayControl::new(c) else {
+            panic!("a missing plugin must be refused");
+        };
+        assert_eq!(e.exit_code(), crate::error::EXIT_CONFIG);
+        assert!(e.to_string().starts_with("[catalog] "), "{e}");
+    }
+}
