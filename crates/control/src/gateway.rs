@@ -121,24 +121,50 @@ impl GatewayControl {
         }
     }
 
-    /// A new configuration (SIGHUP). Returns false when it was refused.
+    /// A new configuration (SIGHUP). Returns false when it was refused; then the running configuration,
+    /// its plugins and the installed table all stay. A reload that changes the plugin sections is taken
+    /// only once the new catalog plugin has answered and the new table compiles: a catalog that cannot
+    /// be read must not replace the last good one with static routes alone.
     pub fn reload(&mut self, config: Config, sink: &dyn Publish) -> bool {
         let sections_changed = config.catalog != self.config.catalog
             || config.router_section() != self.config.router_section()
             || config.base_dir != self.config.base_dir;
+        let mut staged = None;
         if sections_changed {
-            match self.load_plugins(&config) {
-                Ok(p) => self.plugins = p,
+            let mut plugins = match self.load_plugins(&config) {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reload refused: plugin cannot load; the running configuration stays");
                     return false;
                 }
+            };
+            if let Some((watch, _)) = &mut plugins {
+                if let Err(e) = watch.poll(&self.metrics) {
+                    tracing::error!(error = %e, "reload refused: the new catalog cannot be read; the running configuration and its table stay");
+                    return false;
+                }
+            }
+            staged = Some(plugins);
+        }
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_plugins = staged.map(|p| std::mem::replace(&mut self.plugins, p));
+        if old_plugins.is_none() {
+            self.poll_catalog();
+        }
+        match self.compute() {
+            Ok(table) => {
+                self.publish(table, sink);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the new route table does not compile; the running configuration and its table stay");
+                self.config = old_config;
+                if let Some(p) = old_plugins {
+                    self.plugins = p;
+                }
+                false
             }
         }
-        self.config = config;
-        self.poll_catalog();
-        self.recompute(sink);
-        true
     }
 
     fn have_catalog(&self) -> bool {
@@ -161,20 +187,22 @@ impl GatewayControl {
 
     fn recompute(&mut self, sink: &dyn Publish) {
         match self.compute() {
-            Ok(table) => {
-                let routes = table.len();
-                sink.install(table, self.config.gateway.clone());
-                if self.have_catalog() || self.plugins.is_none() {
-                    self.dirty = false;
-                    self.metrics.table_ready.store(true, Ordering::Relaxed);
-                }
-                self.errors.clear();
-                tracing::info!(routes, "route table installed");
-            }
+            Ok(table) => self.publish(table, sink),
             Err(e) => {
                 self.errors.report(e.to_string());
             }
         }
+    }
+
+    fn publish(&mut self, table: RouteTable, sink: &dyn Publish) {
+        let routes = table.len();
+        sink.install(table, self.config.gateway.clone());
+        if self.have_catalog() || self.plugins.is_none() {
+            self.dirty = false;
+            self.metrics.table_ready.store(true, Ordering::Relaxed);
+        }
+        self.errors.clear();
+        tracing::info!(routes, "route table installed");
     }
 
     /// Static routes, then the router plugin's.
@@ -563,6 +591,35 @@ mod tests {
         assert!(control.reload(good, &sink));
         assert_eq!(sink.installs(), 1);
         assert!(sink.last_endpoints("a.example").is_some());
+        assert!(sink.last_endpoints(&web()).is_some());
+    }
+
+    #[test]
+    fn a_reload_whose_new_catalog_cannot_be_read_keeps_the_last_good_table() {
+        let dir = TempDir::with_demo_catalog("reload-badcat", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        // A bad file is tolerated: the last good catalog keeps serving.
+        dir.write("catalog/broken.hcl", "service {\n  name = \n");
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 0);
+        // A reload that changes only the catalog's poll interval must not drop that catalog.
+        let mut slower = config(&dir, "");
+        slower.catalog = slower.catalog.map(|mut c| {
+            c.poll_ms += 1;
+            c
+        });
+        assert!(!control.reload(slower, &sink), "reported as failed");
+        assert_eq!(sink.installs(), 0, "nothing installed");
+        // Still the old plugins and catalog: a later change is installed with every route.
+        std::fs::remove_file(dir.0.join("catalog/broken.hcl")).expect("rm");
+        dir.write(
+            "catalog/db.hcl",
+            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
+        );
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1);
         assert!(sink.last_endpoints(&web()).is_some());
     }
 
