@@ -122,7 +122,7 @@ count="$(build_expected "$work")"
 
 # Only what cargo writes into the directory itself is ignored: build output and the lock file that
 # vendor/test-glommio.sh installs there (both git-ignored in vendor/.gitignore).
-if ! diff -r -u -N --no-dereference --exclude=target --exclude=Cargo.lock \
+if ! diff -r -u --no-dereference --exclude=target --exclude=Cargo.lock \
     "$work/$CRATE-$VERSION" "$vendored" >"$work/diff"; then
     sed -e "s#$work/$CRATE-$VERSION#upstream+series#g" -e "s#$vendor_dir/##g" "$work/diff"
     echo "vendor/check.sh: vendor/$CRATE differs from $CRATE $VERSION plus the $count patches in" \
