@@ -30,6 +30,11 @@ pub(crate) async fn handle(core: &Core, down: OwnedFd, peer: Option<SocketAddr>,
     stats.listeners[li].accepted.inc();
     stats.listeners[li].active.inc();
     core.live.set(core.live.get() + 1);
+    // Once per connection, for its duration histogram, access-log line and maximum-duration deadline.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "one clock read per connection, not per byte"
+    )]
     let started = Instant::now();
     let down = Side::new(core.poller(), down);
     let end = serve(core, &down, peer, started).await;

@@ -51,6 +51,10 @@ pub fn probe_io_uring() -> Result<(), CoreError> {
     let Err(source) = sys::probe_io_uring() else {
         return Ok(());
     };
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "set-up before any core starts: explains why executors cannot be created"
+    )]
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok())
