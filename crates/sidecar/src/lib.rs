@@ -686,3 +686,120 @@ where
         }
     }
 }
+
+// Everything runs on one executor: the relay as a task, its peers as glommio sockets on loopback. Every
+// wait is bounded by `within`; nothing asserts on time.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+    use glommio::net::TcpListener;
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    fn on_executor<Fut: std::future::Future<Output = ()> + 'static>(
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 * 1024)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A connected pair: (the near end, the far end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let near = TcpStream::connect(addr).await.expect("connect");
+        let far = listener.accept().await.expect("accept");
+        (near, far)
+    }
+
+    /// client ⇄ a …relay… b ⇄ server, the relay running as a task.
+    async fn relayed(idle: Duration) -> (TcpStream, TcpStream, glommio::task::JoinHandle<()>) {
+        let (client, a) = pair().await;
+        let (b, server) = pair().await;
+        let task = glommio::spawn_local(relay(a, b, idle)).detach();
+        (client, server, task)
+    }
+
+    async fn read_some(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 64];
+        let n = within(BOUND, s.read(&mut buf))
+            .await
+            .expect("a read within the bound")?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[test]
+    fn half_close_keeps_the_other_direction() {
+        on_executor(|| async {
+            let (mut client, mut server, task) = relayed(BOUND).await;
+            client.write_all(b"ping").await.expect("write");
+            client.close().await.expect("half-close");
+            let mut got = Vec::new();
+            within(BOUND, server.read_to_end(&mut got))
+                .await
+                .expect("bound")
+                .expect("request, then EOF");
+            assert_eq!(got, b"ping");
+            server
+                .write_all(b"pong")
+                .await
+                .expect("write after the half-close");
+            server.close().await.expect("half-close");
+            let mut back = Vec::new();
+            within(BOUND, client.read_to_end(&mut back))
+                .await
+                .expect("bound")
+                .expect("response, then EOF");
+            assert_eq!(back, b"pong");
+            assert!(within(BOUND, task).await.is_some(), "relay ended");
+        });
+    }
+
+    fn reset_propagates(from_client: bool) {
+        on_executor(move || async move {
+            let (mut client, mut server, task) = relayed(BOUND).await;
+            client.write_all(b"ping").await.expect("write");
+            assert_eq!(read_some(&mut server).await.expect("read"), b"ping");
+            let mut survivor = if from_client {
+                reset_on_close(&client).expect("linger");
+                drop(client);
+                server
+            } else {
+                reset_on_close(&server).expect("linger");
+                drop(server);
+                client
+            };
+            match read_some(&mut survivor).await {
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+                Ok(b) => panic!("a clean end ({b:?}) instead of a reset"),
+            }
+            assert!(within(BOUND, task).await.is_some(), "relay ended");
+        });
+    }
+
+    #[test]
+    fn client_reset_resets_the_server() {
+        reset_propagates(true);
+    }
+
+    #[test]
+    fn server_reset_resets_the_client() {
+        reset_propagates(false);
+    }
+
+    #[test]
+    fn idle_connection_is_closed_cleanly() {
+        on_executor(|| async {
+            let (mut client, mut server, task) = relayed(Duration::from_millis(20)).await;
+            assert!(within(BOUND, task).await.is_some(), "relay ended as idle");
+            assert_eq!(read_some(&mut client).await.expect("clean close"), b"");
+            assert_eq!(read_some(&mut server).await.expect("clean close"), b"");
+        });
+    }
+}

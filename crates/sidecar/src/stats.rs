@@ -272,3 +272,73 @@ impl Metrics {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn upstream(service: &str, via_gateway: bool) -> Upstream {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Upstream {
+            service: service.to_owned(),
+            datacenter: "dc1".to_owned(),
+            bind: ([127, 0, 0, 1], 9000).into(),
+            sni: ServerName::try_from("api.default.dc1.internal.td.consul").expect("name"),
+            client: Arc::new(client),
+            next_hops: vec![],
+            mode: "local".to_owned(),
+            mode_source: "proxy-defaults".to_owned(),
+            via_gateway,
+        }
+    }
+
+    #[test]
+    fn sums_cores_without_locks_and_keeps_names_and_labels() {
+        let m = Metrics::new(2);
+        let (c0, c1) = (m.core(0), m.core(1));
+        c0.inbound(Inbound::Allowed);
+        c1.inbound(Inbound::Allowed);
+        c1.inbound(Inbound::Denied);
+        let api = upstream("api", true);
+        c0.outbound(&api, Outbound::Ok);
+        c1.outbound(&api, Outbound::Ok);
+        c1.outbound(&api, Outbound::Ok);
+        c0.outbound(&upstream("web", false), Outbound::ConnectFailed);
+        c0.active(Direction::Inbound, true);
+        c1.active(Direction::Inbound, true);
+        c0.active(Direction::Inbound, false);
+        c1.active(Direction::Outbound, true);
+        c1.active(Direction::Outbound, false);
+        m.set_cert_expiry(1_700_000_000);
+        assert_eq!(m.inbound_total(Inbound::Allowed), 2);
+        let text = m.render();
+        for line in [
+            "meshgate_sidecar_inbound_connections_total{outcome=\"allowed\"} 2",
+            "meshgate_sidecar_inbound_connections_total{outcome=\"denied\"} 1",
+            "meshgate_sidecar_upstream_connections_total{upstream=\"api\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"true\",outcome=\"ok\"} 3",
+            "meshgate_sidecar_upstream_connections_total{upstream=\"web\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"false\",outcome=\"connect_failed\"} 1",
+            "meshgate_sidecar_active_connections{direction=\"inbound\"} 1",
+            "meshgate_sidecar_active_connections{direction=\"outbound\"} 0",
+            "meshgate_sidecar_certificate_expiry_timestamp_seconds 1700000000",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Outcomes never seen are not listed (as before).
+        assert!(!text.contains("outcome=\"no_identity\""), "{text}");
+    }
+
+    #[test]
+    fn the_first_bind_error_is_reported() {
+        let m = Metrics::new(2);
+        assert!(m.first_bind_error().is_none());
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        m.core(1).bind_error(addr, "in use".to_owned());
+        assert_eq!(m.first_bind_error(), Some((addr, "in use".to_owned())));
+    }
+}
