@@ -5,10 +5,10 @@
 use crate::cores::within;
 use crate::hook::HookDecision;
 use crate::poller::Side;
-use crate::relay::{self, Outcome};
-use crate::stats::End;
+use crate::relay::{self, Outcome, Relay};
+use crate::state::Core;
+use crate::stats::{End, HelloOutcome};
 use crate::sys;
-use crate::worker::Core;
 use meshgate_route::{EndpointGroup, LbPolicy, Plan, Route};
 use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
 use std::io;
@@ -30,8 +30,13 @@ pub(crate) async fn handle(core: &Core, down: OwnedFd, peer: Option<SocketAddr>,
     stats.listeners[li].accepted.inc();
     stats.listeners[li].active.inc();
     core.live.set(core.live.get() + 1);
+    // Once per connection, for its duration histogram, access-log line and maximum-duration deadline.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "one clock read per connection, not per byte"
+    )]
     let started = Instant::now();
-    let down = Side::new(core, down);
+    let down = Side::new(core.poller(), down);
     let end = serve(core, &down, peer, started).await;
     stats.end(end);
     stats.listeners[li].active.dec();
@@ -56,21 +61,24 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
     {
         Ok(h) => h,
         Err(failure) => {
-            let (label, detail) = match &failure {
-                HelloFailure::Rejected(r) => (r.label(), r.to_string()),
-                HelloFailure::Timeout => ("timeout", "no complete ClientHello in time".to_owned()),
+            let (outcome, detail) = match &failure {
+                HelloFailure::Rejected(r) => (HelloOutcome::rejected(r), r.to_string()),
+                HelloFailure::Timeout => (
+                    HelloOutcome::Timeout,
+                    "no complete ClientHello in time".to_owned(),
+                ),
                 HelloFailure::Eof => (
-                    "eof",
+                    HelloOutcome::Eof,
                     "client closed before a complete ClientHello".to_owned(),
                 ),
-                HelloFailure::Io(e) => ("eof", e.to_string()),
+                HelloFailure::Io(e) => (HelloOutcome::Eof, e.to_string()),
             };
-            stats.hello_outcome(label);
-            tracing::info!(target: "meshgate::access", peer = ?peer, outcome = label, detail = %detail, end = End::HelloFailed.label(), "connection refused");
+            stats.hello(outcome);
+            tracing::info!(target: "meshgate::access", peer = ?peer, outcome = outcome.label(), detail = %detail, end = End::HelloFailed.label(), "connection refused");
             return End::HelloFailed;
         }
     };
-    stats.hello_outcome(if hello.sni.is_some() { "ok" } else { "no_sni" });
+    stats.hello(HelloOutcome::complete(hello.sni.is_some()));
     stats.hello_size.observe(hello.size as f64);
 
     // 2. The hook, if any, then the table.
@@ -146,7 +154,7 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
 
 /// Connects to `addr` within `timeout`, waiting on the core's readiness set.
 async fn connect<'c>(core: &'c Core, addr: SocketAddr, timeout: Duration) -> io::Result<Side<'c>> {
-    let up = Side::connecting(core, sys::connect_start(addr)?);
+    let up = Side::connecting(core.poller(), sys::connect_start(addr)?);
     match within(timeout, up.writable()).await {
         None => Err(io::ErrorKind::TimedOut.into()),
         Some(Err(e)) => Err(e),
@@ -176,7 +184,17 @@ async fn forward(
     core.stats().bytes_to_upstream.add(first.len() as u64);
     drop(first);
     let deadline = settings.max_connection_duration().map(|d| started + d);
-    let mut outcome = relay::relay(core, down, up, settings, deadline).await;
+    let stats = core.stats();
+    let with = Relay {
+        pipes: &core.pipes,
+        to_upstream: &stats.bytes_to_upstream,
+        to_downstream: &stats.bytes_to_downstream,
+        splice_fallbacks: &stats.splice_fallbacks,
+        mode: settings.relay,
+        idle: settings.idle_timeout(),
+        deadline,
+    };
+    let mut outcome = relay::relay(down, up, &with).await;
     outcome.to_upstream += hello.consumed as u64;
     outcome
 }

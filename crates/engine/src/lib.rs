@@ -20,140 +20,34 @@
 //!
 //! The control plane (config reloads, plugins, admin HTTP) lives outside this crate and talks to it only
 //! through [`Engine`].
+//!
+//! # Modules
+//! Each module uses only those below it (a DAG; no module reaches back up):
+//!
+//! ```text
+//! lib (Engine, Shared, Snapshot)
+//!  └─ worker      one core's run: listeners, accept loops, limits, tick, drain
+//!      └─ conn    one connection: hello, hook, route, connect, forward, access log
+//!          ├─ state   one core's private state (Core): snapshot copy, LB cursors, endpoint counts,
+//!          │          pipe pool, readiness set, hook cache, labelled counters
+//!          └─ relay   bytes both ways between two sockets; takes pipes, counters, idle and deadline
+//!              ├─ pipes    the per-core splice pipe pool and its leases
+//!              ├─ poller   readiness of a core's sockets (epoll set behind one io_uring poll), Side
+//!              ├─ cores    the runtime shared with the sidecar: CorePlan, Lifecycle, drain, accept
+//!              │           backoff, idle watch, within, reset_on_close
+//!              └─ stats    per-core counters, typed outcomes, metric families, the scrape
+//! hook (the per-connection policy trait), sys (every system call and all `unsafe`) sit at the bottom;
+//! every module may use them.
+//! ```
 
 mod conn;
+pub mod cores;
 pub mod hook;
+mod pipes;
 mod poller;
 
-/// Per-core building blocks shared with meshgate's other data planes (the sidecar).
-pub mod cores {
-    use crate::sys;
-    pub use crate::sys::listen;
-    use std::future::Future;
-    use thiserror::Error;
-
-    /// glommio refuses to create an executor when `RLIMIT_MEMLOCK` is below this (its own check).
-    pub const MIN_MEMLOCK: u64 = 512 * 1024;
-
-    /// Why no executor can start in this process. Found before any core starts, so the message says
-    /// what to change instead of glommio's error from inside a core thread.
-    #[derive(Debug, Error)]
-    #[non_exhaustive]
-    pub enum CoreError {
-        /// This process may not use io_uring.
-        #[error("io_uring is unavailable to this process (io_uring_setup: {source}): {hint}")]
-        IoUring {
-            /// What `io_uring_setup(2)` returned.
-            source: std::io::Error,
-            /// The likely cause and what to do about it.
-            hint: String,
-        },
-        /// The locked-memory limit is below glommio's minimum and may not be raised.
-        #[error("the locked-memory limit (RLIMIT_MEMLOCK) is {limit} bytes and cannot be raised ({source}); glommio needs at least {MIN_MEMLOCK} bytes: raise it (docker run --ulimit memlock=-1, systemd LimitMEMLOCK=infinity, ulimit -l unlimited)")]
-        MemLock {
-            /// The soft limit in force.
-            limit: u64,
-            /// Why raising it failed.
-            source: std::io::Error,
-        },
-    }
-
-    /// Checks that this process may create an io_uring, and if not, says why in terms an operator can
-    /// act on. Container runtimes block io_uring in their default seccomp profiles (Docker since 25.0,
-    /// containerd since 2.0); `kernel.io_uring_disabled` can turn it off host-wide.
-    pub fn probe_io_uring() -> Result<(), CoreError> {
-        let Err(source) = sys::probe_io_uring() else {
-            return Ok(());
-        };
-        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-            .ok()
-            .and_then(|s| s.trim().parse::<u8>().ok())
-            .unwrap_or(0);
-        let hint = match source.raw_os_error() {
-            Some(libc::EPERM) if disabled > 0 => format!(
-                "the sysctl kernel.io_uring_disabled is {disabled}; set it to 0 (or, at 1, run as a member of kernel.io_uring_group)"
-            ),
-            Some(libc::EPERM) => "blocked, most likely by a seccomp profile: container runtimes block io_uring by default (Docker since 25.0, containerd since 2.0); run with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (see docs/container.md)".to_owned(),
-            Some(libc::ENOSYS) => "this kernel has no io_uring; meshgate needs Linux 5.8 or newer with CONFIG_IO_URING".to_owned(),
-            Some(libc::ENOMEM) => "not enough lockable memory; raise RLIMIT_MEMLOCK (docker run --ulimit memlock=-1)".to_owned(),
-            _ => "meshgate's executors run on io_uring and cannot start without it".to_owned(),
-        };
-        Err(CoreError::IoUring { source, hint })
-    }
-
-    /// `f`'s output, or `None` once `limit` has passed (on the current executor's timer).
-    pub async fn within<T>(limit: std::time::Duration, f: impl Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(f.await) }, async {
-            glommio::timer::Timer::new(limit).await;
-            None
-        })
-        .await
-    }
-
-    /// Where a data plane's executors run: one per worker, pinned round robin to the CPUs this process
-    /// may use, each with `io_memory` bytes of glommio io memory.
-    #[derive(Debug, Clone)]
-    pub struct CorePlan {
-        cpus: Vec<usize>,
-        workers: usize,
-        io_memory: usize,
-    }
-
-    impl CorePlan {
-        /// `workers` executors (default: one per allowed CPU); checks io_uring and raises `RLIMIT_MEMLOCK`
-        /// to fit them.
-        pub fn new(workers: Option<usize>, io_memory: usize) -> Result<CorePlan, CoreError> {
-            probe_io_uring()?;
-            let cpus = sys::allowed_cpus();
-            let workers = workers.unwrap_or(cpus.len()).max(1);
-            // glommio locks its io memory plus ring buffers; leave room for both on every core.
-            let memlock = (workers * (io_memory + 512 * 1024)) as u64;
-            if let Err(source) = sys::ensure_memlock(memlock) {
-                let limit = sys::memlock_limit().unwrap_or(0);
-                if limit < MIN_MEMLOCK {
-                    return Err(CoreError::MemLock { limit, source });
-                }
-                // Above glommio's floor: cores start, with less room for registered buffers.
-                tracing::warn!(error = %source, limit, wanted = memlock, "could not raise RLIMIT_MEMLOCK to the wanted size");
-            }
-            Ok(CorePlan {
-                cpus,
-                workers,
-                io_memory,
-            })
-        }
-
-        /// How many executors.
-        pub fn workers(&self) -> usize {
-            self.workers
-        }
-
-        /// Starts executor `core`, named `<prefix>-<core>`, running `run`.
-        pub fn spawn<G, F, T>(
-            &self,
-            core: usize,
-            prefix: &str,
-            run: G,
-        ) -> Result<glommio::ExecutorJoinHandle<T>, String>
-        where
-            G: FnOnce() -> F + Send + 'static,
-            F: Future<Output = T> + 'static,
-            T: Send + 'static,
-        {
-            let cpu = self
-                .cpus
-                .get(core % self.cpus.len().max(1))
-                .copied()
-                .unwrap_or(0);
-            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
-                .name(&format!("{prefix}-{core}"))
-                .io_memory(self.io_memory)
-                .spawn(run)
-                .map_err(|e| e.to_string())
-        }
-    }
-}
 mod relay;
+mod state;
 pub mod stats;
 mod sys;
 mod worker;
@@ -163,7 +57,7 @@ use meshgate_config::GatewaySettings;
 use meshgate_route::RouteTable;
 use stats::{ControlStats, CoreStats, EngineMetrics};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -183,9 +77,7 @@ pub(crate) struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// Bumped after each new snapshot; cores compare it with their own copy per connection.
     generation: AtomicU64,
-    shutdown: AtomicBool,
-    listening: AtomicUsize,
-    exited: AtomicUsize,
+    life: cores::Lifecycle,
 }
 
 /// The engine could not start or failed while running.
@@ -252,9 +144,7 @@ impl Engine {
                 settings: settings.clone(),
             }),
             generation: AtomicU64::new(0),
-            shutdown: AtomicBool::new(false),
-            listening: AtomicUsize::new(0),
-            exited: AtomicUsize::new(0),
+            life: cores::Lifecycle::new(workers),
         });
         let metrics = EngineMetrics {
             cores,
@@ -328,8 +218,7 @@ impl Engine {
 
     /// True while every core listens and the engine is not draining.
     pub fn ready(&self) -> bool {
-        !self.shared.shutdown.load(Ordering::Relaxed)
-            && self.shared.listening.load(Ordering::Relaxed) == self.workers
+        self.shared.life.all_listening()
     }
 
     /// Metrics view (cheap to clone, summed at scrape).
@@ -345,12 +234,12 @@ impl Engine {
     /// Begins a graceful shutdown: listeners close, live connections get the drain timeout.
     pub fn shutdown(&self) {
         self.metrics.control.draining.store(true, Ordering::Relaxed);
-        self.shared.shutdown.store(true, Ordering::Relaxed);
+        self.shared.life.shutdown();
     }
 
     /// True once every core has finished (after [`Engine::shutdown`]).
     pub fn finished(&self) -> bool {
-        self.shared.exited.load(Ordering::Relaxed) == self.workers
+        self.shared.life.finished()
     }
 
     /// Waits for every core to finish.

@@ -15,7 +15,6 @@
 //! that made it (`Rc`, `RefCell`, never across threads).
 
 use crate::sys;
-use crate::worker::Core;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -293,19 +292,20 @@ pub(crate) struct Side<'a> {
 }
 
 impl<'a> Side<'a> {
-    /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if it cannot.
-    pub(crate) fn new(core: &'a Core, fd: OwnedFd) -> Side<'a> {
-        Self::with_interest(core, fd, IN)
+    /// Takes `fd` and joins the core's epoll set (until dropped), or waits through glommio if there is
+    /// no set or it cannot take the socket.
+    pub(crate) fn new(poller: Option<&'a Poller>, fd: OwnedFd) -> Side<'a> {
+        Self::with_interest(poller, fd, IN)
     }
 
     /// A socket whose non-blocking connect is under way: joins the set waiting for reading and
     /// writing (writable = the connect ended).
-    pub(crate) fn connecting(core: &'a Core, fd: OwnedFd) -> Side<'a> {
-        Self::with_interest(core, fd, IN | OUT)
+    pub(crate) fn connecting(poller: Option<&'a Poller>, fd: OwnedFd) -> Side<'a> {
+        Self::with_interest(poller, fd, IN | OUT)
     }
 
-    fn with_interest(core: &'a Core, fd: OwnedFd, interest: u32) -> Side<'a> {
-        let registration = core.poller().and_then(|p| {
+    fn with_interest(poller: Option<&'a Poller>, fd: OwnedFd, interest: u32) -> Side<'a> {
+        let registration = poller.and_then(|p| {
             p.register(fd.as_fd(), interest)
                 .inspect_err(|e| tracing::debug!(error = %e, "epoll registration failed; polling through io_uring"))
                 .ok()

@@ -115,6 +115,14 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// [`set_linger_zero`] for a socket owned by another type (a glommio stream).
+pub fn set_linger_zero_raw(socket: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: `socket` is borrowed for the whole call, so the descriptor it owns stays open until
+    // set_linger_zero returns; the BorrowedFd does not outlive the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    set_linger_zero(fd)
+}
+
 /// Makes the next close send RST instead of FIN, to pass a peer's reset on promptly.
 pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
     let linger = libc::linger {

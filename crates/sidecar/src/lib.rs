@@ -12,6 +12,12 @@
 //! [`Sidecar::install`]; each core notices the new generation, binds or closes listeners to match, and
 //! uses the new plan for new connections. Live connections keep the plan they started with, so
 //! certificate rotation and catalog changes never cut a connection.
+//!
+//! The cores run on the engine's runtime ([`meshgate_engine::cores`]) and follow its rules: executors
+//! placed by its `CorePlan`, lifecycle and drain by its `Lifecycle` and `drain`, accept paused by its
+//! `AcceptBackoff` when descriptors run out, idleness judged by its `idle_watch` from byte counts (no
+//! clock read per transfer), a reset or error on one side of a connection passed on as a reset to the
+//! other, and counters written by their core only ([`stats`]).
 
 pub mod stats;
 pub mod tls;
@@ -19,17 +25,23 @@ pub mod tls;
 use arc_swap::ArcSwap;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use meshgate_engine::cores::within;
+use meshgate_engine::cores::{
+    drain, idle_watch, reset_on_close, run_until_shutdown, within, AcceptBackoff, AcceptFailure,
+    Lifecycle,
+};
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
 use rustls::pki_types::ServerName;
 use stats::{CoreStats, Inbound, Metrics, Outbound};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use thiserror::Error;
 
 /// How often a core looks for a new plan (listener changes only; connections read it directly).
@@ -146,8 +158,7 @@ struct Shared {
     generation: AtomicU64,
     /// Per core: the generation whose listeners are all bound.
     bound: Vec<AtomicU64>,
-    shutdown: AtomicBool,
-    exited: AtomicUsize,
+    life: Lifecycle,
     settings: Settings,
 }
 
@@ -170,8 +181,7 @@ impl Sidecar {
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             bound: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            shutdown: AtomicBool::new(false),
-            exited: AtomicUsize::new(0),
+            life: Lifecycle::new(workers),
             settings: settings.clone(),
         });
         let mut handles = Vec::with_capacity(workers);
@@ -191,20 +201,26 @@ impl Sidecar {
             handles,
         };
         // Ready when every core bound the first plan, or the first bind error is reported.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sidecar.ready() {
-            if let Some((addr, message)) = sidecar.metrics.first_bind_error() {
-                sidecar.shutdown();
-                return Err(SidecarError::Listen { addr, message });
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "start-up on the caller's thread, before the data plane serves: no core is blocked"
+        )]
+        {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !sidecar.ready() {
+                if let Some((addr, message)) = sidecar.metrics.first_bind_error() {
+                    sidecar.shutdown();
+                    return Err(SidecarError::Listen { addr, message });
+                }
+                if std::time::Instant::now() > deadline || sidecar.finished() {
+                    sidecar.shutdown();
+                    return Err(SidecarError::Core(
+                        0,
+                        "cores did not start listening".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            if Instant::now() > deadline || sidecar.finished() {
-                sidecar.shutdown();
-                return Err(SidecarError::Core(
-                    0,
-                    "cores did not start listening".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(sidecar)
     }
@@ -224,7 +240,7 @@ impl Sidecar {
     /// True when every core listens on everything the current plan names, and not draining.
     pub fn ready(&self) -> bool {
         let generation = self.shared.generation.load(Ordering::Acquire);
-        !self.shared.shutdown.load(Ordering::Relaxed)
+        !self.shared.life.shutting_down()
             && self
                 .shared
                 .bound
@@ -239,12 +255,12 @@ impl Sidecar {
 
     /// Stop listening; live connections get the drain timeout.
     pub fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::Relaxed);
+        self.shared.life.shutdown();
     }
 
     /// True once every core has exited.
     pub fn finished(&self) -> bool {
-        self.shared.exited.load(Ordering::Relaxed) == self.handles.len()
+        self.shared.life.finished()
     }
 
     /// Waits for every core.
@@ -289,7 +305,7 @@ async fn run_core(core: usize, shared: Arc<Shared>, stats: Arc<CoreStats>) {
     });
     let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
     let mut seen = 0;
-    while !core.shared.shutdown.load(Ordering::Relaxed) {
+    let mut follow_plan = || {
         let generation = core.shared.generation.load(Ordering::Acquire);
         if generation != seen {
             let plan = core.shared.plan.load_full();
@@ -298,15 +314,26 @@ async fn run_core(core: usize, shared: Arc<Shared>, stats: Arc<CoreStats>) {
                 core.shared.bound[core.index].store(generation, Ordering::Release);
             }
         }
-        glommio::timer::Timer::new(RECONCILE_INTERVAL).await;
-    }
+    };
+    follow_plan();
+    run_until_shutdown(&core.shared.life, RECONCILE_INTERVAL, follow_plan).await;
     // Dropping the accept tasks closes the listeners; connections drain.
     listeners.clear();
-    let deadline = Instant::now() + core.shared.settings.drain_timeout;
-    while core.active.get() > 0 && Instant::now() < deadline {
-        glommio::timer::Timer::new(RECONCILE_INTERVAL).await;
+    let left = drain(
+        || core.active.get(),
+        core.shared.settings.drain_timeout,
+        RECONCILE_INTERVAL,
+        || {},
+    )
+    .await;
+    if left > 0 {
+        tracing::warn!(
+            core = core.index,
+            live = left,
+            "drain timeout: closing remaining connections"
+        );
     }
-    core.shared.exited.fetch_add(1, Ordering::Relaxed);
+    core.shared.life.exited();
 }
 
 /// Makes the core's listeners match the plan; false if some address could not be bound (retried).
@@ -342,12 +369,23 @@ async fn accept_loop(
     addr: SocketAddr,
     role: Role,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff.accepted();
+                s
+            }
             Err(e) => {
-                tracing::warn!(%addr, error = %e, "accept failed");
-                glommio::timer::Timer::new(Duration::from_millis(10)).await;
+                let e = io::Error::from(e);
+                match backoff.failed(&e).await {
+                    // Out of descriptors: the backoff paused (and said so); try again.
+                    AcceptFailure::Transient | AcceptFailure::Exhausted => {}
+                    AcceptFailure::Other => {
+                        tracing::warn!(%addr, error = %e, "accept failed");
+                        glommio::timer::Timer::new(Duration::from_millis(10)).await;
+                    }
+                }
                 continue;
             }
         };
@@ -371,7 +409,7 @@ async fn accept_loop(
 async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
     let settings = &core.shared.settings;
     let peer = stream.peer_addr().ok();
-    core.stats.active(stats::Direction::Inbound, 1);
+    core.stats.active(stats::Direction::Inbound, true);
     let acceptor = futures_rustls::TlsAcceptor::from(plan.tls.server_config());
     let outcome = 'conn: {
         let tls = match within(settings.handshake_timeout, acceptor.accept(stream)).await {
@@ -435,16 +473,16 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
         let _ = app_stream.set_nodelay(true);
         core.stats.inbound(Inbound::Allowed);
         relay(tls, app_stream, settings.idle_timeout).await;
-        core.stats.active(stats::Direction::Inbound, -1);
+        core.stats.active(stats::Direction::Inbound, false);
         return;
     };
     core.stats.inbound(outcome);
-    core.stats.active(stats::Direction::Inbound, -1);
+    core.stats.active(stats::Direction::Inbound, false);
 }
 
 async fn outbound(core: &Core, app: TcpStream, up: &Upstream) {
     let settings = &core.shared.settings;
-    core.stats.active(stats::Direction::Outbound, 1);
+    core.stats.active(stats::Direction::Outbound, true);
     let _ = app.set_nodelay(true);
     let outcome = 'conn: {
         if up.next_hops.is_empty() {
@@ -501,18 +539,83 @@ async fn outbound(core: &Core, app: TcpStream, up: &Upstream) {
         );
         core.stats.outbound(up, Outbound::Ok);
         relay(tls, app, settings.idle_timeout).await;
-        core.stats.active(stats::Direction::Outbound, -1);
+        core.stats.active(stats::Direction::Outbound, false);
         return;
     };
     core.stats.outbound(up, outcome);
-    core.stats.active(stats::Direction::Outbound, -1);
+    core.stats.active(stats::Direction::Outbound, false);
 }
 
 /// Bytes moved per read while relaying (TLS records are at most 16 KiB of plaintext).
 const RELAY_CHUNK: usize = 16 * 1024;
 
-/// Copies `from` to `to` until EOF or an error, then half-closes `to`; notes the time of every transfer.
-async fn pump<R, W>(mut from: R, mut to: W, last: &Cell<Instant>)
+/// A relayed stream whose TCP socket can be told to reset on close.
+trait Socket {
+    /// The TCP connection under the stream.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for futures_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl Socket for futures_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// One direction's access to a stream both directions use. The stream lives on one core and each poll
+/// borrows it only for that call, so the borrows never overlap (no lock, unlike a thread-safe split).
+struct Half<T>(Rc<RefCell<T>>);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Half<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Half<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// Which side of a direction failed, for reset propagation.
+#[derive(Debug)]
+enum PumpError {
+    /// Reading the source failed (its peer reset or errored).
+    Source(io::Error),
+    /// Writing the destination failed.
+    Destination(io::Error),
+}
+
+/// Copies `from` to `to` until EOF, then half-closes `to`; counts the bytes moved.
+async fn pump<R, W>(mut from: R, mut to: W, moved: &Cell<u64>) -> Result<(), PumpError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -520,46 +623,183 @@ where
     use futures_lite::AsyncReadExt;
     let mut buf = vec![0u8; RELAY_CHUNK];
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                last.set(Instant::now());
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            // A FIN without TLS close_notify: an end, not a reset.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Source(e)),
+            Ok(n) => n,
+        };
+        to.write_all(&buf[..n])
+            .await
+            .map_err(PumpError::Destination)?;
+        moved.set(moved.get() + n as u64);
     }
+    // Passes the end on (close_notify and FIN on a TLS side); a failure here ends nothing more.
     let _ = to.close().await;
+    Ok(())
 }
 
-/// Copies both ways until both sides are done (each side's end is passed on as a half-close), or until
-/// nothing has moved either way for `idle`.
+/// Copies both ways until both sides are done (each side's end is passed on as a half-close), one side
+/// fails (the other is then reset, not closed cleanly), or nothing has moved either way for `idle`.
 async fn relay<A, B>(a: A, b: B, idle: Duration)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin + Socket,
+    B: AsyncRead + AsyncWrite + Unpin + Socket,
 {
-    let last = Cell::new(Instant::now());
-    let (a_read, a_write) = futures_lite::io::split(a);
-    let (b_read, b_write) = futures_lite::io::split(b);
-    let both =
-        futures_lite::future::zip(pump(a_read, b_write, &last), pump(b_read, a_write, &last));
-    let watchdog = async {
-        loop {
-            let quiet = last.get().elapsed();
-            if quiet >= idle {
-                tracing::debug!(idle = ?idle, "idle connection closed");
-                return;
-            }
-            glommio::timer::Timer::new(idle - quiet).await;
-        }
-    };
-    futures_lite::future::or(
+    let a = Rc::new(RefCell::new(a));
+    let b = Rc::new(RefCell::new(b));
+    let moved = Cell::new(0u64);
+    let pumps = futures_lite::future::try_zip(
         async {
-            both.await;
+            pump(Half(a.clone()), Half(b.clone()), &moved)
+                .await
+                .map_err(|e| (true, e))
         },
-        watchdog,
-    )
+        async {
+            pump(Half(b.clone()), Half(a.clone()), &moved)
+                .await
+                .map_err(|e| (false, e))
+        },
+    );
+    let ended = futures_lite::future::or(async { Some(pumps.await) }, async {
+        idle_watch(|| moved.get(), idle, None).await;
+        None
+    })
     .await;
+    match ended {
+        None => tracing::debug!(idle = ?idle, "idle connection closed"),
+        Some(Ok(_)) => {}
+        Some(Err((a_to_b, err))) => {
+            // A source failure is the reading side's; a destination failure the writing side's.
+            let (a_failed, error) = match err {
+                PumpError::Source(e) => (a_to_b, e),
+                PumpError::Destination(e) => (!a_to_b, e),
+            };
+            let reset = if a_failed {
+                reset_on_close(b.borrow().tcp())
+            } else {
+                reset_on_close(a.borrow().tcp())
+            };
+            tracing::debug!(error = %error, reset = ?reset.err(), "relay side failed; resetting the other");
+        }
+    }
+}
+
+// Everything runs on one executor: the relay as a task, its peers as glommio sockets on loopback. Every
+// wait is bounded by `within`; nothing asserts on time.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+    use glommio::net::TcpListener;
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    fn on_executor<Fut: std::future::Future<Output = ()> + 'static>(
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 * 1024)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A connected pair: (the near end, the far end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let near = TcpStream::connect(addr).await.expect("connect");
+        let far = listener.accept().await.expect("accept");
+        (near, far)
+    }
+
+    /// client ⇄ a …relay… b ⇄ server, the relay running as a task.
+    async fn relayed(idle: Duration) -> (TcpStream, TcpStream, glommio::task::JoinHandle<()>) {
+        let (client, a) = pair().await;
+        let (b, server) = pair().await;
+        let task = glommio::spawn_local(relay(a, b, idle)).detach();
+        (client, server, task)
+    }
+
+    async fn read_some(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 64];
+        let n = within(BOUND, s.read(&mut buf))
+            .await
+            .expect("a read within the bound")?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[test]
+    fn half_close_keeps_the_other_direction() {
+        on_executor(|| async {
+            let (mut client, mut server, task) = relayed(BOUND).await;
+            client.write_all(b"ping").await.expect("write");
+            client.close().await.expect("half-close");
+            let mut got = Vec::new();
+            within(BOUND, server.read_to_end(&mut got))
+                .await
+                .expect("bound")
+                .expect("request, then EOF");
+            assert_eq!(got, b"ping");
+            server
+                .write_all(b"pong")
+                .await
+                .expect("write after the half-close");
+            server.close().await.expect("half-close");
+            let mut back = Vec::new();
+            within(BOUND, client.read_to_end(&mut back))
+                .await
+                .expect("bound")
+                .expect("response, then EOF");
+            assert_eq!(back, b"pong");
+            assert!(within(BOUND, task).await.is_some(), "relay ended");
+        });
+    }
+
+    fn reset_propagates(from_client: bool) {
+        on_executor(move || async move {
+            let (mut client, mut server, task) = relayed(BOUND).await;
+            client.write_all(b"ping").await.expect("write");
+            assert_eq!(read_some(&mut server).await.expect("read"), b"ping");
+            let mut survivor = if from_client {
+                reset_on_close(&client).expect("linger");
+                drop(client);
+                server
+            } else {
+                reset_on_close(&server).expect("linger");
+                drop(server);
+                client
+            };
+            match read_some(&mut survivor).await {
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+                Ok(b) => panic!("a clean end ({b:?}) instead of a reset"),
+            }
+            assert!(within(BOUND, task).await.is_some(), "relay ended");
+        });
+    }
+
+    #[test]
+    fn client_reset_resets_the_server() {
+        reset_propagates(true);
+    }
+
+    #[test]
+    fn server_reset_resets_the_client() {
+        reset_propagates(false);
+    }
+
+    #[test]
+    fn idle_connection_is_closed_cleanly() {
+        on_executor(|| async {
+            let (mut client, mut server, task) = relayed(Duration::from_millis(20)).await;
+            assert!(within(BOUND, task).await.is_some(), "relay ended as idle");
+            assert_eq!(read_some(&mut client).await.expect("clean close"), b"");
+            assert_eq!(read_some(&mut server).await.expect("clean close"), b"");
+        });
+    }
 }

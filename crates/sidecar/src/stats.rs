@@ -1,12 +1,17 @@
-//! Sidecar counters: per core (each core writes only its own, behind an uncontended lock the scraper
-//! shares), summed at scrape into Prometheus text.
+//! Sidecar counters, on the engine's rules: per core, each written by its core only (the engine's
+//! single-writer [`Counter`]: a relaxed load and store, no lock, no locked instruction), summed at scrape
+//! into Prometheus text through the engine's metric-family builders.
+//!
+//! Counters with open-ended labels (per upstream) live in a map the core republishes only when a new
+//! label set appears; the counts themselves are shared cells, so a scrape sees every connection at once.
 
 use crate::Upstream;
-use meshgate_engine::stats::{counter, encode, family, gauge, label};
-use std::collections::BTreeMap;
+use arc_swap::ArcSwap;
+use meshgate_engine::stats::{counter, encode, family, gauge, label, Counter};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// How an inbound connection ended its setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +31,28 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// Every outcome.
+    const ALL: [Inbound; 6] = [
+        Inbound::Allowed,
+        Inbound::Denied,
+        Inbound::HandshakeFailed,
+        Inbound::NoIdentity,
+        Inbound::NoApplication,
+        Inbound::ApplicationUnreachable,
+    ];
+
+    /// Position in [`Inbound::ALL`].
+    const fn index(self) -> usize {
+        match self {
+            Inbound::Allowed => 0,
+            Inbound::Denied => 1,
+            Inbound::HandshakeFailed => 2,
+            Inbound::NoIdentity => 3,
+            Inbound::NoApplication => 4,
+            Inbound::ApplicationUnreachable => 5,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Inbound::Allowed => "allowed",
@@ -73,29 +100,22 @@ pub enum Direction {
 
 type OutboundKey = (String, String, String, String, bool, &'static str);
 
-#[derive(Default)]
-struct Counts {
-    inbound: BTreeMap<&'static str, u64>,
-    outbound: BTreeMap<OutboundKey, u64>,
-    bind_errors: Vec<(SocketAddr, String)>,
-}
-
-/// One core's counters.
+/// One core's counters. Written by that core only; read by the scraper.
 #[derive(Default)]
 pub struct CoreStats {
-    counts: Mutex<Counts>,
-    active_inbound: AtomicI64,
-    active_outbound: AtomicI64,
+    inbound: [Counter; Inbound::ALL.len()],
+    /// Per outbound label set. Republished (a new map) only when the core meets a new label set.
+    outbound: ArcSwap<HashMap<OutboundKey, Arc<Counter>>>,
+    /// Opened minus closed, per direction.
+    active_inbound: Counter,
+    active_outbound: Counter,
+    /// Listen addresses this core could not bind; republished on each new one (rare).
+    bind_errors: ArcSwap<Vec<(SocketAddr, String)>>,
 }
 
 impl CoreStats {
-    fn lock(&self) -> MutexGuard<'_, Counts> {
-        // A poisoned lock only means a panic mid-increment; the counts are still usable.
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn inbound(&self, outcome: Inbound) {
-        *self.lock().inbound.entry(outcome.label()).or_default() += 1;
+        self.inbound[outcome.index()].inc();
     }
 
     pub(crate) fn outbound(&self, up: &Upstream, outcome: Outbound) {
@@ -107,19 +127,35 @@ impl CoreStats {
             up.via_gateway,
             outcome.label(),
         );
-        *self.lock().outbound.entry(key).or_default() += 1;
+        let published = self.outbound.load();
+        if let Some(c) = published.get(&key) {
+            c.inc();
+            return;
+        }
+        // A new label set. Single writer: nobody else publishes between this load and store.
+        let first = Arc::new(Counter::default());
+        first.inc();
+        let mut grown = HashMap::clone(&published);
+        grown.insert(key, first);
+        self.outbound.store(Arc::new(grown));
     }
 
-    pub(crate) fn active(&self, direction: Direction, delta: i64) {
+    pub(crate) fn active(&self, direction: Direction, opened: bool) {
         let gauge = match direction {
             Direction::Inbound => &self.active_inbound,
             Direction::Outbound => &self.active_outbound,
         };
-        gauge.fetch_add(delta, Ordering::Relaxed);
+        if opened {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
     }
 
     pub(crate) fn bind_error(&self, addr: SocketAddr, message: String) {
-        self.lock().bind_errors.push((addr, message));
+        let mut errors = Vec::clone(&self.bind_errors.load());
+        errors.push((addr, message));
+        self.bind_errors.store(Arc::new(errors));
     }
 }
 
@@ -151,15 +187,15 @@ impl Metrics {
     pub(crate) fn first_bind_error(&self) -> Option<(SocketAddr, String)> {
         self.cores
             .iter()
-            .find_map(|c| c.lock().bind_errors.first().cloned())
+            .find_map(|c| c.bind_errors.load().first().cloned())
     }
 
     /// Inbound connections that ended setup with `outcome`, all cores.
     pub fn inbound_total(&self, outcome: Inbound) -> u64 {
         self.cores
             .iter()
-            .map(|c| c.lock().inbound.get(outcome.label()).copied().unwrap_or(0))
-            .sum()
+            .map(|c| c.inbound[outcome.index()].get())
+            .fold(0, u64::wrapping_add)
     }
 
     /// Prometheus text.
@@ -167,18 +203,23 @@ impl Metrics {
         use meshgate_engine::stats::MetricType::{COUNTER, GAUGE};
         let mut inbound: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut outbound: BTreeMap<OutboundKey, u64> = BTreeMap::new();
-        let (mut active_in, mut active_out) = (0, 0);
+        let (mut active_in, mut active_out) = (0u64, 0u64);
         for c in self.cores.iter() {
-            let counts = c.lock();
-            for (k, v) in &counts.inbound {
-                *inbound.entry(k).or_default() += v;
+            // Only outcomes seen so far are listed, as before the counters moved off a lock.
+            for o in Inbound::ALL {
+                let n = c.inbound[o.index()].get();
+                if n > 0 {
+                    *inbound.entry(o.label()).or_default() += n;
+                }
             }
-            for (k, v) in &counts.outbound {
-                *outbound.entry(k.clone()).or_default() += v;
+            for (k, v) in c.outbound.load().iter() {
+                *outbound.entry(k.clone()).or_default() += v.get();
             }
-            active_in += c.active_inbound.load(Ordering::Relaxed);
-            active_out += c.active_outbound.load(Ordering::Relaxed);
+            active_in = active_in.wrapping_add(c.active_inbound.get());
+            active_out = active_out.wrapping_add(c.active_outbound.get());
         }
+        // Opens minus closes, kept in wrapping unsigned cells.
+        let (active_in, active_out) = (active_in as i64, active_out as i64);
         encode(vec![
             family(
                 "meshgate_sidecar_inbound_connections_total",
@@ -229,5 +270,75 @@ impl Metrics {
                 )],
             ),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn upstream(service: &str, via_gateway: bool) -> Upstream {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Upstream {
+            service: service.to_owned(),
+            datacenter: "dc1".to_owned(),
+            bind: ([127, 0, 0, 1], 9000).into(),
+            sni: ServerName::try_from("api.default.dc1.internal.td.consul").expect("name"),
+            client: Arc::new(client),
+            next_hops: vec![],
+            mode: "local".to_owned(),
+            mode_source: "proxy-defaults".to_owned(),
+            via_gateway,
+        }
+    }
+
+    #[test]
+    fn sums_cores_without_locks_and_keeps_names_and_labels() {
+        let m = Metrics::new(2);
+        let (c0, c1) = (m.core(0), m.core(1));
+        c0.inbound(Inbound::Allowed);
+        c1.inbound(Inbound::Allowed);
+        c1.inbound(Inbound::Denied);
+        let api = upstream("api", true);
+        c0.outbound(&api, Outbound::Ok);
+        c1.outbound(&api, Outbound::Ok);
+        c1.outbound(&api, Outbound::Ok);
+        c0.outbound(&upstream("web", false), Outbound::ConnectFailed);
+        c0.active(Direction::Inbound, true);
+        c1.active(Direction::Inbound, true);
+        c0.active(Direction::Inbound, false);
+        c1.active(Direction::Outbound, true);
+        c1.active(Direction::Outbound, false);
+        m.set_cert_expiry(1_700_000_000);
+        assert_eq!(m.inbound_total(Inbound::Allowed), 2);
+        let text = m.render();
+        for line in [
+            "meshgate_sidecar_inbound_connections_total{outcome=\"allowed\"} 2",
+            "meshgate_sidecar_inbound_connections_total{outcome=\"denied\"} 1",
+            "meshgate_sidecar_upstream_connections_total{upstream=\"api\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"true\",outcome=\"ok\"} 3",
+            "meshgate_sidecar_upstream_connections_total{upstream=\"web\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"false\",outcome=\"connect_failed\"} 1",
+            "meshgate_sidecar_active_connections{direction=\"inbound\"} 1",
+            "meshgate_sidecar_active_connections{direction=\"outbound\"} 0",
+            "meshgate_sidecar_certificate_expiry_timestamp_seconds 1700000000",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Outcomes never seen are not listed (as before).
+        assert!(!text.contains("outcome=\"no_identity\""), "{text}");
+    }
+
+    #[test]
+    fn the_first_bind_error_is_reported() {
+        let m = Metrics::new(2);
+        assert!(m.first_bind_error().is_none());
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        m.core(1).bind_error(addr, "in use".to_owned());
+        assert_eq!(m.first_bind_error(), Some((addr, "in use".to_owned())));
     }
 }

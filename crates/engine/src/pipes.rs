@@ -1,0 +1,100 @@
+//! The per-core pool of splice pipes, and the lease a relay direction holds while bytes are in flight.
+//!
+//! A pipe is leased only while bytes sit in it: an idle direction gives its (empty) pipe back before it
+//! waits, so the pool is sized by the connections moving data, not by the connections open.
+
+use crate::sys::{self, Pipe};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// Pipes kept for reuse per core. Bounds the pipes kept around after a burst, not the connections served.
+pub(crate) const PIPE_POOL_MAX: usize = 1024;
+/// Capacity asked for each pipe, in bytes (the kernel default).
+pub(crate) const PIPE_SIZE: usize = 64 * 1024;
+
+/// One core's idle pipes. Lives on its core (`RefCell`, never across threads).
+#[derive(Default)]
+pub(crate) struct PipePool {
+    idle: RefCell<Vec<Pipe>>,
+}
+
+impl PipePool {
+    /// A pipe from the pool, or a new one.
+    fn take(&self) -> io::Result<Pipe> {
+        match self.idle.borrow_mut().pop() {
+            Some(p) => Ok(p),
+            None => sys::pipe(PIPE_SIZE),
+        }
+    }
+
+    /// Returns a pipe known to be empty (its last splice drained it).
+    fn give_empty(&self, pipe: Pipe) {
+        let mut pool = self.idle.borrow_mut();
+        if pool.len() < PIPE_POOL_MAX {
+            pool.push(pipe);
+        }
+    }
+
+    /// Returns a pipe if it is empty; a pipe with bytes left in it is closed.
+    fn give(&self, pipe: Pipe) {
+        if matches!(sys::pipe_pending(pipe.read.as_fd()), Ok(0)) {
+            self.give_empty(pipe);
+        }
+    }
+
+    /// Pipes waiting in the pool.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    /// An empty lease on this pool.
+    pub(crate) fn lease(&self) -> Lease<'_> {
+        Lease {
+            pool: self,
+            pipe: None,
+        }
+    }
+}
+
+/// A pipe borrowed from a pool (or none yet); goes back on drop, or is closed if bytes are stuck in it.
+pub(crate) struct Lease<'p> {
+    pool: &'p PipePool,
+    pipe: Option<Pipe>,
+}
+
+impl Lease<'_> {
+    /// Makes sure a pipe is held: taken from the pool or made.
+    pub(crate) fn hold(&mut self) -> io::Result<()> {
+        if self.pipe.is_none() {
+            self.pipe = Some(self.pool.take()?);
+        }
+        Ok(())
+    }
+
+    /// The write end, if a pipe is held.
+    pub(crate) fn write_end(&self) -> Option<BorrowedFd<'_>> {
+        self.pipe.as_ref().map(|p| p.write.as_fd())
+    }
+
+    /// The read end, if a pipe is held.
+    pub(crate) fn read_end(&self) -> Option<BorrowedFd<'_>> {
+        self.pipe.as_ref().map(|p| p.read.as_fd())
+    }
+
+    /// Gives back a pipe known to be empty (nothing pending in it), without checking.
+    pub(crate) fn release_empty(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            self.pool.give_empty(p);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            self.pool.give(p);
+        }
+    }
+}
