@@ -46,9 +46,9 @@ impl Limits {
 }
 
 /// Why a connection's first bytes are not an acceptable ClientHello. Each variant is a stable metrics label
-/// (see [`Reject::label`]).
+/// (see [`Reject::label`]). Deliberately exhaustive: the engine counts each variant under its own label,
+/// so a new reason must fail to compile there until it is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
 pub enum Reject {
     /// The first byte is not a TLS handshake record (plain HTTP, SSH, random bytes...).
     #[error("not TLS: first record is not a handshake record")]
