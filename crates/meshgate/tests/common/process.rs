@@ -128,10 +128,16 @@ impl Gateway {
         std::fs::write(&path, text).expect("write file");
     }
 
-    /// Rewrites the config file (same listen/admin) with new routes.
+    /// Rewrites the config file (same listen/admin) with new routes; `workers = 2` unless
+    /// `extra_gateway` sets it, as [`Gateway::start`] wrote it.
     pub fn rewrite(&self, extra_gateway: &str, rest: &str) {
+        let workers = if extra_gateway.contains("workers") {
+            ""
+        } else {
+            "workers = 2\n"
+        };
         let text = format!(
-            "[gateway]\nlisten = [\"{}\"]\nadmin = \"{}\"\nworkers = 2\n{extra_gateway}\n{rest}",
+            "[gateway]\nlisten = [\"{}\"]\nadmin = \"{}\"\n{workers}{extra_gateway}\n{rest}",
             self.listen, self.admin
         );
         std::fs::write(&self.config, text).expect("rewrite config");
