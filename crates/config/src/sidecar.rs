@@ -3,9 +3,10 @@
 //! port and the upstreams' `local_bind_port`s come from the service's registration in the catalog, as
 //! with Consul.
 
-use super::{
-    base_dir, find_key, from_toml, locate, read_file, validate_plugin_sections, ConfigError,
-    LoadError, PluginSection, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS,
+use crate::error::{find_key, locate};
+use crate::load::{base_dir, from_toml, read_file, validate_plugin_sections};
+use crate::{
+    ConfigError, LoadError, PluginSection, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_SECS,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB, DEFAULT_ROUTER_PLUGIN,
 };
 use serde::Deserialize;

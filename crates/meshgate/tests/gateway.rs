@@ -731,3 +731,129 @@ fn connection_hook_denies_listed_names_and_caches_verdicts() {
     assert_eq!(gw.metric("meshgate_hook_calls_total"), 2.0);
     assert_eq!(gw.metric("meshgate_hook_cache_hits_total"), 2.0);
 }
+
+/// Runs `f` on its own thread and hands back its result on a channel, so a test can check whether a
+/// blocked client has finished without waiting for it.
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+/// An upstream that takes the ClientHello and then goes silent: while it stalls, the same core serves
+/// other connections in full; the stalled client is closed by the idle timeout, and that is counted.
+#[test]
+fn stalled_upstream_is_closed_by_the_idle_timeout_while_others_are_served() {
+    let pki = Pki::new("test CA").expect("ca");
+    let live_name = sni("api", "dc1");
+    let live = backend(&pki, "api", &[&live_name]);
+    let stuck_name = sni("stuck", "dc1");
+    let (stuck, events) = stalling_upstream();
+    let routes = format!(
+        "{}{}",
+        route(&live_name, &[live.addr()]),
+        route(&stuck_name, &[stuck])
+    );
+    // One core: the stalled connection and the others share it. An idle timeout of an hour first, so
+    // that "still stalled while the other was served" holds whatever the machine's speed.
+    let gw = Gateway::start("workers = 1\nidle_timeout_secs = 3600", &routes);
+    let client = pki.client_config(&[]).expect("client");
+    let stalled_client = |client: Arc<meshgate_tlskit::ClientConfig>| {
+        let (listen, name) = (gw.listen, stuck_name.clone());
+        on_thread(move || {
+            meshgate_tlskit::connect(listen, &name, client).map_err(|e| e.to_string())
+        })
+    };
+
+    let first = stalled_client(client.clone());
+    let event = events
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the ClientHello reached the stalling upstream");
+    assert!(
+        matches!(event, StallEvent::Stalled(0, n) if n > 5),
+        "{event:?}"
+    );
+    // Meanwhile a second client completes a whole TLS exchange through the same core.
+    let answer = meshgate_tlskit::hello(gw.listen, &live_name, client.clone()).expect("served");
+    assert!(answer.starts_with("backend=api "), "{answer}");
+    assert!(
+        first.try_recv().is_err(),
+        "the stalled handshake ended while nothing closed it"
+    );
+    assert_eq!(
+        events.try_recv().ok(),
+        None,
+        "the stalled upstream was closed"
+    );
+
+    // New connections get a one-second idle timeout (a reload applies to new connections).
+    gw.rewrite("workers = 1\nidle_timeout_secs = 1", &routes);
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"ok\"}", 1.0);
+    let second = stalled_client(client.clone());
+    let event = events
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the second ClientHello reached the stalling upstream");
+    assert!(matches!(event, StallEvent::Stalled(1, _)), "{event:?}");
+    // The gateway closes both sides: the client's handshake fails, the upstream sees the close.
+    let outcome = second
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the stalled client was closed within 15 s");
+    assert!(
+        outcome.is_err(),
+        "a handshake completed through a silent upstream"
+    );
+    let event = events
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the stalling upstream saw the gateway close");
+    assert_eq!(event, StallEvent::Closed(1));
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"idle_timeout\"}",
+        1.0,
+    );
+    // The connection made before the reload keeps its hour, and the gateway still serves.
+    assert!(
+        first.try_recv().is_err(),
+        "the first stalled connection was closed too"
+    );
+    let answer = meshgate_tlskit::hello(gw.listen, &live_name, client).expect("still served");
+    assert!(answer.starts_with("backend=api "), "{answer}");
+}
+
+/// An upstream that answers one byte per millisecond: every byte arrives intact and in order, and the
+/// drip — several idle periods long — never trips the one-second idle timeout while bytes keep flowing.
+#[test]
+fn dripping_upstream_arrives_intact_without_tripping_the_idle_timeout() {
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("drip", "dc1");
+    let b = backend(&pki, "drip", &[&name]);
+    let (drip, dripped) = dripping_upstream(b.addr(), Duration::from_millis(1));
+    let gw = Gateway::start("idle_timeout_secs = 1", &route(&name, &[drip]));
+    let client = pki.client_config(&[]).expect("client");
+    // 1 KiB up; 2 KiB of answer (plus the 32-byte hash and the TLS handshake, all dripped): the drip
+    // lasts at least as many milliseconds as bytes, more than two idle periods.
+    let down = 2048;
+    let r = meshgate_tlskit::bulk(gw.listen, &name, client, 1024, down).expect("bulk");
+    assert_eq!(r.sent, r.backend_received, "upstream direction corrupted");
+    assert_eq!(r.received_len, down);
+    assert!(r.received_intact, "dripped bytes corrupted or reordered");
+    let dripped = dripped.load(std::sync::atomic::Ordering::Relaxed);
+    // Everything the client read came through the drip (the hash and answer, the handshake too).
+    assert!(dripped > 32 + down, "only {dripped} bytes dripped");
+    gw.wait_metric(
+        "meshgate_bytes_total{direction=\"to_downstream\"}",
+        dripped as f64,
+    );
+    gw.wait_metric(
+        "meshgate_connections_closed_total{reason=\"completed\"}",
+        1.0,
+    );
+    assert_eq!(
+        gw.metric("meshgate_connections_closed_total{reason=\"idle_timeout\"}"),
+        0.0
+    );
+}

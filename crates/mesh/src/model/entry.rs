@@ -1,0 +1,91 @@
+//! Config entries meshgate reads: `proxy-defaults`, `service-defaults`, `service-resolver` subsets and
+//! `service-intentions` sources.
+
+use super::GatewayMode;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A config entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigEntry {
+    /// `proxy-defaults` or `service-defaults`.
+    pub kind: EntryKind,
+    /// `global` for proxy-defaults; the service name for service-defaults.
+    pub name: String,
+    /// `MeshGateway.Mode`.
+    pub mesh_gateway: Option<GatewayMode>,
+    /// `Subsets` of a service-resolver, by name.
+    pub subsets: Vec<Subset>,
+    /// `Sources` of a service-intentions entry, as written.
+    pub sources: Vec<IntentionSource>,
+    /// Every other field, kept as written.
+    pub other: BTreeMap<String, Value>,
+}
+
+/// Config entry kinds meshgate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// `proxy-defaults` (Name = "global").
+    ProxyDefaults,
+    /// `service-defaults`.
+    ServiceDefaults,
+    /// `service-resolver` (its `Subsets` are read; other fields kept).
+    ServiceResolver,
+    /// `service-intentions` (its `Sources`: who may call the service named by `Name`).
+    ServiceIntentions,
+}
+
+impl EntryKind {
+    /// Every kind.
+    pub const ALL: [EntryKind; 4] = [
+        EntryKind::ProxyDefaults,
+        EntryKind::ServiceDefaults,
+        EntryKind::ServiceResolver,
+        EntryKind::ServiceIntentions,
+    ];
+
+    /// The `Kind` value as Consul writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EntryKind::ProxyDefaults => "proxy-defaults",
+            EntryKind::ServiceDefaults => "service-defaults",
+            EntryKind::ServiceResolver => "service-resolver",
+            EntryKind::ServiceIntentions => "service-intentions",
+        }
+    }
+}
+
+/// What an intention does with a matching caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntentionAction {
+    /// Let the connection through.
+    Allow,
+    /// Close it.
+    Deny,
+}
+
+/// One source of a `service-intentions` entry: a calling service (`*`: any) in a namespace (`*`: any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntentionSource {
+    /// Source service name, or `*`.
+    pub name: String,
+    /// Source namespace (`default` when not written), or `*`.
+    pub namespace: String,
+    /// Allow or deny.
+    pub action: IntentionAction,
+}
+
+/// A named subset of a service's instances (`service-resolver` `Subsets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subset {
+    /// Subset name (the first label of its SNI).
+    pub name: String,
+    /// The filter as written.
+    pub filter: String,
+    /// The filter, parsed.
+    #[serde(skip)]
+    pub parsed: crate::filter::Filter,
+}
