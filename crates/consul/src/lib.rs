@@ -11,7 +11,9 @@
 pub mod agent;
 pub mod error;
 pub mod http;
+pub mod watch;
 
 pub use agent::{Agent, Scheme, TokenSource};
 pub use error::{Error, Result};
 pub use http::{Client, Method, Request, Response, Transport};
+pub use watch::{Answer, Clock, Policy, SystemClock, Watch};
