@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod error;
 pub mod http;
+pub mod model;
 pub mod watch;
 
 pub use agent::{Agent, Scheme, TokenSource};
