@@ -1,11 +1,17 @@
-//! meshgate's link to a real Consul: a bounded HTTP/1.1 client for the local agent ([`http`], configured
-//! by [`agent`]), blocking-query watches with Consul's index rules, backoff and churn limits ([`watch`]),
-//! the answers a mesh gateway and a sidecar read, and the gateway's registration ([`model`]), and the
-//! route table Consul's own mesh gateway would build from those answers ([`routes`], with resolver subset
-//! filters by [`filter`]).
+//! meshgate's link to a real Consul, as a self-contained foundation for the gateway and the sidecar:
+//!
+//! - [`agent`] and [`http`]: where the local agent is (explicit or `CONSUL_*`) and a bounded HTTP/1.1
+//!   client for it (one total deadline per request, body cap, HTTPS with rustls);
+//! - [`watch`]: blocking-query watches with Consul's index rules, capped jittered backoff and a churn
+//!   limit;
+//! - [`model`]: the answers a mesh gateway and a sidecar read, and the gateway's registration body;
+//! - [`routes`] (with [`filter`] for resolver subsets): the route table Consul's own mesh gateway would
+//!   build from those answers;
+//! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway.
 //!
 //! Everything here runs on control threads with blocking std IO; nothing touches a data-plane core.
-//! `model` and `routes` are pure, so the decisions are unit-tested over recorded answers.
+//! `model`, `filter`, `routes` and `state` are pure, so the decisions are unit-tested over recorded
+//! answers.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +21,7 @@ pub mod filter;
 pub mod http;
 pub mod model;
 pub mod routes;
+pub mod state;
 pub mod watch;
 
 pub use agent::{Agent, Scheme, TokenSource};

@@ -426,6 +426,55 @@ pub struct AuthorizeResponse {
     pub reason: String,
 }
 
+/// One permission of the ACL preflight `POST /v1/internal/acl/authorize` (§3.12): the request
+/// lists them (at most 64), the answer echoes each with `Allow`. It turns Consul's silent filtering (200
+/// with empty results when `node:read` is missing) into a clear error at start.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AclCheck {
+    /// `service`, `node`, `agent`, `operator`, …
+    pub resource: String,
+    /// The name the rule applies to.
+    pub segment: String,
+    /// `read` or `write`.
+    pub access: String,
+    /// The verdict (answers only).
+    #[serde(default, skip_serializing)]
+    pub allow: bool,
+}
+
+impl AclCheck {
+    /// `resource:access on segment`.
+    pub fn new(resource: &str, segment: &str, access: &str) -> AclCheck {
+        AclCheck {
+            resource: resource.into(),
+            segment: segment.into(),
+            access: access.into(),
+            allow: false,
+        }
+    }
+
+    /// What a mesh gateway's token needs (§7.1): `service:write` on its own name, `service:read` on
+    /// the services it routes (checked on `probe_service`), and `node:read` on `node` — without it
+    /// Consul answers health queries with empty lists instead of an error.
+    pub fn gateway_preflight(gateway: &str, probe_service: &str, node: &str) -> Vec<AclCheck> {
+        vec![
+            AclCheck::new("service", gateway, "write"),
+            AclCheck::new("service", probe_service, "read"),
+            AclCheck::new("node", node, "read"),
+        ]
+    }
+
+    /// The refused permissions of an answer, each as `service:write on mesh-gateway`.
+    pub fn missing(answer: &[AclCheck]) -> Vec<String> {
+        answer
+            .iter()
+            .filter(|c| !c.allow)
+            .map(|c| format!("{}:{} on {}", c.resource, c.access, c.segment))
+            .collect()
+    }
+}
+
 /// One summary of `GET /v1/internal/ui/services` (gateway names per datacenter by kind).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", default)]

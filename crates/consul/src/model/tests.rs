@@ -325,3 +325,22 @@ fn unknown_fields_and_nulls_are_tolerated() {
     assert!(csn.checks.is_empty());
     assert_eq!(csn.healthy_weight(false), Some(1), "no checks: healthy");
 }
+
+#[test]
+fn acl_preflight_names_what_is_missing() {
+    let checks = AclCheck::gateway_preflight("mesh-gateway", "api", "node-acl");
+    assert_eq!(
+        serde_json::to_string(&checks[0]).expect("json"),
+        r#"{"Resource":"service","Segment":"mesh-gateway","Access":"write"}"#
+    );
+    // A service:read-only token, as recorded: write refused, read allowed, node read refused.
+    let answer: Vec<AclCheck> = decode(
+        r#"[{"Resource":"service","Segment":"mesh-gateway","Access":"write","Allow":false},
+            {"Resource":"service","Segment":"api","Access":"read","Allow":true},
+            {"Resource":"node","Segment":"node-acl","Access":"read","Allow":false}]"#,
+    );
+    assert_eq!(
+        AclCheck::missing(&answer),
+        ["service:write on mesh-gateway", "node:read on node-acl"]
+    );
+}
