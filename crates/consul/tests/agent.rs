@@ -274,6 +274,7 @@ fn against_a_real_consul_agent() {
     gateway_registration_reads_back(&consul);
     let timing = watch_sees_registration_and_blocks(&consul);
     config_entry_not_found_yet_is_watchable(&consul);
+    gateway_watches_are_accepted(&consul);
     critical_drops_from_routes(&consul, &td);
     eprintln!("{timing}");
     for cached in [false, true] {
@@ -422,6 +423,70 @@ fn config_entry_not_found_yet_is_watchable(consul: &Consul) {
         |e: &meshgate_consul::model::ServiceDefaults| e.name == "api",
     );
     assert_eq!(entry.protocol, "tcp");
+}
+
+/// Every watch of `state::watches` is a request the real agent answers, and the view they feed becomes
+/// ready with the routes of what is registered.
+fn gateway_watches_are_accepted(consul: &Consul) {
+    use meshgate_consul::state::{watches, GatewayState, Update};
+    let client = &consul.client;
+    let mut state = GatewayState::new("dc1", "consul");
+    let first = |mut w: Watch| {
+        let answer = w
+            .poll(client)
+            .unwrap_or_else(|e| panic!("{}: {e}", w.path()));
+        let answer = answer.unwrap_or_else(|| panic!("{}: no first answer", w.path()));
+        (w, answer)
+    };
+    let (_, roots) = first(watches::roots());
+    state.apply(Update::Roots(roots.json("roots").expect("roots")));
+    let (_, names) = first(watches::service_names());
+    state.apply(Update::ServiceNames(
+        names.json("services").expect("services"),
+    ));
+    let (_, dcs) = first(watches::datacenters());
+    state.apply(Update::Datacenters(dcs.json("datacenters").expect("dcs")));
+    let (_, fed) = first(watches::federation_states());
+    state.apply(Update::FederationStates(fed.json("fed").expect("fed")));
+    let (_, resolvers) = first(watches::resolvers());
+    state.apply(Update::Resolvers(
+        resolvers.json("resolvers").expect("resolvers"),
+    ));
+    let (_, servers) = first(watches::servers());
+    let servers: Vec<CheckServiceNode> = servers.json("servers").expect("servers");
+    assert_eq!(servers.len(), 1, "one dev server");
+    // The kind filter is accepted (a bad one would be a 500) and keeps only mesh gateways.
+    let (_, gws) = first(watches::gateways("dc1", "mesh-gateway"));
+    let gws: Vec<CheckServiceNode> = gws.json("gateways").expect("gateways");
+    assert!(gws.iter().all(|g| g.service.kind == "mesh-gateway") && gws.len() == 1);
+    // The own registration, hash-blocking: the next round carries the hash and blocks until `wait`.
+    let (own_watch, own) = first(watches::own("mesh-gateway"));
+    state.apply(Update::Own(own.json("own").expect("own")));
+    let mut own_watch = own_watch.policy(short_policy(Duration::from_secs(1)));
+    assert!(own_watch.next_request().query_value("hash").is_some());
+    let started = Instant::now();
+    assert!(own_watch.poll(client).expect("hash round").is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // The gateway registered with -expose-servers: ready only with the servers.
+    assert!(state.wan_federation() && !state.ready());
+    state.apply(Update::Servers(servers));
+    assert!(state.ready());
+    for service in state.wanted().services {
+        let (_, health) = first(watches::service_health(&service));
+        state.apply(Update::ServiceHealth {
+            service,
+            nodes: health.json("health").expect("health"),
+        });
+    }
+    let table = state.table().expect("table");
+    assert!(
+        table.get(&Sni::Exact("server.dc1.consul".into())).is_some(),
+        "{table:#?}"
+    );
 }
 
 fn critical_drops_from_routes(consul: &Consul, td: &str) {
