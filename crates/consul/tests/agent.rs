@@ -86,7 +86,7 @@ impl Drop for Consul {
 }
 
 impl Consul {
-    fn start(bin: &Path, attempt: u32) -> Option<Consul> {
+    fn start(bin: &Path, attempt: u32, extra: &[&str]) -> Option<Consul> {
         let http = free_port();
         let log = std::env::temp_dir().join(format!(
             "meshgate-consul-agent-{}-{attempt}.log",
@@ -108,6 +108,7 @@ impl Consul {
             .args(["-http-port", &http.to_string()])
             .args(["-serf-lan-port", &ports[0], "-serf-wan-port", &ports[1]])
             .args(["-server-port", &ports[2]])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -263,7 +264,7 @@ fn against_a_real_consul_agent() {
     }
     let bin = consul_binary();
     let consul = (1..=ATTEMPTS)
-        .find_map(|attempt| Consul::start(&bin, attempt))
+        .find_map(|attempt| Consul::start(&bin, attempt, &[]))
         .unwrap_or_else(|| panic!("no Consul agent became ready in {ATTEMPTS} attempts"));
     let roots: CaRoots = consul
         .client
@@ -285,6 +286,107 @@ fn against_a_real_consul_agent() {
         );
         assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     }
+    drop(consul);
+    acl_refusals_are_named(&bin);
+}
+
+/// With ACLs on and default deny: a refused registration names the missing permission; a token
+/// without `node:read` gets empty health answers (200) and the preflight names what it lacks; a token
+/// file is re-read when it is rewritten.
+fn acl_refusals_are_named(bin: &Path) {
+    const MASTER: &str = "3f1e7c52-58d6-4a43-9d3c-2b6f6f0c1a11";
+    let acl = format!(
+        "acl {{ enabled = true, default_policy = \"deny\", tokens {{ master = \"{MASTER}\", agent = \"{MASTER}\" }} }}"
+    );
+    let consul = (1..=ATTEMPTS)
+        .find_map(|attempt| Consul::start(bin, attempt, &["-hcl", &acl]))
+        .unwrap_or_else(|| panic!("no ACL Consul agent became ready in {ATTEMPTS} attempts"));
+    let agent = consul.client.agent().clone();
+    let anonymous = &consul.client;
+    let reg = MeshGatewayRegistration::new("mesh-gateway").address("127.0.0.1", free_port());
+    let e = anonymous
+        .put_json("/v1/agent/service/register", &reg.body())
+        .expect_err("anonymous is refused");
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert_eq!(
+        e.missing_permission(),
+        Some("service:write on mesh-gateway"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("service:write on mesh-gateway"),
+        "{e}"
+    );
+
+    // A gateway policy without node:read, its token written to a file.
+    let master = Client::new(agent.clone().with_token(MASTER)).expect("client");
+    let rules = "service \"mesh-gateway\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }";
+    let created = poll_until(START_TIMEOUT, || {
+        master
+            .put_json(
+                "/v1/acl/policy",
+                &serde_json::json!({"Name": "gw-no-node-read", "Rules": rules}),
+            )
+            .ok()
+    });
+    assert!(
+        created.is_some(),
+        "the ACL system did not accept a policy in time"
+    );
+    let token: serde_json::Value = master
+        .call(
+            &Request::put("/v1/acl/token")
+                .json(&serde_json::json!({"Policies": [{"Name": "gw-no-node-read"}]}))
+                .expect("json"),
+        )
+        .expect("token")
+        .json("/v1/acl/token")
+        .expect("json");
+    let secret = token["SecretID"].as_str().expect("SecretID").to_string();
+    let dir = std::env::temp_dir().join(format!("meshgate-consul-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{secret}\n")).expect("write");
+    let gateway = Client::new(agent.with_token_file(&token_file)).expect("client");
+
+    gateway
+        .put_json("/v1/agent/service/register", &reg.body())
+        .expect("the gateway token may register its own name");
+    let preflight = |client: &Client| -> Vec<String> {
+        let answer: Vec<meshgate_consul::model::AclCheck> = client
+            .post_json(
+                "/v1/internal/acl/authorize",
+                &meshgate_consul::model::AclCheck::gateway_preflight(
+                    "mesh-gateway",
+                    "api",
+                    "node-test",
+                ),
+            )
+            .expect("preflight");
+        meshgate_consul::model::AclCheck::missing(&answer)
+    };
+    assert_eq!(preflight(&gateway), ["node:read on node-test"]);
+    // Without node:read the catalog is silently empty: the own service is in the catalog (the master
+    // token sees it), yet this token gets 200 with nothing.
+    let synced = poll_until(CHANGE_TIMEOUT, || {
+        master
+            .get_json::<Vec<CheckServiceNode>>("/v1/health/service/mesh-gateway")
+            .ok()
+            .filter(|v| v.len() == 1)
+    });
+    assert!(
+        synced.is_some(),
+        "the registration never reached the catalog"
+    );
+    let seen: Vec<CheckServiceNode> = gateway
+        .get_json("/v1/health/service/mesh-gateway")
+        .expect("health");
+    assert!(seen.is_empty(), "filtered without node:read: {seen:?}");
+
+    // The file now holds the master token: the next request uses it.
+    std::fs::write(&token_file, MASTER).expect("rewrite");
+    assert_eq!(preflight(&gateway), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn gateway_registration_reads_back(consul: &Consul) {
