@@ -9,6 +9,33 @@
 //!   build from those answers;
 //! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway.
 //!
+//! A gateway's control thread, in outline (one thread per watch, or one loop per watch group):
+//!
+//! ```no_run
+//! use meshgate_consul::state::{watches, GatewayState, Update};
+//! use meshgate_consul::{Agent, Client};
+//!
+//! # fn main() -> meshgate_consul::Result<()> {
+//! let client = Client::new(Agent::from_env()?)?;
+//! let mut state = GatewayState::new("dc1", "consul");
+//! let mut roots = watches::roots();
+//! let mut names = watches::service_names();
+//! if let Some(answer) = roots.poll(&client)? {
+//!     state.apply(Update::Roots(answer.json(roots.path())?));
+//! }
+//! if let Some(answer) = names.poll(&client)? {
+//!     state.apply(Update::ServiceNames(answer.json(names.path())?));
+//! }
+//! // … one `watches::service_health(name)` per name of `state.wanted().services`, and so on …
+//! if let Some(table) = state.table() {
+//!     for route in &table.routes {
+//!         println!("{} -> {:?}", route.sni, route.endpoints);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Everything here runs on control threads with blocking std IO; nothing touches a data-plane core.
 //! `model`, `filter`, `routes` and `state` are pure, so the decisions are unit-tested over recorded
 //! answers.

@@ -103,9 +103,15 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The `wait` actually sent: within [1 s, [`MAX_WAIT`]] (Consul reads `wait=0s` as its 5 min
+    /// default, which would outlast a deadline computed from 0).
+    pub fn effective_wait(&self) -> Duration {
+        self.wait.clamp(Duration::from_secs(1), MAX_WAIT)
+    }
+
     /// The client deadline of a blocking round: above the server's `wait/16` jitter.
     pub fn blocking_timeout(&self) -> Duration {
-        let wait = self.wait.min(MAX_WAIT);
+        let wait = self.effective_wait();
         wait + wait / 16 + self.margin
     }
 
@@ -288,7 +294,7 @@ impl<C: Clock> Watch<C> {
         for (k, v) in &self.query {
             request = request.query(k.clone(), v.clone());
         }
-        let wait = format_wait(self.policy.wait.min(MAX_WAIT));
+        let wait = format_wait(self.policy.effective_wait());
         match self.mode {
             Mode::Index if self.index > 0 => request
                 .query("index", self.index.to_string())

@@ -367,3 +367,19 @@ proptest::proptest! {
         proptest::prop_assert!(p.backoff_ceiling(n) >= p.backoff_base.min(p.backoff_cap));
     }
 }
+
+#[test]
+fn wait_is_kept_within_what_consul_honours() {
+    let p = |wait| Policy {
+        wait,
+        ..Policy::default()
+    };
+    assert_eq!(p(Duration::ZERO).effective_wait(), Duration::from_secs(1));
+    assert_eq!(p(Duration::from_secs(3600)).effective_wait(), MAX_WAIT);
+    let w = Watch::new("/v1/catalog/services").policy(p(Duration::from_millis(1500)));
+    let clock = FakeClock::new(1.0);
+    let script = Script::new(&clock, vec![ok(Some(4), "a")]);
+    let mut w = w.with_clock(&clock);
+    w.poll(&script).expect("first");
+    assert_eq!(w.next_request().query_value("wait"), Some("1500ms"));
+}
