@@ -11,7 +11,7 @@
 //! A connection without SNI has its own action ([`RouteTable::no_sni`]), rejected unless configured.
 //!
 //! Each route carries endpoint groups in priority order (failover) and a load-balancing policy; the
-//! [`plan`](Route::plan) of a connection — which endpoints to try, in which order — is also computed here, from
+//! [`plan`](Plan) of a connection — which endpoints to try, in which order — is also computed here, from
 //! state the caller owns (per core), so that it is testable without sockets.
 #![forbid(unsafe_code)]
 

@@ -1,0 +1,482 @@
+//! meshgate's task runner, `cargo xtask <recipe>` (the alias is in `.cargo/config.toml`).
+//!
+//! Each recipe is *the* way to do its task: the README documents them, `.ci/run` calls `cargo xtask ci`,
+//! and developers run the same ones, so "how CI tests" and "how I test" cannot drift apart. The runner
+//! itself only decides what to run and in which order; every step shells out (cargo, rustup, apt-get, the
+//! repository's scripts), and each command is echoed before it runs.
+
+use std::env;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus};
+use std::time::Instant;
+
+/// cargo-deny is pinned so CI's verdicts change only when this line does.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// What the tests run, as (command, Debian package): TLS and admin checks use `openssl` and `curl`, the
+/// end-to-end tests stop processes with `kill`, and the network-namespace tests
+/// (crates/meshgate/tests/netns.rs) need `ip` and `tcpdump`.
+const TOOLS: [(&str, &str); 5] = [
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("kill", "procps"),
+    ("ip", "iproute2"),
+    ("tcpdump", "tcpdump"),
+];
+
+/// The micro-benchmarks that `bench-smoke` runs once each.
+const BENCH_PACKAGES: [&str; 3] = ["meshgate-sni", "meshgate-route", "meshgate-plugin"];
+
+/// The glommio patch-series check and glommio's own tests (see vendor/README.md).
+const VENDOR_SCRIPTS: [&str; 2] = ["vendor/check.sh", "vendor/test-glommio.sh"];
+
+const RECIPES: [(&str, &str); 8] = [
+    (
+        "install",
+        "what the tests need, as CI installs it: apt packages, the Wasm target, Consul 1.8.7",
+    ),
+    (
+        "test",
+        "the test command: `install`, then `cargo test --workspace --locked` (extra args go to cargo test)",
+    ),
+    (
+        "lint",
+        "rustfmt check (workspace and plugins/), clippy -D warnings, rustdoc -D warnings",
+    ),
+    (
+        "deny",
+        "cargo deny: licences, bans, sources; advisories when the RustSec database can be fetched",
+    ),
+    (
+        "vendor",
+        "vendored glommio: vendor/check.sh (upstream + patches), then vendor/test-glommio.sh",
+    ),
+    (
+        "bench-smoke",
+        "one pass of each micro-benchmark (sni, route, plugin)",
+    ),
+    (
+        "ci",
+        "everything CI runs, in order: install, lint, deny, vendor, test, bench-smoke",
+    ),
+    ("help", "this list"),
+];
+
+/// Why a recipe stopped.
+#[derive(Debug)]
+enum Error {
+    /// The command line named no known recipe.
+    Usage(String),
+    /// A command could not be started at all.
+    Spawn { what: String, source: io::Error },
+    /// A command ran and failed.
+    Failed { what: String, status: ExitStatus },
+    /// Something a recipe needs is not in the repository or on the machine.
+    Missing(String),
+    /// A file the runner reads itself could not be read.
+    Io { path: PathBuf, source: io::Error },
+    /// The repository breaks one of its own rules.
+    Policy(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) => write!(f, "{msg}\n\n{}", usage()),
+            Error::Spawn { what, source } => write!(f, "could not run `{what}`: {source}"),
+            Error::Failed { what, status } => write!(f, "`{what}` failed ({status})"),
+            Error::Missing(msg) | Error::Policy(msg) => f.write_str(msg),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = env::args_os().skip(1);
+    let recipe = args.next().map(|a| a.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    // Every path below is relative to the repository root, wherever the runner was started.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if let Err(e) = env::set_current_dir(&root) {
+        eprintln!("xtask: cannot enter {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let result = match recipe.as_deref() {
+        None | Some("help" | "-h" | "--help") => {
+            println!("{}", usage());
+            Ok(())
+        }
+        Some("install") => install(),
+        Some("test") => test(&rest),
+        Some("lint") => lint(),
+        Some("deny") => deny(),
+        Some("vendor") => vendor(),
+        Some("bench-smoke") => bench_smoke(),
+        Some("ci") => ci(),
+        Some(other) => Err(Error::Usage(format!("unknown recipe `{other}`"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    let mut s = String::from("usage: cargo xtask <recipe>\n\nrecipes:\n");
+    for (name, what) in RECIPES {
+        s.push_str(&format!("  {name:<12} {what}\n"));
+    }
+    s
+}
+
+/// Installs what the tests need, exactly as CI does. As root, missing apt packages are installed; as
+/// anyone else, the runner says what is missing and which tests to skip instead of failing here (the
+/// tests then fail with the same advice unless skipped).
+fn install() -> Result<(), Error> {
+    section("install");
+    let missing: Vec<(&str, &str)> = TOOLS.into_iter().filter(|(t, _)| !on_path(t)).collect();
+    if !missing.is_empty() {
+        let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        packages.dedup();
+        if is_root() {
+            run(Command::new("apt-get")
+                .args(["update", "-qq"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        } else {
+            let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+            eprintln!(
+                "xtask: missing {} and not root, so not installing them.\n  \
+                 install: sudo apt-get install {}\n  \
+                 or skip the tests that need them: MESHGATE_SKIP_NETNS=1 (ip, tcpdump, root) \
+                 and MESHGATE_SKIP_CONSUL=1 (the Consul CA test)",
+                tools.join(", "),
+                packages.join(" ")
+            );
+        }
+    }
+    // The shipped plugins are built from source for Wasm by crates/plugin/build.rs.
+    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    // A real Consul agent (1.8.7, Debian 11's package) for crates/meshgate/tests/consul.rs.
+    if env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
+        println!("MESHGATE_SKIP_CONSUL set: not installing Consul");
+    } else {
+        run(Command::new("sh").args(["scripts/install-consul.sh", "target/tools"]))
+            .map_err(|e| {
+                Error::Missing(format!(
+                    "{e}\n  installing Consul 1.8.7 needs apt; MESHGATE_SKIP_CONSUL=1 skips its test"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// The README's test command: installs what the tests need, then runs every test. glommio locks memory
+/// for its io_uring rings, so the tests run under a raised `ulimit -l` where the limit allows it.
+fn test(extra: &[OsString]) -> Result<(), Error> {
+    install()?;
+    section("test: cargo test --workspace --locked");
+    run(Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true; exec \"$@\"")
+        .arg("xtask-test")
+        .arg(cargo())
+        .args(["test", "--workspace", "--locked"])
+        .args(extra))
+}
+
+/// Format, lints and the documentation, all with warnings as errors.
+fn lint() -> Result<(), Error> {
+    ensure_components()?;
+    section("lint: rustfmt");
+    run(Command::new(cargo()).args(["fmt", "--all", "--check"]))?;
+    run(Command::new(cargo()).args([
+        "fmt",
+        "--all",
+        "--check",
+        "--manifest-path",
+        "plugins/Cargo.toml",
+    ]))?;
+    section("lint: no hand-written unsafe in plugins/");
+    no_unsafe_in("plugins")?;
+    section("lint: clippy");
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    section("lint: rustdoc");
+    run(Command::new(cargo())
+        .args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+/// cargo-deny over both workspaces (the gateway's and the shipped plugins', which are embedded in the
+/// binary) with the one `deny.toml`. The RustSec advisory database is a git repository: on a machine that
+/// cannot fetch it (this project's CI reaches package registries only) the advisories check is skipped,
+/// loudly, unless `MESHGATE_REQUIRE_ADVISORIES=1` makes that an error.
+fn deny() -> Result<(), Error> {
+    ensure_cargo_deny()?;
+    let manifests = ["Cargo.toml", "plugins/Cargo.toml"];
+    for manifest in manifests {
+        section(&format!("deny: licenses, bans, sources ({manifest})"));
+        let mut cmd = Command::new(cargo());
+        cmd.args([
+            "deny",
+            "--locked",
+            "--config",
+            "deny.toml",
+            "--manifest-path",
+            manifest,
+        ])
+        .arg("check");
+        if manifest != "Cargo.toml" {
+            // deny.toml's exceptions are written for the gateway's larger graph; the plugins' smaller
+            // one not needing some of them is no news.
+            for lint in [
+                "unmatched-skip",
+                "unnecessary-skip",
+                "license-not-encountered",
+                "license-exception-not-encountered",
+            ] {
+                cmd.args(["--allow", lint]);
+            }
+        }
+        run(cmd.args(["licenses", "bans", "sources"]))?;
+    }
+    section("deny: advisories");
+    let fetched = run(Command::new(cargo()).args(["deny", "fetch", "db"])).is_ok();
+    if !fetched {
+        let why = "the RustSec advisory database (a git repository) could not be fetched from here";
+        if env::var_os("MESHGATE_REQUIRE_ADVISORIES").is_some() {
+            return Err(Error::Missing(format!(
+                "{why}, and MESHGATE_REQUIRE_ADVISORIES is set"
+            )));
+        }
+        banner(&format!(
+            "ADVISORIES NOT CHECKED: {why}.\n\
+             Licences, bans and sources were checked. Run `cargo xtask deny` where the database \
+             can be fetched to check advisories too."
+        ));
+        return Ok(());
+    }
+    for manifest in manifests {
+        run(Command::new(cargo())
+            .args(["deny", "--locked", "--offline", "--config", "deny.toml"])
+            .args(["--manifest-path", manifest, "check", "advisories"]))?;
+    }
+    Ok(())
+}
+
+/// The vendored glommio: the tree is upstream 0.9.0 plus the patch series, and glommio's own tests pass.
+fn vendor() -> Result<(), Error> {
+    section("vendor");
+    for script in VENDOR_SCRIPTS {
+        if !Path::new(script).is_file() {
+            return Err(Error::Missing(format!(
+                "{script} is missing: the vendored-glommio checks cannot run (see vendor/README.md)"
+            )));
+        }
+        run(Command::new("bash").arg(script))?;
+    }
+    Ok(())
+}
+
+/// One pass of each micro-benchmark: proves they still build and run, measures nothing.
+fn bench_smoke() -> Result<(), Error> {
+    section("bench-smoke: one pass of each micro-benchmark");
+    let mut cmd = Command::new(cargo());
+    cmd.args(["bench", "--locked"]);
+    for p in BENCH_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    run(cmd.args(["--", "--test"]))
+}
+
+/// Everything CI runs, in CI's order, with how long each step took.
+fn ci() -> Result<(), Error> {
+    type Step = fn() -> Result<(), Error>;
+    let steps: [(&str, Step); 6] = [
+        ("install", install),
+        ("lint", lint),
+        ("deny", deny),
+        ("vendor", vendor),
+        ("test", || test(&[])),
+        ("bench-smoke", bench_smoke),
+    ];
+    let mut took = Vec::new();
+    let result = steps.into_iter().try_for_each(|(name, step)| {
+        let start = Instant::now();
+        let r = step();
+        took.push((name, start.elapsed().as_secs()));
+        r
+    });
+    println!("\n== ci: seconds per step");
+    for (name, secs) in &took {
+        println!("  {name:<12} {secs:>5}");
+    }
+    result
+}
+
+/// The plugins cannot take `unsafe_code = "forbid"` as the other crates do: wit-bindgen's `export!` macro
+/// expands its ABI glue (unsafe, by nature) inside the plugin crate, where the lint counts it as ours and
+/// no attribute on the macro call can scope it. So the rule is checked on the sources instead: no
+/// `unsafe` token in any `.rs` file under `dir` (comments included, to keep the check simple).
+fn no_unsafe_in(dir: &str) -> Result<(), Error> {
+    let mut pending = vec![PathBuf::from(dir)];
+    let mut found = Vec::new();
+    while let Some(path) = pending.pop() {
+        let io_err = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            for entry in std::fs::read_dir(&path).map_err(io_err)? {
+                pending.push(entry.map_err(io_err)?.path());
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).map_err(io_err)?;
+            for (n, line) in text.lines().enumerate() {
+                let word = line
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .any(|w| w == "unsafe");
+                if word {
+                    found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        println!("none");
+        Ok(())
+    } else {
+        Err(Error::Policy(format!(
+            "unsafe code in the plugins (only wit-bindgen's generated glue may have it):\n  {}",
+            found.join("\n  ")
+        )))
+    }
+}
+
+/// rustfmt and clippy come with a toolchain's default profile but not its minimal one.
+fn ensure_components() -> Result<(), Error> {
+    let have = |sub: &str| {
+        Command::new(cargo())
+            .args([sub, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("fmt") || !have("clippy") {
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    Ok(())
+}
+
+/// Installs the pinned cargo-deny when it is missing (or another version is installed).
+fn ensure_cargo_deny() -> Result<(), Error> {
+    let installed = Command::new(cargo())
+        .args(["deny", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match installed {
+        Some(v) if v.ends_with(CARGO_DENY_VERSION) => return Ok(()),
+        Some(v) => println!("found {v}; installing the pinned {CARGO_DENY_VERSION}"),
+        None => println!("cargo-deny is missing; installing {CARGO_DENY_VERSION} (a few minutes)"),
+    }
+    // Built in cargo's own temporary directory: a shared CARGO_TARGET_DIR would hold its lock meanwhile.
+    run(Command::new(cargo())
+        .args([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ])
+        .env_remove("CARGO_TARGET_DIR"))
+}
+
+/// The cargo that started the runner (the same toolchain), else the one on the PATH.
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Runs a command to completion after echoing it; a non-zero exit is an error.
+fn run(cmd: &mut Command) -> Result<(), Error> {
+    let what = describe(cmd);
+    println!("+ {what}");
+    // `cargo run` hands its package's variables to the runner; the commands run as if from a shell.
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key == "CARGO_CRATE_NAME"
+            || key == "CARGO_BIN_NAME"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd.status().map_err(|source| Error::Spawn {
+        what: what.clone(),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed { what, status })
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program())
+        .to_string_lossy()
+        .into_owned();
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    std::iter::once(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn on_path(tool: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir: PathBuf| dir.join(tool).is_file()))
+}
+
+/// Whether the runner is root (apt-get works), asked of `id` since std has no geteuid.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+fn banner(text: &str) {
+    let rule = "!".repeat(100);
+    eprintln!("\n{rule}\n{text}\n{rule}\n");
+}
