@@ -5,7 +5,7 @@
 //! adds them up. Counters with open-ended labels (per route, per Consul destination) are kept in a
 //! core-local map and published to the scraper about once a second, with a cap on distinct labels.
 //!
-//! Parts: [`counter`] (the single-writer cells), [`outcome`] (typed outcomes whose labels are the metric
+//! Parts: [`counter`](mod@counter) (the single-writer cells), [`outcome`] (typed outcomes whose labels are the metric
 //! labels), `core` (what a core and the control thread count), [`families`] (metric-family builders shared
 //! with the sidecar), `gather` (the engine's scrape).
 
