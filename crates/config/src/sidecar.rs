@@ -66,7 +66,8 @@ pub struct SidecarSettings {
     /// Admin HTTP address (`/metrics`, `/ready`, `/routes`).
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
-    /// Decision for callers no intention matches.
+    /// Decision for callers no intention matches. Deny unless the operator says otherwise: a sidecar
+    /// that admits every mesh identity by default fails open when intentions are missing or unread.
     #[serde(default = "default_intention")]
     pub default_intention: DefaultIntention,
     /// Data-plane cores.
@@ -105,7 +106,7 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 19100))
 }
 fn default_intention() -> DefaultIntention {
-    DefaultIntention::Allow
+    DefaultIntention::Deny
 }
 fn default_workers() -> usize {
     DEFAULT_SIDECAR_WORKERS
@@ -234,6 +235,11 @@ allow_dirs = ["catalog/dc1"]
         let c = SidecarConfig::parse(GOOD, Path::new("/etc/meshgate/web.toml")).expect("valid");
         assert_eq!(c.sidecar.service, "web");
         assert_eq!(c.sidecar.default_intention, DefaultIntention::Deny);
+        // Left out, it is deny too (the safe default).
+        let unset = GOOD.replace("default_intention = \"deny\"\n", "");
+        assert_ne!(unset, GOOD);
+        let u = SidecarConfig::parse(&unset, Path::new("web.toml")).expect("valid");
+        assert_eq!(u.sidecar.default_intention, DefaultIntention::Deny);
         assert_eq!(c.sidecar.workers, DEFAULT_SIDECAR_WORKERS);
         assert_eq!(c.sidecar.admin.to_string(), DEFAULT_SIDECAR_ADMIN);
         assert_eq!(c.router_section().plugin, DEFAULT_ROUTER_PLUGIN);

@@ -387,4 +387,20 @@ Sources = [{ Name = "web", Action = "allow" }]"#,
         let e = load_document(hcl, Path::new("bad.hcl")).expect_err(hcl);
         assert!(e.to_string().contains(want), "{e}");
     }
+    // Scopes we do not implement are refused at their line, never dropped (which would widen the rule
+    // to the local service of the same name).
+    for (key, value, scope) in [
+        ("Peer", "\"cluster-b\"", "a cluster peer"),
+        ("Partition", "\"finance\"", "an admin partition"),
+        ("SamenessGroup", "\"sg\"", "a sameness group"),
+    ] {
+        let hcl = format!(
+            "Kind = \"service-intentions\"\nName = \"api\"\nSources = [\n  {{\n    Name = \"web\"\n    {key} = {value}\n    Action = \"allow\"\n  }}\n]\n"
+        );
+        let e = load_document(&hcl, Path::new("scoped.hcl")).expect_err(&hcl);
+        let text = e.to_string();
+        assert!(text.starts_with("scoped.hcl:6:"), "{text}");
+        assert!(text.contains(&format!("Sources[0].{key}")), "{text}");
+        assert!(text.contains(scope), "{text}");
+    }
 }

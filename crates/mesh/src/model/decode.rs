@@ -287,6 +287,25 @@ fn decode_intention_source(o: Obj<'_>) -> R<IntentionSource> {
             None,
         );
     }
+    // These name callers outside this datacenter's default partition (a peer cluster, an admin
+    // partition, a sameness group). Dropping them would turn "allow web from peer X" into "allow the
+    // local web": refuse rather than widen.
+    for (key, scope) in [
+        ("peer", "a cluster peer"),
+        ("partition", "an admin partition"),
+        ("samenessgroup", "a sameness group"),
+    ] {
+        if let Some((k, v)) = o.get(key) {
+            return fail(
+                &join(o.path, k),
+                format!(
+                    "sources in {scope} are not supported; without it this rule would apply to the \
+                     local service of that name"
+                ),
+                Some(v),
+            );
+        }
+    }
     let action = match o.get("action") {
         Some((_, Value::String(a))) if a.eq_ignore_ascii_case("allow") => IntentionAction::Allow,
         Some((_, Value::String(a))) if a.eq_ignore_ascii_case("deny") => IntentionAction::Deny,
