@@ -181,3 +181,26 @@ fn unknown_plugin_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn check_refuses_intention_scopes_it_cannot_enforce() {
+    // Dropping `Peer` would turn "allow web from peer cluster-b" into "allow the local web".
+    let dir = TempDir::new("scoped-intention");
+    let file = dir.0.join("api-intentions.hcl");
+    std::fs::write(
+        &file,
+        "Kind = \"service-intentions\"\nName = \"api\"\nSources = [\n  {\n    Name = \"web\"\n    Peer = \"cluster-b\"\n    Action = \"allow\"\n  }\n]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api-intentions.hcl:6:") && err.contains("Sources[0].Peer"),
+        "{err}"
+    );
+}
