@@ -28,6 +28,7 @@ pub use defaults::{
 };
 pub use error::{ConfigError, LoadError};
 pub use schema::{
-    Config, FallbackConfig, GatewaySettings, LbConfig, PluginSection, RelayMode, RouteConfig,
+    Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, RelayMode,
+    RouteConfig,
 };
 pub use sidecar::SidecarConfig;

@@ -119,6 +119,16 @@ pub(crate) fn validate_plugin_sections(
 ) -> Result<(), ConfigError> {
     for (name, section) in sections {
         if let Some(s) = section {
+            if s.on_failure.is_some() && *name != "hook" {
+                let span = find_key(text, name, "on_failure");
+                return Err(locate(
+                    text,
+                    file,
+                    span,
+                    Some(&format!("{name}.on_failure")),
+                    "only a [hook] has an on_failure policy".into(),
+                ));
+            }
             for (field, value) in [
                 ("deadline_ms", s.deadline_ms),
                 ("memory_mib", s.memory_mib),
@@ -190,5 +200,25 @@ mod tests {
         ))
         .expect_err("typo");
         assert!(e.message.contains("unknown field"), "{e}");
+        // A failure policy belongs to a hook only; a hook's defaults to deny.
+        let e = parse(&format!(
+            "{GOOD}\n[catalog]\nplugin = \"x\"\non_failure = \"use_table\"\n"
+        ))
+        .expect_err("catalog on_failure");
+        assert_eq!(e.field, "catalog.on_failure", "{e}");
+        let c = parse(&format!("{GOOD}\n[hook]\nplugin = \"sni-denylist\"\n")).expect("hook");
+        let hook = c.hook.expect("hook section");
+        assert_eq!(
+            hook.on_failure.unwrap_or_default(),
+            crate::HookFailure::Deny
+        );
+        let c = parse(&format!(
+            "{GOOD}\n[hook]\nplugin = \"sni-denylist\"\non_failure = \"use_table\"\n"
+        ))
+        .expect("hook");
+        assert_eq!(
+            c.hook.and_then(|h| h.on_failure),
+            Some(crate::HookFailure::UseTable)
+        );
     }
 }

@@ -89,6 +89,21 @@ pub struct PluginSection {
     /// Catalog plugins: interval between polls, in milliseconds.
     #[serde(default = "default_catalog_poll_ms")]
     pub poll_ms: u64,
+    /// `[hook]` only: what a connection gets when the hook fails (trap, deadline). Unset means
+    /// [`HookFailure::Deny`].
+    #[serde(default)]
+    pub on_failure: Option<HookFailure>,
+}
+
+/// What a connection gets when the connection hook fails to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFailure {
+    /// Close it (fail closed): the safe default for a policy hook such as a deny-list.
+    #[default]
+    Deny,
+    /// Route it by the table, as if there were no hook (fail open).
+    UseTable,
 }
 
 impl PluginSection {
@@ -103,6 +118,7 @@ impl PluginSection {
             deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
             memory_mib: DEFAULT_PLUGIN_MEMORY_MIB,
             poll_ms: DEFAULT_CATALOG_POLL_MS,
+            on_failure: None,
         }
     }
 

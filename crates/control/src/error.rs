@@ -61,9 +61,13 @@ impl From<meshgate_config::LoadError> for ControlError {
 
 impl From<meshgate_engine::EngineError> for ControlError {
     fn from(e: meshgate_engine::EngineError) -> ControlError {
-        // Every engine failure is the host's: binding fails on its state (in use, not an address of
-        // this machine, privileged), executors on its io_uring and locked-memory limits.
-        ControlError::Host(e.to_string())
+        match e {
+            // The hook the configuration names could not be made on a core.
+            meshgate_engine::EngineError::Hook { .. } => ControlError::Config(e.to_string()),
+            // Every other engine failure is the host's: binding fails on its state (in use, not an
+            // address of this machine, privileged), executors on its io_uring and locked-memory limits.
+            _ => ControlError::Host(e.to_string()),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::ControlError;
 use crate::plugins;
-use meshgate_config::{Config, HOOK_MAX_DEADLINE_MS};
+use meshgate_config::{Config, HookFailure, HOOK_MAX_DEADLINE_MS};
 use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
 use meshgate_plugin::types::Decision;
 use meshgate_plugin::HookPlugin;
@@ -13,6 +13,7 @@ use std::time::Duration;
 struct WasmHook {
     plugin: HookPlugin,
     settings: Vec<(String, String)>,
+    on_failure: HookFailure,
 }
 
 impl ConnectionHook for WasmHook {
@@ -51,6 +52,13 @@ impl ConnectionHook for WasmHook {
             cacheable: v.cacheable,
         })
     }
+
+    fn on_failure(&self) -> HookDecision {
+        match self.on_failure {
+            HookFailure::Deny => HookDecision::Deny,
+            HookFailure::UseTable => HookDecision::UseTable,
+        }
+    }
 }
 
 /// The factory for `[hook]`, compiling the plugin once; `None` when no hook is configured.
@@ -75,16 +83,20 @@ pub fn factory(config: &Config) -> Result<Option<HookFactory>, ControlError> {
     host.hook_from(name.clone(), component.clone(), sandbox.clone())
         .map_err(hook_error)?;
     let settings = section.settings();
+    let on_failure = section.on_failure.unwrap_or_default();
     Ok(Some(Arc::new(move |core| {
-        match host.hook_from(name.clone(), component.clone(), sandbox.clone()) {
-            Ok(plugin) => Some(Box::new(WasmHook {
-                plugin,
-                settings: settings.clone(),
-            }) as Box<dyn ConnectionHook>),
-            Err(e) => {
+        // A core without its hook would route around the policy: the engine refuses to start instead.
+        host.hook_from(name.clone(), component.clone(), sandbox.clone())
+            .map(|plugin| {
+                Box::new(WasmHook {
+                    plugin,
+                    settings: settings.clone(),
+                    on_failure,
+                }) as Box<dyn ConnectionHook>
+            })
+            .map_err(|e| {
                 tracing::error!(core, error = %e, "connection hook failed to load on this core");
-                None
-            }
-        }
+                e.to_string()
+            })
     })))
 }

@@ -2,8 +2,10 @@
 //!
 //! The engine knows only this trait; the binary plugs a Wasm plugin in. Each core gets its own hook
 //! object (made on that core's thread by the [`HookFactory`]), so a call never crosses cores. Cacheable
-//! verdicts are kept per core, per SNI, until the next table change. A failing hook fails only that
-//! connection's decision: the table answers instead.
+//! verdicts are kept per core, per SNI, until the next table change. A failing call (trap, deadline)
+//! decides what [`ConnectionHook::on_failure`] says — deny unless the hook was configured to fail open —
+//! and a hook that cannot be made on a core stops the engine's start: a deny-list must not silently
+//! disappear from one core.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,14 +35,22 @@ pub struct HookVerdict {
 
 /// A per-connection policy, one instance per core.
 pub trait ConnectionHook {
-    /// Decides for one connection. An error means "no decision": the table answers.
+    /// Decides for one connection. An error means the hook could not decide: [`Self::on_failure`]
+    /// does.
     fn decide(
         &mut self,
         sni: Option<&str>,
         alpn: &[Vec<u8>],
         peer: Option<SocketAddr>,
     ) -> Result<HookVerdict, String>;
+
+    /// The decision when [`Self::decide`] fails. Deny by default: a hook is usually a policy (a
+    /// deny-list, an export control), and letting the table answer would defeat it.
+    fn on_failure(&self) -> HookDecision {
+        HookDecision::Deny
+    }
 }
 
-/// Makes core `n`'s hook, on core `n`'s thread. `None`: that core runs without a hook (logged).
-pub type HookFactory = Arc<dyn Fn(usize) -> Option<Box<dyn ConnectionHook>> + Send + Sync>;
+/// Makes core `n`'s hook, on core `n`'s thread. An error stops the engine's start (the message says
+/// why the hook could not be made).
+pub type HookFactory = Arc<dyn Fn(usize) -> Result<Box<dyn ConnectionHook>, String> + Send + Sync>;

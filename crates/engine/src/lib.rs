@@ -103,6 +103,14 @@ pub enum EngineError {
     /// A core thread panicked or failed.
     #[error("core {0} failed: {1}")]
     Core(usize, String),
+    /// The connection hook could not be made on a core.
+    #[error("[hook] cannot load on core {core}: {message}")]
+    Hook {
+        /// Core index.
+        core: usize,
+        /// Why.
+        message: String,
+    },
     /// This process cannot run executors (io_uring or locked-memory limit).
     #[error(transparent)]
     Cores(#[from] cores::CoreError),

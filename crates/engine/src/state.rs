@@ -103,7 +103,8 @@ impl Core {
         self.snapshot.borrow().clone()
     }
 
-    /// The hook's decision for a connection (`None`: no hook, or it failed: use the table).
+    /// The hook's decision for a connection (`None`: no hook). A failed call decides what the hook's
+    /// `on_failure` says, and is counted.
     pub(crate) fn hook_decide(
         &self,
         sni: Option<&str>,
@@ -133,8 +134,9 @@ impl Core {
             }
             Err(e) => {
                 stats.hook_failures.inc();
-                tracing::debug!(error = %e, "connection hook failed; the table decides");
-                None
+                let decision = hook.on_failure();
+                tracing::debug!(error = %e, ?decision, "connection hook failed");
+                Some(decision)
             }
         }
     }

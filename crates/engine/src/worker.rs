@@ -30,16 +30,17 @@ pub(crate) async fn run(
     ready: Sender<Result<(), EngineError>>,
     hook: Option<HookFactory>,
 ) {
-    let hook = hook.and_then(|make| {
-        let h = make(index);
-        if h.is_none() {
-            tracing::warn!(
-                core = index,
-                "connection hook unavailable on this core; routing by the table"
-            );
+    let hook = match hook.map(|make| make(index)).transpose() {
+        Ok(h) => h,
+        Err(message) => {
+            let _ = ready.send(Err(EngineError::Hook {
+                core: index,
+                message,
+            }));
+            shared.life.exited();
+            return;
         }
-        h
-    });
+    };
     let settings = shared.snapshot.load_full().settings.clone();
     let workers = stats.len() as u64;
     let core = Rc::new(Core::new(index, shared.clone(), stats, hook));
