@@ -9,6 +9,10 @@
 //!
 //! An authority on disk is a directory: `cert.pem` (its certificate), `key.pem` (its key, mode 0600),
 //! `chain.pem` (intermediates between it and the root, often empty) and `roots.pem` (the trust anchors).
+//! Files are written as [`files`] says: atomically, keys 0600 whatever was there before, never through a
+//! symbolic link.
+
+pub mod files;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -25,6 +29,10 @@ pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(72 * 3600);
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Lifetime of a datacenter intermediate.
 pub const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Shortest leaf lifetime issued: shorter would expire before a sidecar has polled its files.
+pub const MIN_LEAF_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest leaf lifetime issued: an intermediate's, a year (8760 h); Consul's leaves are hours or days.
+pub const MAX_LEAF_LIFETIME: Duration = INTERMEDIATE_LIFETIME;
 /// Backdating of `notBefore`, so a peer whose clock is slightly behind accepts a fresh certificate.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
@@ -60,6 +68,25 @@ pub enum CaError {
     /// A certificate does not say what it must.
     #[error("{0}")]
     Invalid(String),
+    /// A file or a directory on the way to it is a symbolic link; nothing is written through one.
+    #[error("{}: is a symbolic link; refusing to write through it", path.display())]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A leaf lifetime outside [`MIN_LEAF_LIFETIME`]..=[`MAX_LEAF_LIFETIME`].
+    #[error(
+        "a leaf lifetime of {}s is out of range: {}s ({} h) to {}s ({} h)",
+        lifetime.as_secs(),
+        MIN_LEAF_LIFETIME.as_secs(),
+        MIN_LEAF_LIFETIME.as_secs() / 3600,
+        MAX_LEAF_LIFETIME.as_secs(),
+        MAX_LEAF_LIFETIME.as_secs() / 3600
+    )]
+    Lifetime {
+        /// What was asked.
+        lifetime: Duration,
+    },
 }
 
 fn cert_err(context: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CaError {
@@ -137,10 +164,19 @@ pub fn new_trust_domain() -> String {
     format!("{}.consul", uuid::Uuid::new_v4())
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) {
+/// Sets `notBefore` (backdated by [`CLOCK_SKEW`]) and `notAfter`; checked, so no lifetime can panic.
+fn validity(params: &mut CertificateParams, lifetime: Duration) -> Result<(), CaError> {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + lifetime;
+    let span = |d: Duration| time::Duration::try_from(d).ok();
+    let (Some(not_before), Some(not_after)) = (
+        span(CLOCK_SKEW).and_then(|d| now.checked_sub(d)),
+        span(lifetime).and_then(|d| now.checked_add(d)),
+    ) else {
+        return Err(CaError::Lifetime { lifetime });
+    };
+    params.not_before = not_before;
+    params.not_after = not_after;
+    Ok(())
 }
 
 fn ca_params(
@@ -164,7 +200,7 @@ fn ca_params(
             .try_into()
             .map_err(cert_err("trust domain URI"))?,
     )];
-    validity(&mut params, lifetime);
+    validity(&mut params, lifetime)?;
     Ok(params)
 }
 
@@ -209,27 +245,10 @@ fn read(dir: &Path, name: &str) -> Result<String, CaError> {
     std::fs::read_to_string(&path).map_err(|source| CaError::Io { path, source })
 }
 
-/// Writes `text` to `dir/name`; `secret` files are created readable by the owner only.
+/// Writes `text` to `dir/name` as [`files::write_files`] does: `secret` files 0600, others 0644, whatever
+/// was there before; atomically; never through a symbolic link.
 pub fn write_file(dir: &Path, name: &str, text: &str, secret: bool) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(name);
-    let io = |source| CaError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&path)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)
+    files::write_files(dir, &[files::FileSpec { name, text, secret }])
 }
 
 impl Authority {
@@ -314,12 +333,18 @@ impl Authority {
         })
     }
 
-    /// Writes the authority directory.
+    /// Writes the authority directory (see [`files`]: a refused file writes none of them).
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
-        write_file(dir, CERT_FILE, &self.cert_pem, false)?;
-        write_file(dir, KEY_FILE, &self.key.serialize_pem(), true)?;
-        write_file(dir, CHAIN_FILE, &self.chain_pem, false)?;
-        write_file(dir, ROOTS_FILE, &self.roots_pem, false)
+        let key = self.key.serialize_pem();
+        files::write_files(
+            dir,
+            &[
+                public(CERT_FILE, &self.cert_pem),
+                secret(KEY_FILE, &key),
+                public(CHAIN_FILE, &self.chain_pem),
+                public(ROOTS_FILE, &self.roots_pem),
+            ],
+        )
     }
 
     /// The trust domain.
@@ -368,6 +393,11 @@ impl Authority {
 
     /// A service leaf: SPIFFE URI SAN, client and server authentication.
     pub fn issue(&self, req: &LeafRequest) -> Result<Leaf, CaError> {
+        if !(MIN_LEAF_LIFETIME..=MAX_LEAF_LIFETIME).contains(&req.lifetime) {
+            return Err(CaError::Lifetime {
+                lifetime: req.lifetime,
+            });
+        }
         let identity = ServiceIdentity {
             trust_domain: self.trust_domain.clone(),
             namespace: req.namespace.clone(),
@@ -401,7 +431,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, req.lifetime);
+        validity(&mut params, req.lifetime)?;
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)
             .map_err(cert_err("signing the leaf"))?;
@@ -415,10 +445,31 @@ impl Authority {
 }
 
 impl Leaf {
-    /// Writes `cert.pem`, `key.pem` (0600) and `roots.pem` into `dir`.
+    /// Writes `cert.pem`, `key.pem` (0600) and `roots.pem` into `dir` (see [`files`]).
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
-        write_file(dir, CERT_FILE, &self.cert_pem, false)?;
-        write_file(dir, KEY_FILE, &self.key_pem, true)?;
-        write_file(dir, ROOTS_FILE, &self.roots_pem, false)
+        files::write_files(
+            dir,
+            &[
+                public(CERT_FILE, &self.cert_pem),
+                secret(KEY_FILE, &self.key_pem),
+                public(ROOTS_FILE, &self.roots_pem),
+            ],
+        )
+    }
+}
+
+fn public<'a>(name: &'a str, text: &'a str) -> files::FileSpec<'a> {
+    files::FileSpec {
+        name,
+        text,
+        secret: false,
+    }
+}
+
+fn secret<'a>(name: &'a str, text: &'a str) -> files::FileSpec<'a> {
+    files::FileSpec {
+        name,
+        text,
+        secret: true,
     }
 }

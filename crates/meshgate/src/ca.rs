@@ -1,11 +1,17 @@
 //! `meshgate ca`: the mesh certificate authority from the command line (see `meshgate_ca`). Files only;
 //! the primary datacenter runs `init`, secondaries get an `intermediate`, sidecars get `issue`d leaves.
+//! Keys are written 0600 whatever was there before, every file atomically and never through a symbolic
+//! link (`meshgate_ca::files`); `--hours` is refused outside its range with a message naming it.
 
 use clap::Subcommand;
-use meshgate_ca::{Authority, CaError, LeafRequest};
+use meshgate_ca::{Authority, CaError, LeafRequest, MAX_LEAF_LIFETIME, MIN_LEAF_LIFETIME};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// `--hours` limits, from the library's (clap names the flag and the range when refusing a value).
+const MIN_HOURS: u64 = MIN_LEAF_LIFETIME.as_secs() / 3600;
+const MAX_HOURS: u64 = MAX_LEAF_LIFETIME.as_secs() / 3600;
 
 /// `meshgate ca ...`
 #[derive(Subcommand, Debug)]
@@ -45,8 +51,14 @@ pub(crate) enum CaCommand {
         /// Namespace.
         #[arg(long, default_value = "default")]
         namespace: String,
-        /// Lifetime in hours.
-        #[arg(long, default_value_t = 72)]
+        /// Lifetime in hours, 1 to 8760 (a year: an intermediate's lifetime).
+        /// (`-1` is taken as a value, so its refusal names `--hours` too.)
+        #[arg(
+            long,
+            default_value_t = 72,
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(u64).range(MIN_HOURS..=MAX_HOURS)
+        )]
         hours: u64,
         /// Where to write the leaf.
         #[arg(long)]
@@ -113,6 +125,7 @@ pub(crate) fn run(command: CaCommand) -> ExitCode {
                 service,
                 namespace,
                 datacenter,
+                // In range (the parser's), so no overflow; the library checks again.
                 lifetime: Duration::from_secs(hours.saturating_mul(3600)),
             },
             &out,
