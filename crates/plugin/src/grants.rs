@@ -1,16 +1,27 @@
 //! What a plugin may reach and the host functions that enforce it: the only imports a plugin has (log,
 //! files under granted directories, HTTP GET to granted origins, granted environment variables). No WASI
 //! is linked, so there is no other way out of the sandbox.
+//!
+//! Every host call is bounded by what remains of the plugin call's deadline: the epoch that interrupts a
+//! looping plugin does not reach a host function blocked in a read, so each one checks the clock itself.
+//! Files are opened without blocking and without following a last symlink, and only regular files are
+//! read (a FIFO would block the open forever, a device would never end). HTTP is a GET the host writes
+//! itself, from a URL it has parsed and checked against the grant, with one deadline for connect, write
+//! and read together.
 
 use crate::bindings::catalog_world;
 use crate::sandbox::Limiter;
 use crate::types;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Timeout of a plugin's HTTP request (connect, and each read or write).
+/// Longest a plugin's HTTP request may take in total (connect, write and read), when the call's deadline
+/// leaves more.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest URL a plugin may ask for, in bytes.
+pub const MAX_URL: usize = 8 * 1024;
 /// Largest file or HTTP body handed to a plugin, in bytes.
 pub const MAX_READ: usize = 16 << 20;
 
@@ -27,11 +38,13 @@ pub struct Grants {
     pub env: Vec<String>,
 }
 
-/// Per-store state: the plugin's grants and its memory limiter.
+/// Per-store state: the plugin's grants, its memory limiter, and when the current call must end.
 pub struct State {
     pub(crate) plugin: String,
     pub(crate) grants: Grants,
     pub(crate) limiter: Limiter,
+    /// The current call's deadline; host calls get only what remains of it.
+    pub(crate) deadline: Instant,
 }
 
 impl types::Host for State {}
@@ -48,18 +61,18 @@ impl catalog_world::meshgate::plugin::host::Host for State {
     }
 
     fn read_file(&mut self, path: String) -> Result<Vec<u8>, String> {
+        self.remaining().map_err(|e| format!("{path}: {e}"))?;
         let p = self.granted_path(&path)?;
-        let meta = std::fs::metadata(&p).map_err(|e| format!("{path}: {e}"))?;
-        if meta.len() > MAX_READ as u64 {
-            return Err(format!("{path}: larger than {MAX_READ} bytes"));
-        }
-        std::fs::read(&p).map_err(|e| format!("{path}: {e}"))
+        read_regular(&p, self.deadline).map_err(|e| format!("{path}: {e}"))
     }
 
     fn list_dir(&mut self, path: String) -> Result<Vec<types::DirEntry>, String> {
+        self.remaining().map_err(|e| format!("{path}: {e}"))?;
         let p = self.granted_path(&path)?;
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&p).map_err(|e| format!("{path}: {e}"))? {
+            // A huge directory (or a slow file system) must not outlast the call either.
+            self.remaining().map_err(|e| format!("{path}: {e}"))?;
             let entry = entry.map_err(|e| format!("{path}: {e}"))?;
             let Ok(meta) = entry.metadata() else { continue };
             let modified_ms = meta
@@ -79,23 +92,24 @@ impl catalog_world::meshgate::plugin::host::Host for State {
     }
 
     fn http_get(&mut self, url: String) -> Result<types::HttpResponse, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let origin = format!("http://{authority}");
+        // The URL is echoed in errors: escaped, so a plugin cannot forge log lines through it.
+        let shown = url.escape_debug().to_string();
+        let target = Url::parse(&url).map_err(|e| format!("{shown}: {e}"))?;
         if !self
             .grants
             .origins
             .iter()
-            .any(|o| o.trim_end_matches('/') == origin)
+            .filter_map(|o| Origin::parse(o).ok())
+            .any(|o| o == target.origin)
         {
-            return Err(format!("{origin} is not granted to plugin {}", self.plugin));
+            return Err(format!(
+                "{} is not granted to plugin {}",
+                target.origin, self.plugin
+            ));
         }
-        http_get(authority, path).map_err(|e| format!("{url}: {e}"))
+        // One budget for the whole exchange: what remains of the call, at most HTTP_TIMEOUT.
+        let deadline = self.deadline.min(Instant::now() + HTTP_TIMEOUT);
+        http_get(&target, deadline).map_err(|e| format!("{shown}: {e}"))
     }
 
     fn get_env(&mut self, key: String) -> Option<String> {
@@ -109,6 +123,11 @@ impl catalog_world::meshgate::plugin::host::Host for State {
 }
 
 impl State {
+    /// What remains of the current call's deadline; an error once it has passed.
+    fn remaining(&self) -> Result<Duration, String> {
+        remaining(self.deadline).map_err(|e| e.to_string())
+    }
+
     /// Resolves `path` (relative to the config's directory), then requires it inside a granted directory.
     fn granted_path(&self, path: &str) -> Result<PathBuf, String> {
         let raw = Path::new(path);
@@ -137,22 +156,272 @@ impl State {
     }
 }
 
-fn http_get(authority: &str, path: &str) -> std::io::Result<types::HttpResponse> {
-    use std::io::{Read, Write};
-    let addr = authority
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other("no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+/// What remains until `deadline`; a `TimedOut` error once it has passed.
+fn remaining(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the plugin call's deadline has passed",
+        ))
+    } else {
+        Ok(left)
+    }
+}
+
+/// Reads a regular file, at most [`MAX_READ`] bytes, before `deadline`.
+///
+/// `O_NONBLOCK`: opening a FIFO that has no writer returns at once instead of waiting for one (on a
+/// regular file the flag does nothing). `O_NOFOLLOW`: the path was resolved and checked against the
+/// grant; a symlink swapped in since is refused rather than followed. Then `fstat` on the open file
+/// decides, so what is read is what was checked.
+fn read_regular(path: &Path, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (FIFOs, sockets and devices are never read)",
+        ));
+    }
+    if meta.len() > MAX_READ as u64 {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_READ} bytes"
+        )));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    let mut limited = file.take(MAX_READ as u64 + 1);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        remaining(deadline)?;
+        let n = match limited.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend_from_slice(&chunk[..n]);
+    }
+    if out.len() > MAX_READ {
+        // It grew while being read.
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_READ} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// An HTTP origin: scheme `http`, a host (lower-cased) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    /// As written in the Host header and for connecting: a name, an IPv4 address or `[IPv6]`.
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}:{}", self.host, self.port)
+    }
+}
+
+impl Origin {
+    /// Parses a granted origin, `http://host[:port][/]`.
+    fn parse(s: &str) -> Result<Origin, String> {
+        let url = Url::parse(s)?;
+        if url.target != "/" {
+            return Err(format!("{s}: an origin has no path"));
+        }
+        Ok(url.origin)
+    }
+
+    /// Parses `host[:port]`: no user info, a name or an address, a port in 1..=65535 (80 if none).
+    fn parse_authority(authority: &str) -> Result<Origin, String> {
+        if authority.contains('@') {
+            return Err("user info is not allowed in the URL".into());
+        }
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (v6, after) = rest.split_once(']').ok_or("unterminated [IPv6] address")?;
+            v6.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("bad IPv6 address `{v6}`"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or("bad port")?),
+            };
+            (format!("[{v6}]"), port)
+        } else {
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                return Err(format!("bad host `{host}`"));
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            None => 80,
+            Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port `{p}`"))?,
+            Some(p) => return Err(format!("bad port `{p}`")),
+        };
+        Ok(Origin { host, port })
+    }
+
+    /// The addresses to connect to; a name is resolved off-thread so resolution cannot outlast the
+    /// deadline either.
+    fn resolve(&self, deadline: Instant) -> std::io::Result<Vec<SocketAddr>> {
+        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (host, port) = (self.host.clone(), self.port);
+        std::thread::Builder::new()
+            .name("meshgate-resolve".into())
+            .spawn(move || {
+                let _ = tx.send((host.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+            })?;
+        rx.recv_timeout(remaining(deadline)?).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "name resolution ran past the plugin call's deadline",
+            )
+        })?
+    }
+}
+
+/// A URL a plugin asked for, parsed and checked: `http://host[:port][/path][?query]`.
+#[derive(Debug)]
+struct Url {
+    origin: Origin,
+    /// The request target: the path (`/` if none) and the query, every byte a legal one.
+    target: String,
+}
+
+impl Url {
+    fn parse(url: &str) -> Result<Url, String> {
+        if url.len() > MAX_URL {
+            return Err(format!("longer than {MAX_URL} bytes"));
+        }
+        let rest = match url.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &url[7..],
+            _ => return Err("only http:// URLs are supported".into()),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let origin = Origin::parse_authority(&rest[..end])?;
+        let tail = &rest[end..];
+        if tail.contains('#') {
+            return Err("a fragment is never sent: remove the `#...`".into());
+        }
+        check_target(tail)?;
+        let target = if tail.starts_with('/') {
+            tail.to_owned()
+        } else {
+            format!("/{tail}")
+        };
+        Ok(Url { origin, target })
+    }
+}
+
+/// Path and query may hold only RFC 3986 characters (unreserved, sub-delims, `:@/?`) and well-formed
+/// percent-escapes: no space, no CR/LF or other control character, nothing outside ASCII. That is what
+/// makes it impossible to end the request line early and smuggle headers or a second request.
+fn check_target(target: &str) -> Result<(), String> {
+    let bytes = target.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return Err(format!("bad percent-escape at byte {}", i + 7));
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+            | b',' | b';' | b'=' | b':' | b'@' | b'/' | b'?' => {}
+            other => {
+                return Err(format!(
+                    "character {:?} is not allowed in a URL path or query (percent-encode it)",
+                    char::from(other)
+                ))
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// One GET, HTTP/1.0, connect + write + read all before `deadline`. The host writes the request line and
+/// every header itself; only the checked target comes from the plugin.
+fn http_get(url: &Url, deadline: Instant) -> std::io::Result<types::HttpResponse> {
+    use std::io::Write;
+    let addrs = url.origin.resolve(deadline)?;
+    let mut last = std::io::Error::other("no address");
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = stream.ok_or(last)?;
+    let origin = &url.origin;
     // HTTP/1.0: the server closes after the body, no chunked encoding to undo. One write: a server that
     // answers after its first read must see the whole request, or its close resets our read.
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: meshgate\r\n\r\n");
+    let request = format!(
+        "GET {} HTTP/1.0\r\nHost: {}:{}\r\nUser-Agent: meshgate\r\nConnection: close\r\n\r\n",
+        url.target, origin.host, origin.port
+    );
+    s.set_write_timeout(Some(remaining(deadline)?))?;
     s.write_all(request.as_bytes())?;
+    let cap = MAX_READ + 64 * 1024;
     let mut raw = Vec::new();
-    s.take(MAX_READ as u64 + 64 * 1024).read_to_end(&mut raw)?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // Each read may wait only for what remains of the one budget: a server dripping a byte at a
+        // time cannot stretch the exchange.
+        s.set_read_timeout(Some(remaining(deadline)?))?;
+        let n = match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                remaining(deadline)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if raw.len() + n > cap {
+            return Err(std::io::Error::other(format!(
+                "response larger than {MAX_READ} bytes"
+            )));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -3,11 +3,13 @@
 //!
 //! # Sandbox
 //! - **No ambient capability.** A plugin imports only the `host` interface; no WASI is linked. Each host
-//!   function checks the plugin's [`Grants`]: files only under granted directories (after resolving
-//!   symlinks and `..`), HTTP only to granted origins, environment only for granted keys.
+//!   function checks the plugin's [`Grants`]: regular files only under granted directories (after
+//!   resolving symlinks and `..`), HTTP only to granted origins as a GET the host writes from a checked
+//!   URL, environment only for granted keys.
 //! - **Deadline.** Every call runs under an epoch deadline (default 1 s); a plugin that loops forever is
-//!   interrupted.
-//! - **Memory cap.** Linear memory may not grow beyond the cap (default 64 MiB).
+//!   interrupted, and every host function it calls gets only what remains of that deadline.
+//! - **Memory cap.** All of an instance's linear memories together may not grow beyond the cap
+//!   (default 64 MiB).
 //! - **Failure is contained.** A trap, a deadline or a memory-cap hit fails that one call with a typed
 //!   [`PluginError`]; the instance is dropped and a fresh one is made on the next call. The caller keeps
 //!   serving its last good table.
@@ -27,7 +29,7 @@ mod sandbox;
 
 pub use bindings::{catalog_world, hook_world, router_world};
 pub use error::PluginError;
-pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ};
+pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ, MAX_URL};
 pub use host::{PluginHost, SHIPPED, TESTBED};
 pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin};
 pub use sandbox::{Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};

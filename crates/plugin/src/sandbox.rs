@@ -3,7 +3,7 @@
 //! instance dropped so the next call gets a fresh one.
 
 use crate::{Grants, PluginError, State};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
@@ -19,7 +19,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Sandbox {
     /// Per-call deadline.
     pub deadline: Duration,
-    /// Linear-memory cap, in bytes.
+    /// Linear-memory cap, in bytes: one total across all of an instance's memories.
     pub memory: usize,
     /// Capabilities.
     pub grants: Grants,
@@ -35,33 +35,77 @@ impl Default for Sandbox {
     }
 }
 
+/// Largest total of table elements across an instance's tables.
+pub(crate) const TABLE_ELEMENTS_CAP: usize = 1 << 20;
+
 /// Enforces the memory cap and remembers that it did, so a failed call is reported as a memory-cap hit.
+///
+/// The cap is one total across every linear memory (and every table) of the instance: wasmtime asks the
+/// limiter about each memory separately, so a per-memory check would give a component with N memories N
+/// times the cap. Memories only grow and each instance has its own store, so a running total is exact.
 pub(crate) struct Limiter {
     pub(crate) cap: usize,
     pub(crate) denied: bool,
+    /// Bytes of linear memory granted so far, all memories together.
+    pub(crate) memory_total: usize,
+    /// Table elements granted so far, all tables together.
+    pub(crate) table_total: usize,
+}
+
+impl Limiter {
+    pub(crate) fn new(cap: usize) -> Limiter {
+        Limiter {
+            cap,
+            denied: false,
+            memory_total: 0,
+            table_total: 0,
+        }
+    }
+}
+
+/// The running total once one memory or table goes from `current` to `desired`, if within `cap`.
+fn grown_total(total: usize, current: usize, desired: usize, cap: usize) -> Option<usize> {
+    total
+        .checked_sub(current.min(total))
+        .and_then(|t| t.checked_add(desired))
+        .filter(|t| *t <= cap)
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.denied = true;
-            return Ok(false);
+        match grown_total(self.memory_total, current, desired, self.cap) {
+            Some(total) => {
+                self.memory_total = total;
+                Ok(true)
+            }
+            None => {
+                self.denied = true;
+                Ok(false)
+            }
         }
-        Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        match grown_total(self.table_total, current, desired, TABLE_ELEMENTS_CAP) {
+            Some(total) => {
+                self.table_total = total;
+                Ok(true)
+            }
+            None => {
+                self.denied = true;
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -81,10 +125,8 @@ impl Loaded {
             State {
                 plugin: self.name.clone(),
                 grants: self.sandbox.grants.clone(),
-                limiter: Limiter {
-                    cap: self.sandbox.memory,
-                    denied: false,
-                },
+                limiter: Limiter::new(self.sandbox.memory),
+                deadline: Instant::now() + self.sandbox.deadline,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -98,11 +140,14 @@ impl Loaded {
         }
     }
 
-    /// Arms the deadline before a call.
+    /// Arms the deadline before a call: the epoch deadline bounds the plugin's own code, the instant in
+    /// its state bounds the host calls it makes (they block outside Wasm, where epochs do not reach).
     fn arm(&self, store: &mut Store<State>) {
         let ticks = (self.sandbox.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.data_mut().limiter.denied = false;
+        let state = store.data_mut();
+        state.limiter.denied = false;
+        state.deadline = Instant::now() + self.sandbox.deadline;
     }
 
     /// Turns a failed call into its typed error.
@@ -139,8 +184,17 @@ pub(crate) fn live<'a, W>(
     if slot.is_none() {
         let mut store = loaded.store();
         loaded.arm(&mut store);
-        let inst = instantiate(&mut store, &loaded.component, &loaded.linker)
-            .map_err(|e| loaded.load_error(e))?;
+        let inst = instantiate(&mut store, &loaded.component, &loaded.linker).map_err(|e| {
+            // Memories are made at instantiation: a cap hit there is a memory error, not a bad component.
+            if store.data().limiter.denied {
+                PluginError::Memory {
+                    plugin: loaded.name.clone(),
+                    mib: loaded.sandbox.memory >> 20,
+                }
+            } else {
+                loaded.load_error(e)
+            }
+        })?;
         *slot = Some((store, inst));
     }
     slot.as_mut().ok_or_else(|| PluginError::Load {
