@@ -87,10 +87,23 @@ enum RequestError {
 enum Phase {
     /// Reading the request head.
     Head,
-    /// Waiting for its turn to render, or writing, or draining before the close.
+    /// Writing the answer, or draining before the close.
     Answering,
+    /// Waiting for its turn to render: evicting it frees nothing until that turn comes, so it goes last.
+    Waiting,
     /// Rendering a body (holds the render lock): never evicted, so the lock is always released normally.
     Rendering,
+}
+
+impl Phase {
+    /// Lower goes first: the slow head senders, then slow readers, then those waiting to render.
+    fn eviction_rank(self) -> u8 {
+        match self {
+            Phase::Head => 0,
+            Phase::Answering => 1,
+            Phase::Waiting | Phase::Rendering => 2,
+        }
+    }
 }
 
 struct Entry {
@@ -142,12 +155,16 @@ impl Registry {
             if conns.len() < MAX_CONNECTIONS {
                 return true;
             }
-            // Evict only if no eviction is already on its way to freeing a slot.
-            if !conns.values().any(|e| e.evicted) {
+            // Evict only if no eviction is already on its way to freeing a slot (one blocked on a socket
+            // frees it at once; one waiting to render, only after its turn).
+            if !conns
+                .values()
+                .any(|e| e.evicted && e.phase != Phase::Waiting)
+            {
                 let victim = conns
                     .values_mut()
-                    .filter(|e| e.phase != Phase::Rendering)
-                    .min_by_key(|e| (e.phase != Phase::Head, e.accepted));
+                    .filter(|e| !e.evicted && e.phase != Phase::Rendering)
+                    .min_by_key(|e| (e.phase.eviction_rank(), e.accepted));
                 if let Some(v) = victim {
                     v.evicted = true;
                     // Wakes its thread's blocked read or write; its descriptor closes when it exits.
@@ -371,6 +388,7 @@ fn handle(
     let path = path.split('?').next().unwrap_or("");
     // The expensive bodies, one at a time.
     let render = |f: &dyn Fn() -> String| -> Result<String, RequestError> {
+        registry.set_phase(id, Phase::Waiting)?;
         let _turn = registry.render.lock().unwrap_or_else(|p| p.into_inner());
         registry.set_phase(id, Phase::Rendering)?;
         let body = f();
