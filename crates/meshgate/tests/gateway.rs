@@ -857,3 +857,66 @@ fn dripping_upstream_arrives_intact_without_tripping_the_idle_timeout() {
         0.0
     );
 }
+
+/// Issue 11 item 2, through the binary: more clients than the admin endpoint's connection cap (64), each
+/// dripping one byte of an endless request head every 100 ms and reconnecting whenever closed, while an
+/// orchestrator probes `/ready` and scrapes `/metrics`: every probe answers 200 within a second.
+#[test]
+fn admin_probes_answer_within_a_second_while_slow_clients_flood_it() {
+    let rest = route(&sni("api", "dc1"), &[dead_addr()]);
+    let gw = Gateway::start("", &rest);
+    let admin = gw.admin;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    let drippers = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let head = b"GET /ready HTTP/1.1\r\nX-Slow: ";
+            let connect = || {
+                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+                s.write_all(&head[..1]).ok()?;
+                Some((s, 1usize))
+            };
+            let mut conns: Vec<Option<(TcpStream, usize)>> = (0..100).map(|_| connect()).collect();
+            let _ = connected_tx.send(conns.iter().filter(|c| c.is_some()).count());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100)); // the drip rate
+                for c in conns.iter_mut() {
+                    let alive = match c {
+                        Some((s, sent)) => {
+                            let byte = head.get(*sent).copied().unwrap_or(b'a');
+                            *sent += 1;
+                            s.write_all(&[byte]).is_ok()
+                        }
+                        None => false,
+                    };
+                    if !alive {
+                        *c = connect();
+                    }
+                }
+            }
+        })
+    };
+    let connected = connected_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("drippers");
+    assert_eq!(connected, 100, "every dripper connects");
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let t0 = std::time::Instant::now();
+        let ready = gw.get("/ready");
+        let took = t0.elapsed();
+        slowest = slowest.max(took);
+        match ready {
+            Ok(r) => assert!(r.starts_with("HTTP/1.1 200 OK"), "probe {i}: {r:?}"),
+            Err(e) => panic!("probe {i} failed after {took:?}: {e}"),
+        }
+        assert!(took < Duration::from_secs(1), "probe {i} took {took:?}");
+        let metrics = gw.get("/metrics").expect("metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+        std::thread::sleep(Duration::from_millis(300)); // the probe period
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drippers.join().expect("drippers");
+    eprintln!("slowest admin probe under the flood: {slowest:?}");
+}
