@@ -524,10 +524,7 @@ mod tests {
         control.tick(&sink);
         control.tick(&sink);
         assert_eq!(sink.installs(), 0, "nothing changed");
-        dir.write(
-            "catalog/db.hcl",
-            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
-        );
+        dir.register_db();
         control.tick(&sink);
         assert_eq!(sink.installs(), 1);
         let db = format!("db.default.dc1.internal.{TD}");
@@ -558,10 +555,7 @@ mod tests {
         control.tick(&sink);
         assert_eq!(sink.installs(), 0);
         // A real change after the failure is installed at the next poll.
-        dir.write(
-            "catalog/db.hcl",
-            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
-        );
+        dir.register_db();
         control.tick(&sink);
         assert_eq!(sink.installs(), 1);
         assert!(sink.last_endpoints(&web()).is_some());
@@ -614,10 +608,7 @@ mod tests {
         assert_eq!(sink.installs(), 0, "nothing installed");
         // Still the old plugins and catalog: a later change is installed with every route.
         std::fs::remove_file(dir.0.join("catalog/broken.hcl")).expect("rm");
-        dir.write(
-            "catalog/db.hcl",
-            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
-        );
+        dir.register_db();
         control.tick(&sink);
         assert_eq!(sink.installs(), 1);
         assert!(sink.last_endpoints(&web()).is_some());

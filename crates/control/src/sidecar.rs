@@ -521,10 +521,7 @@ mod tests {
         assert!(first.json.contains("\"mode\": \"local\""), "{}", first.json);
         assert!(control.tick().is_none(), "nothing changed");
         // A catalog change that does not concern web's sidecar: no new plan.
-        dir.write(
-            "catalog/db.hcl",
-            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
-        );
+        dir.register_db();
         assert!(control.tick().is_none(), "db is not web's upstream");
         // One that does: proxy-defaults' mode moves the first upstream to remote.
         dir.write(

@@ -32,6 +32,15 @@ impl TempDir {
         t
     }
 
+    /// Registers a local `db` service (its sidecar on 127.0.0.1:21002) in the copied catalog: a catalog
+    /// change that concerns a gateway but not web's sidecar.
+    pub(crate) fn register_db(&self) {
+        self.write(
+            "catalog/db.hcl",
+            "service {\n  name = \"db\"\n  port = 5432\n  connect { sidecar_service { port = 21002 } }\n}\n",
+        );
+    }
+
     pub(crate) fn write(&self, name: &str, text: &str) {
         let path = self.0.join(name);
         if let Some(p) = path.parent() {
