@@ -3,7 +3,7 @@
 
 use crate::bindings::{catalog_world, hook_world};
 use crate::sandbox::{live, Loaded, EPOCH_TICK};
-use crate::{CatalogPlugin, HookPlugin, PluginError, RouterPlugin, Sandbox};
+use crate::{CatalogPlugin, HookPlugin, PluginError, RouterPlugin, Sandbox, WatchCatalogPlugin};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -147,6 +147,29 @@ impl PluginHost {
         let mut p = CatalogPlugin { loaded, live: None };
         p.instance()?; // fail now, at load time, if it does not fit the world
         Ok(p)
+    }
+
+    /// A watch-catalog plugin (the host runs its watches).
+    pub fn watch_catalog(
+        &self,
+        name_or_path: &str,
+        sandbox: Sandbox,
+    ) -> Result<WatchCatalogPlugin, PluginError> {
+        let (name, component) = self.component(name_or_path, &sandbox.grants.base)?;
+        let loaded = self.loaded(name, component, sandbox)?;
+        let mut p = WatchCatalogPlugin { loaded, live: None };
+        p.instance()?;
+        Ok(p)
+    }
+
+    /// Whether a component (shipped name or path) exports the watch-catalog world rather than the
+    /// polled catalog world: the `[catalog]` section takes either.
+    pub fn is_watch_catalog(&self, name_or_path: &str, base: &Path) -> Result<bool, PluginError> {
+        let (_, component) = self.component(name_or_path, base)?;
+        Ok(component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name == "plan"))
     }
 
     /// A router plugin.

@@ -27,11 +27,11 @@ mod host;
 mod plugins;
 mod sandbox;
 
-pub use bindings::{catalog_world, hook_world, router_world};
+pub use bindings::{catalog_world, hook_world, router_world, watch_world};
 pub use error::PluginError;
 pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ, MAX_URL};
 pub use host::{PluginHost, SHIPPED, TESTBED};
-pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin};
+pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin, WatchCatalogPlugin};
 pub use sandbox::{Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};
 
 pub use catalog_world::meshgate::plugin::types;

@@ -1,7 +1,7 @@
-//! The typed handle of each kind of plugin — catalog, router, connection hook — whose methods are the
+//! The typed handle of each kind of plugin — catalog, watch-fed catalog, router, connection hook — whose methods are the
 //! world's exports, each called under the sandbox's rules.
 
-use crate::bindings::{catalog_world, hook_world, router_world};
+use crate::bindings::{catalog_world, hook_world, router_world, watch_world};
 use crate::sandbox::{call, live, Loaded};
 use crate::{types, PluginError, State};
 use wasmtime::Store;
@@ -37,6 +37,42 @@ impl CatalogPlugin {
             &mut self.live,
             |s, c, l| catalog_world::CatalogPlugin::instantiate(s, c, l),
             |store, inst| inst.call_fetch(store, &settings.to_vec(), since),
+        )
+    }
+}
+
+/// A loaded watch-catalog plugin: it names the agent reads it needs, the host runs them, and the plugin
+/// turns their answers into a catalog.
+pub struct WatchCatalogPlugin {
+    pub(crate) loaded: Loaded,
+    pub(crate) live: Option<(Store<State>, watch_world::WatchCatalogPlugin)>,
+}
+
+impl WatchCatalogPlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    pub(crate) fn instance(
+        &mut self,
+    ) -> Result<&mut (Store<State>, watch_world::WatchCatalogPlugin), PluginError> {
+        live(&self.loaded, &mut self.live, |s, c, l| {
+            watch_world::WatchCatalogPlugin::instantiate(s, c, l)
+        })
+    }
+
+    /// The watches to run and, once the answers suffice, the catalog.
+    pub fn plan(
+        &mut self,
+        settings: &[(String, String)],
+        answers: &[types::WatchAnswer],
+    ) -> Result<types::WatchPlan, PluginError> {
+        call(
+            &self.loaded,
+            &mut self.live,
+            |s, c, l| watch_world::WatchCatalogPlugin::instantiate(s, c, l),
+            |store, inst| inst.call_plan(store, &settings.to_vec(), answers),
         )
     }
 }
