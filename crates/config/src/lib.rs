@@ -10,6 +10,7 @@
 //! file:line:column), and the sidecar's own file ([`sidecar`]).
 #![forbid(unsafe_code)]
 
+pub mod consul;
 mod defaults;
 mod error;
 mod load;
@@ -26,6 +27,7 @@ pub use defaults::{
     DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_ROUTER_PLUGIN,
     HOOK_MAX_DEADLINE_MS,
 };
+pub use consul::{ConsulSection, RegisterSection};
 pub use error::{ConfigError, LoadError};
 pub use schema::{
     Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, RelayMode,

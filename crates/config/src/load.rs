@@ -81,6 +81,9 @@ impl Config {
                 ("hook", &self.hook),
             ],
         )?;
+        if let Some(consul) = &self.consul {
+            consul.validate(text, file)?;
+        }
         self.route_table_located(text, file).map(|_| ())
     }
 }

@@ -53,6 +53,9 @@ pub struct Config {
     /// An optional per-connection hook plugin, consulted before the table (restart to change it).
     #[serde(default)]
     pub hook: Option<PluginSection>,
+    /// The local Consul agent and the gateway's registration in it.
+    #[serde(default)]
+    pub consul: Option<crate::consul::ConsulSection>,
     /// Directory of the config file: relative paths in it (plugins, granted directories) start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
