@@ -83,7 +83,11 @@ impl ConsulSection {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(at(
                 "consul",
-                if self.cert_file.is_some() { "cert_file" } else { "key_file" },
+                if self.cert_file.is_some() {
+                    "cert_file"
+                } else {
+                    "key_file"
+                },
                 "cert_file and key_file go together".into(),
             ));
         }
@@ -197,11 +201,27 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_field() {
         let cases = [
-            ("[consul]\naddress = \"unix:///tmp/c.sock\"\n", "consul.address", 4),
-            ("[consul]\ntoken = \"a\"\ntoken_file = \"b\"\n", "consul.token", 4),
+            (
+                "[consul]\naddress = \"unix:///tmp/c.sock\"\n",
+                "consul.address",
+                4,
+            ),
+            (
+                "[consul]\ntoken = \"a\"\ntoken_file = \"b\"\n",
+                "consul.token",
+                4,
+            ),
             ("[consul]\ncert_file = \"c\"\n", "consul.cert_file", 4),
-            ("[consul]\n[consul.register]\naddress = \"10.0.0.1\"\n", "consul.register.address", 5),
-            ("[consul]\n[consul.register]\nservice = \"a b\"\n", "consul.register.service", 5),
+            (
+                "[consul]\n[consul.register]\naddress = \"10.0.0.1\"\n",
+                "consul.register.address",
+                5,
+            ),
+            (
+                "[consul]\n[consul.register]\nservice = \"a b\"\n",
+                "consul.register.service",
+                5,
+            ),
             (
                 "[consul]\n[consul.register]\nderegister_critical_after = \"6 hours\"\n",
                 "consul.register.deregister_critical_after",
@@ -213,7 +233,9 @@ mod tests {
             assert!(e.contains(field), "{e}");
             assert!(e.contains(&format!("gw.toml:{line}:")), "{e}");
         }
-        let e = parse("[consul]\nadress = \"x\"\n").expect_err("typo").to_string();
+        let e = parse("[consul]\nadress = \"x\"\n")
+            .expect_err("typo")
+            .to_string();
         assert!(e.contains("adress"), "{e}");
     }
 

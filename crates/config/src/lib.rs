@@ -20,6 +20,7 @@ pub mod sidecar;
 #[cfg(test)]
 mod test_support;
 
+pub use consul::{ConsulSection, RegisterSection};
 pub use defaults::{
     DEFAULT_ADMIN, DEFAULT_BACKLOG, DEFAULT_CATALOG_POLL_MS, DEFAULT_CONNECT_TIMEOUT_MS,
     DEFAULT_DATACENTER, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_HELLO_TIMEOUT_MS,
@@ -27,7 +28,6 @@ pub use defaults::{
     DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_ROUTER_PLUGIN,
     HOOK_MAX_DEADLINE_MS,
 };
-pub use consul::{ConsulSection, RegisterSection};
 pub use error::{ConfigError, LoadError};
 pub use schema::{
     Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, RelayMode,

@@ -1,15 +1,20 @@
 //! A gateway's control plane and its runner. [`GatewayControl`] owns the configuration and the plugins
 //! and turns catalog changes and reloads into route tables, which it hands to a [`Publish`] sink (the
 //! engine, or a test). [`start`] wires it to the engine and the admin endpoint on a control thread of its
-//! own; [`run`] is `meshgate gateway`: start, reload on SIGHUP, drain on SIGTERM.
+//! own; [`run`] is `meshgate gateway`: start, reload on SIGHUP, drain on SIGTERM. With a Consul agent
+//! (`[consul]`, a watch-catalog plugin such as `consul-catalog`), answers of the Consul watches wake the
+//! control thread at once, and the gateway registers itself (`[consul.register]` or `--register`),
+//! enters maintenance before draining and deregisters after.
 //!
 //! Table = the static `[[routes]]` (and fallbacks) first, then the router plugin's routes; a pattern
 //! defined statically wins over the same pattern from the plugin. A failing or misbehaving plugin never
 //! replaces a good table: the last one keeps serving and the failure is counted by plugin and reason.
 
 use crate::clock::{Clock, Schedule, SystemClock};
+use crate::consul::register::{self, Registrar};
+use crate::consul::watches::Waker;
 use crate::error::ControlError;
-use crate::plugins::{self, CatalogWatch, PluginMetrics, Reporter, Router};
+use crate::plugins::{self, CatalogWatch, ConsulLink, PluginMetrics, Reporter, Router};
 use crate::signals::{Signal, Signals};
 use meshgate_admin::AdminSource;
 use meshgate_config::{Config, GatewaySettings};
@@ -44,11 +49,21 @@ pub struct GatewayControl {
     dirty: bool,
     errors: Reporter,
     metrics: Arc<PluginMetrics>,
+    waker: Waker,
 }
+
+/// How long a reload that changes the catalog source waits for the new one's first catalog.
+const RELOAD_PRIME: Duration = Duration::from_secs(5);
 
 impl GatewayControl {
     /// Loads the plugins the config names (a plugin that cannot load is the config's fault).
     pub fn new(config: Config) -> Result<GatewayControl, ControlError> {
+        Self::with_waker(config, Arc::new(|| {}))
+    }
+
+    /// As [`GatewayControl::new`]; `waker` is called (from another thread) whenever a watch-fed
+    /// catalog has new answers, so the caller can [`GatewayControl::tick`] at once.
+    pub fn with_waker(config: Config, waker: Waker) -> Result<GatewayControl, ControlError> {
         let metrics = Arc::new(PluginMetrics::new()?);
         let mut control = GatewayControl {
             config,
@@ -57,6 +72,7 @@ impl GatewayControl {
             dirty: true,
             errors: Reporter::new("plugin failure; the last good route table keeps serving"),
             metrics,
+            waker,
         };
         control.plugins = control.load_plugins(&control.config.clone())?;
         if control.plugins.is_some() {
@@ -82,7 +98,19 @@ impl GatewayControl {
             Some(h) => h,
             None => self.host.insert(plugins::host()?),
         };
-        plugins::load_catalog_and_router(host, &catalog, &router, &config.base_dir).map(Some)
+        let link = ConsulLink {
+            section: config.consul.as_ref(),
+            waker: self.waker.clone(),
+        };
+        plugins::load_catalog_and_router(
+            host,
+            &catalog,
+            &router,
+            &config.base_dir,
+            &self.metrics,
+            &link,
+        )
+        .map(Some)
     }
 
     /// How often to poll the catalog.
@@ -128,7 +156,8 @@ impl GatewayControl {
     pub fn reload(&mut self, config: Config, sink: &dyn Publish) -> bool {
         let sections_changed = config.catalog != self.config.catalog
             || config.router_section() != self.config.router_section()
-            || config.base_dir != self.config.base_dir;
+            || config.base_dir != self.config.base_dir
+            || config.consul != self.config.consul;
         let mut staged = None;
         if sections_changed {
             let mut plugins = match self.load_plugins(&config) {
@@ -139,9 +168,16 @@ impl GatewayControl {
                 }
             };
             if let Some((watch, _)) = &mut plugins {
-                if let Err(e) = watch.poll(&self.metrics) {
-                    tracing::error!(error = %e, "reload refused: the new catalog cannot be read; the running configuration and its table stay");
-                    return false;
+                match watch.prime(&self.metrics, RELOAD_PRIME) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(within = ?RELOAD_PRIME, "reload refused: the new catalog gave nothing in time; the running configuration and its table stay");
+                        return false;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused: the new catalog cannot be read; the running configuration and its table stay");
+                        return false;
+                    }
                 }
             }
             staged = Some(plugins);
@@ -165,6 +201,11 @@ impl GatewayControl {
                 false
             }
         }
+    }
+
+    /// Whether the catalog comes from a Consul agent (a watch-catalog plugin).
+    pub fn uses_consul(&self) -> bool {
+        self.metrics.consul_if_used().is_some()
     }
 
     fn have_catalog(&self) -> bool {
@@ -290,18 +331,50 @@ impl AdminSource for Admin {
     }
 }
 
-/// A running gateway: its engine, admin endpoint and control thread.
+/// What the control thread is told.
+enum Event {
+    /// SIGHUP: a new, already validated configuration.
+    Reload(Box<Config>),
+    /// Answers from Consul arrived: plan now rather than at the next poll.
+    Wake,
+}
+
+/// A running gateway: its engine, admin endpoint, control thread and Consul registration.
 pub struct Gateway {
     /// The data plane.
     pub engine: Arc<Engine>,
     /// The admin endpoint, when configured.
     pub admin: Option<meshgate_admin::AdminServer>,
-    control: Sender<Config>,
+    /// The control thread's only strong sender: dropping the gateway ends the thread (wakers hold weak
+    /// references, so a watch answering late cannot keep it alive).
+    control: Arc<Sender<Event>>,
+    registrar: Option<Registrar>,
+    metrics: Arc<PluginMetrics>,
 }
 
 /// Starts the control plane (plugins, first table), the engine and the admin endpoint.
 pub fn start(config: &Config) -> Result<Gateway, ControlError> {
-    let mut control = GatewayControl::new(config.clone())?;
+    start_with(config, false, Box::new(|| {}))
+}
+
+/// As [`start`]; `register` is `--register` (register even without `[consul.register]`), and
+/// `on_fatal` is called when Consul refuses the gateway (a token without the permissions it needs):
+/// the runner should then stop, and [`Gateway::fatal`] says why.
+pub fn start_with(
+    config: &Config,
+    register: bool,
+    on_fatal: Box<dyn Fn() + Send>,
+) -> Result<Gateway, ControlError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let tx = Arc::new(tx);
+    let weak = Arc::downgrade(&tx);
+    let waker: Waker = Arc::new(move || {
+        if let Some(tx) = weak.upgrade() {
+            let _ = tx.send(Event::Wake);
+        }
+    });
+    let registration = register::registration(config, register)?;
+    let mut control = GatewayControl::with_waker(config.clone(), waker)?;
     let table = control.initial_table()?;
     let hook = crate::hook::factory(config)?;
     let engine = Arc::new(Engine::start_with_hook(
@@ -309,20 +382,35 @@ pub fn start(config: &Config) -> Result<Gateway, ControlError> {
         table,
         hook,
     )?);
+    let metrics = control.metrics();
     let admin = match config.gateway.admin {
         Some(addr) => Some(
             meshgate_admin::serve(
                 addr,
                 Arc::new(Admin {
                     engine: engine.clone(),
-                    plugins: control.metrics(),
+                    plugins: metrics.clone(),
                 }),
             )
             .map_err(|e| ControlError::Host(format!("admin endpoint {addr}: {e}")))?,
         ),
         None => None,
     };
-    let (tx, rx) = std::sync::mpsc::channel::<Config>();
+    // Registered only now that the listeners are bound, so Consul's TCP check passes at once.
+    let registrar = if registration.is_some() || control.uses_consul() {
+        let client = Arc::new(crate::consul::client(
+            config.consul.as_ref(),
+            &config.base_dir,
+        )?);
+        Some(Registrar::start(
+            client,
+            registration,
+            metrics.consul()?,
+            on_fatal,
+        )?)
+    } else {
+        None
+    };
     let eng = engine.clone();
     std::thread::Builder::new()
         .name("meshgate-control".into())
@@ -331,9 +419,9 @@ pub fn start(config: &Config) -> Result<Gateway, ControlError> {
             let mut schedule = Schedule::new(control.poll_interval(), clock.now());
             loop {
                 match rx.recv_timeout(schedule.wait(clock.now())) {
-                    Ok(config) => {
+                    Ok(Event::Reload(config)) => {
                         let counters = eng.metrics().control;
-                        if control.reload(config, &*eng) {
+                        if control.reload(*config, &*eng) {
                             counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                             tracing::info!("configuration reloaded");
                         } else {
@@ -341,6 +429,7 @@ pub fn start(config: &Config) -> Result<Gateway, ControlError> {
                         }
                         schedule.set_interval(control.poll_interval(), clock.now());
                     }
+                    Ok(Event::Wake) => control.tick(&*eng),
                     Err(RecvTimeoutError::Timeout) => {
                         if schedule.due(clock.now()) {
                             control.tick(&*eng);
@@ -355,13 +444,15 @@ pub fn start(config: &Config) -> Result<Gateway, ControlError> {
         engine,
         admin,
         control: tx,
+        registrar,
+        metrics,
     })
 }
 
 impl Gateway {
     /// Hands a new configuration to the control thread.
     pub fn reload(&self, config: Config) {
-        let _ = self.control.send(config);
+        let _ = self.control.send(Event::Reload(Box::new(config)));
     }
 
     /// SIGHUP: re-reads `path`; a valid file goes to the control thread, an invalid one is counted and
@@ -392,17 +483,35 @@ impl Gateway {
         }
     }
 
-    /// Starts the drain: readiness 503, listeners close, live connections get the drain timeout.
+    /// The plugin (and Consul) metrics.
+    pub fn metrics(&self) -> Arc<PluginMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Why Consul refused this gateway, if it did (the runner exits 2 with it).
+    pub fn fatal(&self) -> Option<String> {
+        self.registrar.as_ref().and_then(Registrar::fatal)
+    }
+
+    /// Starts the drain: maintenance in Consul (peers stop choosing this gateway), readiness 503,
+    /// listeners close, live connections get the drain timeout.
     pub fn shutdown(&self) {
+        if let Some(r) = &self.registrar {
+            r.begin_leaving();
+        }
         tracing::info!(
             "shutting down: readiness 503, listeners closing, draining live connections"
         );
         self.engine.shutdown();
     }
 
-    /// Waits for the drain to end.
+    /// Waits for the drain to end, then leaves Consul's catalog.
     pub fn finish(self) -> Result<(), ControlError> {
-        finish_engine(self.engine)
+        let result = finish_engine(self.engine);
+        if let Some(r) = &self.registrar {
+            r.leave();
+        }
+        result
     }
 }
 
@@ -420,11 +529,15 @@ pub fn finish_engine(engine: Arc<Engine>) -> Result<(), ControlError> {
     }
 }
 
-/// `meshgate gateway --config FILE`: runs until SIGTERM/SIGINT and the drain after it.
-pub fn run(path: &Path) -> Result<(), ControlError> {
+/// `meshgate gateway --config FILE [--register]`: runs until SIGTERM/SIGINT and the drain after it.
+pub fn run(path: &Path, register: bool) -> Result<(), ControlError> {
     let config = Config::load(path)?;
     let signals = Signals::install()?;
-    let gw = start(&config).map_err(|e| e.in_file(path))?;
+    let stopper = signals.sender();
+    let on_fatal = Box::new(move || {
+        let _ = stopper.send(Signal::Stop);
+    });
+    let gw = start_with(&config, register, on_fatal).map_err(|e| e.in_file(path))?;
     tracing::info!(
         gateway = %config.gateway.name,
         datacenter = %config.gateway.datacenter,
@@ -438,9 +551,14 @@ pub fn run(path: &Path) -> Result<(), ControlError> {
     while let Some(Signal::Reload) = signals.recv() {
         gw.reload_file(path, &mut running);
     }
+    let fatal = gw.fatal();
     gw.shutdown();
     signals.exit_on_second_stop();
-    gw.finish()
+    let result = gw.finish();
+    match fatal {
+        Some(message) => Err(ControlError::Config(message)),
+        None => result,
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //!   reloads, the drain;
 //! - [`sidecar`]: the same for a sidecar's plan, plus certificate watching;
 //! - [`plugins`]: loading and polling the catalog and router plugins, their metrics;
+//! - [`consul`]: the live Consul agent: watches run for a watch-catalog plugin, the gateway's own
+//!   registration (ACL preflight, re-registration, maintenance → drain → deregister), their metrics;
 //! - [`hook`]: the Wasm connection hook adapted to the engine;
 //! - [`signals`]: the one signal path (SIGHUP → reload, SIGTERM/SIGINT → drain);
 //! - [`clock`]: the injected clock and the poll schedule;
@@ -15,6 +17,7 @@
 //! Nothing here touches a data-plane core except through the engine's and the sidecar's install calls.
 
 pub mod clock;
+pub mod consul;
 pub mod error;
 pub mod gateway;
 pub mod hook;

@@ -1,14 +1,20 @@
 //! What both control planes do with plugins: load a catalog and a router plugin in the sandboxes their
-//! sections ask for, poll the catalog plugin for changes, count calls and failures by plugin and reason,
+//! sections ask for, poll the catalog plugin for changes (or, for a watch-catalog plugin, plan from
+//! the answers of the Consul watches run for it), count calls and failures by plugin and reason,
 //! and log a failure once per distinct message.
 
+use crate::consul::watches::{Waker, WatchSet};
+use crate::consul::ConsulMetrics;
 use crate::error::ControlError;
-use meshgate_config::PluginSection;
+use meshgate_config::{ConsulSection, PluginSection};
 use meshgate_plugin::types::{Catalog, CatalogUpdate};
-use meshgate_plugin::{CatalogPlugin, Grants, PluginError, PluginHost, RouterPlugin, Sandbox};
+use meshgate_plugin::{
+    CatalogPlugin, Grants, PluginError, PluginHost, RouterPlugin, Sandbox, WatchCatalogPlugin,
+};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Plugin metrics and readiness, shared with the admin endpoint.
@@ -18,6 +24,7 @@ pub struct PluginMetrics {
     calls: IntCounterVec,
     catalog_version: IntGauge,
     pub(crate) plugin_routes: IntGauge,
+    consul: OnceLock<Arc<ConsulMetrics>>,
     /// False while plugins are configured but no plugin table has been installed yet.
     pub table_ready: AtomicBool,
 }
@@ -59,12 +66,30 @@ impl PluginMetrics {
             calls,
             catalog_version,
             plugin_routes,
+            consul: OnceLock::new(),
             table_ready: AtomicBool::new(true),
         })
     }
 
+    /// The Consul families, registered on first use (a gateway without Consul does not export them).
+    pub fn consul(&self) -> Result<Arc<ConsulMetrics>, ControlError> {
+        if let Some(m) = self.consul.get() {
+            return Ok(m.clone());
+        }
+        let m = ConsulMetrics::register(&self.registry)?;
+        Ok(self.consul.get_or_init(|| m).clone())
+    }
+
+    /// The Consul families, if registered.
+    pub fn consul_if_used(&self) -> Option<Arc<ConsulMetrics>> {
+        self.consul.get().cloned()
+    }
+
     /// Prometheus text of these metrics.
     pub fn render(&self) -> String {
+        if let Some(c) = self.consul.get() {
+            c.refresh();
+        }
         meshgate_engine::stats::encode(self.registry.gather())
     }
 
@@ -140,9 +165,31 @@ pub fn sandbox(
     }
 }
 
+/// Where a catalog comes from: a plugin polled every `poll_ms`, or a watch-catalog plugin fed by
+/// the Consul watches the host runs for it (answers wake the control thread; no polling).
+enum Source {
+    Polled(CatalogPlugin),
+    Watched {
+        plugin: WatchCatalogPlugin,
+        watches: WatchSet,
+        metrics: Arc<ConsulMetrics>,
+        /// Whether `plan` has run since the last answer arrived.
+        planned: bool,
+        version: u64,
+    },
+}
+
+/// What a watch-catalog plugin needs from the process: the agent, the metrics, who to wake.
+pub struct ConsulLink<'a> {
+    /// `[consul]`, if the file has one (else the environment, else 127.0.0.1:8500).
+    pub section: Option<&'a ConsulSection>,
+    /// Wakes the control thread when an answer arrives.
+    pub waker: Waker,
+}
+
 /// A catalog plugin, the section that configures it, and its latest answer.
 pub struct CatalogWatch {
-    plugin: CatalogPlugin,
+    source: Source,
     section: PluginSection,
     current: Option<(u64, Catalog)>,
 }
@@ -153,22 +200,70 @@ impl CatalogWatch {
         self.current.as_ref().map(|c| &c.1)
     }
 
-    /// The section's poll interval.
+    /// The section's poll interval. A watch-fed catalog is cheap to poll (it plans only when answers
+    /// arrived), and with a waker its answers do not wait for the poll at all.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.section.poll_ms)
+    }
+
+    fn name(&self) -> &str {
+        match &self.source {
+            Source::Polled(p) => p.name(),
+            Source::Watched { plugin, .. } => plugin.name(),
+        }
     }
 
     /// Forgets the catalog read so far: the next poll fetches it whole.
     pub fn forget(&mut self) {
         self.current = None;
+        if let Source::Watched { planned, .. } = &mut self.source {
+            *planned = false;
+        }
     }
 
     /// One poll: `Ok(true)` when a new catalog replaced the current one.
     pub fn poll(&mut self, metrics: &PluginMetrics) -> Result<bool, PluginError> {
         let since = self.current.as_ref().map_or(0, |c| c.0);
-        let name = self.plugin.name().to_owned();
-        metrics.called(&name);
-        match self.plugin.fetch(&self.section.settings(), since) {
+        let name = self.name().to_owned();
+        let settings = self.section.settings();
+        let update = match &mut self.source {
+            Source::Polled(plugin) => {
+                metrics.called(&name);
+                plugin.fetch(&settings, since)
+            }
+            Source::Watched {
+                plugin,
+                watches,
+                metrics: consul,
+                planned,
+                version,
+            } => {
+                let arrived = watches.drain();
+                if *planned && arrived == 0 {
+                    return Ok(false);
+                }
+                metrics.called(&name);
+                let plan = plugin.plan(&settings, &watches.answers());
+                *planned = true;
+                plan.and_then(|plan| {
+                    watches
+                        .reconcile(&plan.watches)
+                        .map_err(|message| PluginError::Invalid {
+                            plugin: name.clone(),
+                            message,
+                        })?;
+                    Ok(match plan.catalog {
+                        Some(c) if self.current.as_ref().map(|x| &x.1) != Some(&c) => {
+                            *version += 1;
+                            consul.catalog_changes.inc();
+                            CatalogUpdate::Changed((*version, c))
+                        }
+                        _ => CatalogUpdate::Unchanged,
+                    })
+                })
+            }
+        };
+        match update {
             Ok(CatalogUpdate::Unchanged) => Ok(false),
             Ok(CatalogUpdate::Changed((version, catalog))) => {
                 tracing::info!(plugin = %name, version, instances = catalog.instances.len(), "catalog changed");
@@ -184,6 +279,34 @@ impl CatalogWatch {
             }
         }
     }
+
+    /// Polls until a catalog is in force or `within` has passed (a watch-fed catalog needs its answers
+    /// first); `Ok(false)` when none came in time.
+    pub fn prime(
+        &mut self,
+        metrics: &PluginMetrics,
+        within: Duration,
+    ) -> Result<bool, PluginError> {
+        let end = std::time::Instant::now() + within;
+        loop {
+            self.poll(metrics)?;
+            if self.current.is_some() {
+                return Ok(true);
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match &mut self.source {
+                Source::Watched {
+                    watches, planned, ..
+                } if !left.is_zero() => {
+                    if watches.wait(left) > 0 {
+                        // Taken by `wait`, so the next poll must plan without seeing them arrive.
+                        *planned = false;
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+    }
 }
 
 /// A router plugin and the section that configures it.
@@ -194,28 +317,52 @@ pub struct Router {
     pub section: PluginSection,
 }
 
-/// Loads a catalog and a router plugin in their sandboxes; an error names the section.
+/// Loads a catalog and a router plugin in their sandboxes; an error names the section. A catalog
+/// component exporting `plan` is a watch-catalog plugin: its watches go to the agent `consul` names.
 pub fn load_catalog_and_router(
     host: &PluginHost,
     catalog: &PluginSection,
     router: &PluginSection,
     base_dir: &Path,
+    metrics: &PluginMetrics,
+    consul: &ConsulLink<'_>,
 ) -> Result<(CatalogWatch, Router), ControlError> {
-    let plugin = host
-        .catalog(&catalog.plugin, sandbox(catalog, base_dir, None))
-        .map_err(|source| ControlError::Plugin {
-            section: "[catalog]",
-            source,
-        })?;
+    let in_catalog = |source| ControlError::Plugin {
+        section: "[catalog]",
+        source,
+    };
+    let sandbox = sandbox(catalog, base_dir, None);
+    let (name, component) = host
+        .component(&catalog.plugin, &sandbox.grants.base)
+        .map_err(in_catalog)?;
+    let source = if host.is_watch_catalog(&component) {
+        let plugin = host
+            .watch_catalog_from(name, component, sandbox)
+            .map_err(in_catalog)?;
+        let consul_metrics = metrics.consul()?;
+        let client = Arc::new(crate::consul::client(consul.section, base_dir)?);
+        Source::Watched {
+            plugin,
+            watches: WatchSet::new(client, consul_metrics.clone(), consul.waker.clone()),
+            metrics: consul_metrics,
+            planned: false,
+            version: 0,
+        }
+    } else {
+        Source::Polled(
+            host.catalog_from(name, component, sandbox)
+                .map_err(in_catalog)?,
+        )
+    };
     let router_plugin = host
-        .router(&router.plugin, sandbox(router, base_dir, None))
+        .router(&router.plugin, self::sandbox(router, base_dir, None))
         .map_err(|source| ControlError::Plugin {
             section: "[router]",
             source,
         })?;
     Ok((
         CatalogWatch {
-            plugin,
+            source,
             section: catalog.clone(),
             current: None,
         },

@@ -135,6 +135,12 @@ impl SidecarControl {
             &config.catalog,
             &config.router_section(),
             &config.base_dir,
+            &metrics,
+            &plugins::ConsulLink {
+                section: None,
+                // The sidecar polls its catalog every poll_ms; answers wait for the next poll.
+                waker: Arc::new(|| {}),
+            },
         )?;
         Ok(SidecarControl {
             certs: CertFiles::new(&config),

@@ -19,8 +19,9 @@ pub enum Signal {
 /// Signals in the order they arrived.
 pub struct Signals {
     rx: Receiver<Signal>,
-    /// Keeps a detached channel open, so waiting on it never reads as "the process's signals are gone".
-    _keep: Option<Sender<Signal>>,
+    /// Keeps the channel open (waiting on it never reads as "the process's signals are gone") and lets
+    /// the process stop itself ([`Signals::sender`]).
+    keep: Sender<Signal>,
 }
 
 impl Signals {
@@ -29,6 +30,7 @@ impl Signals {
         let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
             .map_err(|e| ControlError::Host(format!("cannot install signal handlers: {e}")))?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let keep = tx.clone();
         std::thread::Builder::new()
             .name("meshgate-signals".into())
             .spawn(move || {
@@ -44,19 +46,18 @@ impl Signals {
                 }
             })
             .map_err(|e| ControlError::Host(format!("signal thread: {e}")))?;
-        Ok(Signals { rx, _keep: None })
+        Ok(Signals { rx, keep })
     }
 
     /// Signals fed by the caller instead of the process (embedding, the demo, tests).
     pub fn channel() -> (Sender<Signal>, Signals) {
         let (tx, rx) = std::sync::mpsc::channel();
-        (
-            tx.clone(),
-            Signals {
-                rx,
-                _keep: Some(tx),
-            },
-        )
+        (tx.clone(), Signals { rx, keep: tx })
+    }
+
+    /// A sender into this channel: how the process stops itself (Consul refused the gateway, …).
+    pub fn sender(&self) -> Sender<Signal> {
+        self.keep.clone()
     }
 
     /// Waits for the next signal; `None` when no more can arrive.

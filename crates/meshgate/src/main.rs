@@ -39,6 +39,11 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Register this gateway in the local Consul agent (as `consul connect envoy -gateway=mesh
+        /// -register` does), with `[consul.register]`'s settings or their defaults; deregistered after
+        /// the drain on SIGTERM.
+        #[arg(long)]
+        register: bool,
     },
     /// Validate a configuration file: exit 0 when valid, else print file:line:column: field: error.
     Check {
@@ -100,7 +105,7 @@ fn main() -> ExitCode {
         Command::Gateway { .. } | Command::Sidecar { .. }
     );
     let result = match cli.command {
-        Command::Gateway { config } => meshgate_control::gateway::run(&config),
+        Command::Gateway { config, register } => meshgate_control::gateway::run(&config, register),
         Command::Check { file } => {
             meshgate_control::inspect::check(&file).map(|text| print!("{text}"))
         }

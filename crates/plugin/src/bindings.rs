@@ -8,6 +8,8 @@ pub mod catalog_world {
     wasmtime::component::bindgen!({
         world: "catalog-plugin",
         path: "../../plugins/wit",
+        // Catalogs and watch specs are compared to tell a change from a repeat.
+        additional_derives: [PartialEq],
     });
 }
 

@@ -143,33 +143,43 @@ impl PluginHost {
         sandbox: Sandbox,
     ) -> Result<CatalogPlugin, PluginError> {
         let (name, component) = self.component(name_or_path, &sandbox.grants.base)?;
-        let loaded = self.loaded(name, component, sandbox)?;
-        let mut p = CatalogPlugin { loaded, live: None };
-        p.instance()?; // fail now, at load time, if it does not fit the world
-        Ok(p)
+        // Instantiated now, so a component that does not fit the world fails at load time.
+        self.catalog_from(name, component, sandbox)
     }
 
-    /// A watch-catalog plugin (the host runs its watches).
-    pub fn watch_catalog(
+    /// A watch-catalog plugin from a compiled component (the host runs its watches).
+    pub fn watch_catalog_from(
         &self,
-        name_or_path: &str,
+        name: String,
+        component: Component,
         sandbox: Sandbox,
     ) -> Result<WatchCatalogPlugin, PluginError> {
-        let (name, component) = self.component(name_or_path, &sandbox.grants.base)?;
         let loaded = self.loaded(name, component, sandbox)?;
         let mut p = WatchCatalogPlugin { loaded, live: None };
         p.instance()?;
         Ok(p)
     }
 
-    /// Whether a component (shipped name or path) exports the watch-catalog world rather than the
-    /// polled catalog world: the `[catalog]` section takes either.
-    pub fn is_watch_catalog(&self, name_or_path: &str, base: &Path) -> Result<bool, PluginError> {
-        let (_, component) = self.component(name_or_path, base)?;
-        Ok(component
+    /// A polled catalog plugin from a compiled component.
+    pub fn catalog_from(
+        &self,
+        name: String,
+        component: Component,
+        sandbox: Sandbox,
+    ) -> Result<CatalogPlugin, PluginError> {
+        let loaded = self.loaded(name, component, sandbox)?;
+        let mut p = CatalogPlugin { loaded, live: None };
+        p.instance()?;
+        Ok(p)
+    }
+
+    /// Whether a component is a watch-catalog plugin (exports `plan`) rather than a polled one: the
+    /// `[catalog]` section takes either.
+    pub fn is_watch_catalog(&self, component: &Component) -> bool {
+        component
             .component_type()
             .exports(&self.engine)
-            .any(|(name, _)| name == "plan"))
+            .any(|(name, _)| name == "plan")
     }
 
     /// A router plugin.
