@@ -49,7 +49,7 @@ pub struct RegisterSection {
 
 impl ConsulSection {
     /// Checks what can be checked without the agent; errors point at the key.
-    pub(crate) fn validate(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+    pub fn validate(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
         let at = |table: &str, key: &str, message: String| {
             locate(
                 text,

@@ -37,8 +37,13 @@ pub enum DefaultIntention {
 pub struct SidecarConfig {
     /// `[sidecar]`.
     pub sidecar: SidecarSettings,
-    /// `[tls]`: the service's certificate, key and the mesh roots.
-    pub tls: TlsFiles,
+    /// `[tls]`: the service's certificate, key and the mesh roots. Absent with `[consul]`: the leaf and
+    /// roots come from the agent.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The local Consul agent (the same keys as a gateway's `[consul]`; `register` does not apply).
+    #[serde(default)]
+    pub consul: Option<crate::ConsulSection>,
     /// The catalog plugin.
     pub catalog: PluginSection,
     /// The router plugin (`consul-router` when absent).
@@ -197,6 +202,26 @@ impl SidecarConfig {
                 format!("glommio needs at least {DEFAULT_IO_MEMORY_KIB} KiB"),
             ));
         }
+        if config.tls.is_none() && config.consul.is_none() {
+            return Err(at(
+                "service",
+                "a sidecar needs [tls] files, or [consul] to take its certificates from the agent"
+                    .into(),
+            ));
+        }
+        if let Some(consul) = &config.consul {
+            if consul.register.is_some() {
+                let span = find_key(text, "consul.register", "service");
+                return Err(locate(
+                    text,
+                    file,
+                    span,
+                    Some("consul.register"),
+                    "a sidecar is registered with its service (Consul's sidecar_service); [consul.register] is for gateways".into(),
+                ));
+            }
+            consul.validate(text, file)?;
+        }
         validate_plugin_sections(
             text,
             file,
@@ -244,7 +269,7 @@ allow_dirs = ["catalog/dc1"]
         assert_eq!(c.sidecar.admin.to_string(), DEFAULT_SIDECAR_ADMIN);
         assert_eq!(c.router_section().plugin, DEFAULT_ROUTER_PLUGIN);
         assert_eq!(
-            c.path(&c.tls.key_file),
+            c.path(&c.tls.as_ref().expect("tls").key_file),
             Path::new("/etc/meshgate/certs/web/key.pem")
         );
     }
@@ -268,5 +293,22 @@ allow_dirs = ["catalog/dc1"]
         let e = SidecarConfig::parse(&bad, Path::new("web.toml")).expect_err("bad");
         assert!(e.to_string().contains("web.toml:8:"), "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn certificates_come_from_files_or_from_the_agent() {
+        let start = GOOD.find("[tls]").expect("tls");
+        let end = GOOD[start..]
+            .find("\n\n")
+            .map_or(GOOD.len(), |e| start + e + 1);
+        let no_tls = format!("{}{}", &GOOD[..start], &GOOD[end..]);
+        let e = SidecarConfig::parse(&no_tls, Path::new("web.toml")).expect_err("no certs");
+        assert!(e.message.contains("[consul]"), "{e}");
+        let agent = format!("{no_tls}\n[consul]\naddress = \"127.0.0.1:8500\"\n");
+        let c = SidecarConfig::parse(&agent, Path::new("web.toml")).expect("agent certs");
+        assert!(c.tls.is_none());
+        let reg = format!("{agent}[consul.register]\nservice = \"web\"\n");
+        let e = SidecarConfig::parse(&reg, Path::new("web.toml")).expect_err("register");
+        assert_eq!(e.field, "consul.register", "{e}");
     }
 }

@@ -30,7 +30,10 @@ pub fn check(file: &Path) -> Result<String, ControlError> {
                     c.sidecar.datacenter,
                     c.sidecar.admin,
                     c.sidecar.default_intention,
-                    c.path(&c.tls.cert_file).display()
+                    c.tls.as_ref().map_or_else(
+                        || "from the Consul agent".to_owned(),
+                        |t| c.path(&t.cert_file).display().to_string()
+                    )
                 );
                 let _ =
                     writeln!(out,

@@ -4,10 +4,12 @@
 //! that concerns this sidecar; [`start`] applies each new plan to the data plane on a control thread
 //! (new connections use it, live ones continue), and [`run`] is `meshgate sidecar`.
 
+use crate::consul::certs::AgentCerts;
 use crate::error::ControlError;
 use crate::plugins::{self, CatalogWatch, PluginMetrics, Reporter, Router};
 use crate::signals::{Signal, Signals};
 use meshgate_config::sidecar::DefaultIntention;
+use meshgate_config::sidecar::TlsFiles;
 use meshgate_config::SidecarConfig;
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
 use meshgate_plugin::types;
@@ -24,40 +26,59 @@ use std::time::Duration;
 /// not timestamps: a rotation that rewrites a file within the filesystem's timestamp granularity, or
 /// keeps its size, is still seen.
 pub struct CertFiles {
-    paths: [PathBuf; 3],
+    source: CertSource,
     loaded: Option<[Vec<u8>; 3]>,
+}
+
+/// Files named by `[tls]`, or the leaf and roots watched on the Consul agent.
+enum CertSource {
+    Files([PathBuf; 3]),
+    Agent(AgentCerts),
 }
 
 impl CertFiles {
     /// The certificate, key and roots files a sidecar config names.
-    pub fn new(config: &SidecarConfig) -> CertFiles {
-        let t = &config.tls;
+    pub fn new(config: &SidecarConfig, tls: &TlsFiles) -> CertFiles {
         CertFiles {
-            paths: [
-                config.path(&t.cert_file),
-                config.path(&t.key_file),
-                config.path(&t.roots_file),
-            ],
+            source: CertSource::Files([
+                config.path(&tls.cert_file),
+                config.path(&tls.key_file),
+                config.path(&tls.roots_file),
+            ]),
             loaded: None,
         }
     }
 
-    /// New TLS material if the files changed since the last successful load.
+    /// The leaf of the config's service and the roots, from the agent.
+    pub fn from_agent(certs: AgentCerts) -> CertFiles {
+        CertFiles {
+            source: CertSource::Agent(certs),
+            loaded: None,
+        }
+    }
+
+    /// New TLS material if the files (or the agent's answers) changed since the last successful load.
     pub fn reload(&mut self) -> Result<Option<MeshTls>, String> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let [cert, key, roots] = &self.paths;
-        let now = [read(cert)?, read(key)?, read(roots)?];
+        let (now, what) = match &self.source {
+            CertSource::Files([cert, key, roots]) => {
+                let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+                (
+                    [read(cert)?, read(key)?, read(roots)?],
+                    format!(
+                        "{} / {} / {}",
+                        cert.display(),
+                        key.display(),
+                        roots.display()
+                    ),
+                )
+            }
+            CertSource::Agent(agent) => (agent.current()?, "consul leaf and roots".to_owned()),
+        };
         if self.loaded.as_ref() == Some(&now) {
             return Ok(None);
         }
-        let tls = MeshTls::from_pem(&now[0], &now[1], &now[2]).map_err(|e| {
-            format!(
-                "{} / {} / {}: {e}",
-                cert.display(),
-                key.display(),
-                roots.display()
-            )
-        })?;
+        let tls =
+            MeshTls::from_pem(&now[0], &now[1], &now[2]).map_err(|e| format!("{what}: {e}"))?;
         self.loaded = Some(now);
         Ok(Some(tls))
     }
@@ -137,13 +158,26 @@ impl SidecarControl {
             &config.base_dir,
             &metrics,
             &plugins::ConsulLink {
-                section: None,
+                section: config.consul.as_ref(),
                 // The sidecar polls its catalog every poll_ms; answers wait for the next poll.
                 waker: Arc::new(|| {}),
             },
         )?;
+        let certs = match &config.tls {
+            Some(tls) => CertFiles::new(&config, tls),
+            None => {
+                let client = Arc::new(crate::consul::client(
+                    config.consul.as_ref(),
+                    &config.base_dir,
+                )?);
+                CertFiles::from_agent(
+                    AgentCerts::start(client, &config.sidecar.service, metrics.consul()?)
+                        .map_err(ControlError::Config)?,
+                )
+            }
+        };
         Ok(SidecarControl {
-            certs: CertFiles::new(&config),
+            certs,
             config,
             catalog,
             router,

@@ -1,0 +1,143 @@
+//! A sidecar's certificates from the local Consul agent instead of files: the leaf of the service it
+//! fronts (`/v1/agent/connect/ca/leaf/<service>`: the identity is the destination service, not the
+//! proxy) and the trust bundle (`/v1/agent/connect/ca/roots`: every root, so a CA rotation never drops
+//! a peer). Both are blocking queries on threads of their own, so a renewal or a rotation reaches the
+//! sidecar within one round trip and without a restart; the control thread picks up the newest PEM.
+
+use super::metrics::{outcome, ConsulMetrics};
+use meshgate_consul::model::{CaRoots, LeafCert};
+use meshgate_consul::{Client, Watch};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The newest leaf (chain + key) and roots, as PEM.
+#[derive(Default)]
+struct Latest {
+    leaf: Option<(Vec<u8>, Vec<u8>)>,
+    roots: Option<Vec<u8>>,
+    error: Option<String>,
+}
+
+/// Leaf and roots watched on the agent.
+pub struct AgentCerts {
+    latest: Arc<Mutex<Latest>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl AgentCerts {
+    /// Starts the two watches for `service`'s leaf and the roots.
+    pub fn start(
+        client: Arc<Client>,
+        service: &str,
+        metrics: Arc<ConsulMetrics>,
+    ) -> Result<AgentCerts, String> {
+        let latest = Arc::new(Mutex::new(Latest::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let leaf = Watch::new(format!("/v1/agent/connect/ca/leaf/{service}"));
+        leaf.next_request()
+            .target()
+            .map_err(|e| format!("leaf for {service:?}: {e}"))?;
+        spawn(
+            client.clone(),
+            leaf,
+            metrics.clone(),
+            latest.clone(),
+            stop.clone(),
+            |latest, body, path| {
+                let leaf: LeafCert =
+                    serde_json::from_slice(body).map_err(|e| format!("{path}: {e}"))?;
+                let chain = leaf.chain().join("");
+                latest.leaf = Some((chain.into_bytes(), leaf.private_key_pem.into_bytes()));
+                Ok(())
+            },
+        )?;
+        spawn(
+            client,
+            Watch::new("/v1/agent/connect/ca/roots"),
+            metrics,
+            latest.clone(),
+            stop.clone(),
+            |latest, body, path| {
+                let roots: CaRoots =
+                    serde_json::from_slice(body).map_err(|e| format!("{path}: {e}"))?;
+                if roots.roots.is_empty() {
+                    return Err(format!("{path}: no roots yet"));
+                }
+                // Each root and the intermediates it carries (a secondary's chain to the primary).
+                let mut bundle = String::new();
+                for r in &roots.roots {
+                    bundle.push_str(r.root_cert.trim_end());
+                    bundle.push('\n');
+                }
+                latest.roots = Some(bundle.into_bytes());
+                Ok(())
+            },
+        )?;
+        Ok(AgentCerts { latest, stop })
+    }
+
+    /// `[chain, key, roots]` once both watches have answered; else why not yet.
+    pub fn current(&self) -> Result<[Vec<u8>; 3], String> {
+        let l = self
+            .latest
+            .lock()
+            .map_err(|_| "certificate state poisoned".to_string())?;
+        match (&l.leaf, &l.roots) {
+            (Some((chain, key)), Some(roots)) => Ok([chain.clone(), key.clone(), roots.clone()]),
+            _ => Err(l
+                .error
+                .clone()
+                .unwrap_or_else(|| "waiting for the agent's leaf certificate and roots".into())),
+        }
+    }
+}
+
+impl Drop for AgentCerts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+type Apply = fn(&mut Latest, &[u8], &str) -> Result<(), String>;
+
+fn spawn(
+    client: Arc<Client>,
+    mut watch: Watch,
+    metrics: Arc<ConsulMetrics>,
+    latest: Arc<Mutex<Latest>>,
+    stop: Arc<AtomicBool>,
+    apply: Apply,
+) -> Result<(), String> {
+    let health = metrics.track();
+    std::thread::Builder::new()
+        .name("meshgate-consul-certs".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match watch.poll(&*client) {
+                    Ok(answer) => {
+                        metrics.request(watch.path(), "ok");
+                        health.ok();
+                        let Some(a) = answer else { continue };
+                        if let Ok(mut l) = latest.lock() {
+                            if let Err(e) = apply(&mut l, &a.body, watch.path()) {
+                                tracing::warn!(error = %e, "consul certificate answer not usable; the current certificates stay");
+                                l.error = Some(e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        metrics.request(watch.path(), outcome(&e));
+                        if health.failed() {
+                            tracing::warn!(path = %watch.path(), error = %e, "consul certificate watch failing; the current certificates stay");
+                        }
+                        if let Ok(mut l) = latest.lock() {
+                            l.error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start a certificate watch: {e}"))
+}
