@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 100_000;
 /// Default memory glommio registers for io_uring buffers per executor, in KiB. TCP does not use those
 /// buffers, and glommio locks this memory, so it is kept at the minimum glommio accepts (512 KiB).
 pub const DEFAULT_IO_MEMORY_KIB: usize = 512;
+/// Default time between readiness turning 503 on SIGTERM and the listeners closing, in milliseconds:
+/// about one health-check or blocking-query round for peers to stop sending new connections.
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 1_000;
 /// Default listen backlog: connections over the limit wait here, in the kernel.
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// Default per-call deadline of a plugin, in milliseconds.

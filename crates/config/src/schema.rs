@@ -5,9 +5,9 @@
 use crate::defaults::{
     default_catalog_poll_ms, default_plugin_deadline_ms, default_plugin_memory_mib, DEFAULT_ADMIN,
     DEFAULT_BACKLOG, DEFAULT_CATALOG_POLL_MS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DATACENTER,
-    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_CONNECTIONS, DEFAULT_NAME, DEFAULT_PLUGIN_DEADLINE_MS,
-    DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_ROUTER_PLUGIN,
+    DEFAULT_DRAIN_GRACE_MS, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_HELLO_TIMEOUT_MS,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_CONNECTIONS, DEFAULT_NAME,
+    DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_ROUTER_PLUGIN,
 };
 use meshgate_route::LbPolicy;
 use serde::Deserialize;
@@ -165,6 +165,9 @@ pub struct GatewaySettings {
     pub max_connection_duration_secs: u64,
     /// Time live connections get to finish after SIGTERM/SIGINT, in seconds.
     pub drain_timeout_secs: u64,
+    /// After SIGTERM/SIGINT, how long readiness is 503 (and the Consul registration in maintenance)
+    /// while the listeners still accept, before they close and the drain starts, in milliseconds.
+    pub drain_grace_ms: u64,
     /// Largest ClientHello accepted, in bytes (at most 65536).
     pub max_client_hello_bytes: usize,
     /// Concurrent downstream connections for the whole gateway, divided evenly among cores; excess
@@ -193,6 +196,7 @@ impl Default for GatewaySettings {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             max_connection_duration_secs: 0,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+            drain_grace_ms: DEFAULT_DRAIN_GRACE_MS,
             max_client_hello_bytes: meshgate_sni::DEFAULT_MAX_HELLO_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_listener: 0,
@@ -224,6 +228,10 @@ impl GatewaySettings {
     /// Drain timeout.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+    /// Time between readiness turning 503 and the listeners closing.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
     }
 }
 

@@ -493,15 +493,17 @@ impl Gateway {
         self.registrar.as_ref().and_then(Registrar::fatal)
     }
 
-    /// Starts the drain: maintenance in Consul (peers stop choosing this gateway), readiness 503,
-    /// listeners close, live connections get the drain timeout.
+    /// Starts the drain: readiness 503 and maintenance in Consul (peers stop choosing this gateway)
+    /// while the listeners keep accepting for `drain_grace_ms`; then the listeners close and live
+    /// connections get the drain timeout.
     pub fn shutdown(&self) {
+        self.engine.stop_ready();
         if let Some(r) = &self.registrar {
             r.begin_leaving();
         }
-        tracing::info!(
-            "shutting down: readiness 503, listeners closing, draining live connections"
-        );
+        let grace = self.engine.snapshot().settings.drain_grace();
+        tracing::info!(?grace, "shutting down: readiness 503; listeners close after the grace period, then live connections drain");
+        std::thread::sleep(grace);
         self.engine.shutdown();
     }
 
@@ -552,8 +554,8 @@ pub fn run(path: &Path, register: bool) -> Result<(), ControlError> {
         gw.reload_file(path, &mut running);
     }
     let fatal = gw.fatal();
-    gw.shutdown();
     signals.exit_on_second_stop();
+    gw.shutdown();
     let result = gw.finish();
     match fatal {
         Some(message) => Err(ControlError::Config(message)),

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// Bumped after each new snapshot; cores compare it with their own copy per connection.
     generation: AtomicU64,
     life: cores::Lifecycle,
+    /// Set by [`Engine::stop_ready`]: readiness is 503 while the listeners still accept.
+    unready: std::sync::atomic::AtomicBool,
 }
 
 /// The engine could not start or failed while running.
@@ -153,6 +155,7 @@ impl Engine {
             }),
             generation: AtomicU64::new(0),
             life: cores::Lifecycle::new(workers),
+            unready: std::sync::atomic::AtomicBool::new(false),
         });
         let metrics = EngineMetrics {
             cores,
@@ -224,9 +227,9 @@ impl Engine {
         self.shared.snapshot.load_full()
     }
 
-    /// True while every core listens and the engine is not draining.
+    /// True while every core listens and the engine is not draining (nor about to).
     pub fn ready(&self) -> bool {
-        self.shared.life.all_listening()
+        self.shared.life.all_listening() && !self.shared.unready.load(Ordering::Relaxed)
     }
 
     /// Metrics view (cheap to clone, summed at scrape).
@@ -237,6 +240,14 @@ impl Engine {
     /// Number of data-plane cores.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// The first step of a graceful shutdown: readiness turns 503 (and `meshgate_draining` 1) while
+    /// the listeners keep accepting, so load balancers and peers stop choosing this gateway before
+    /// connections already queued in the kernel would be reset by closing the listeners.
+    pub fn stop_ready(&self) {
+        self.metrics.control.draining.store(true, Ordering::Relaxed);
+        self.shared.unready.store(true, Ordering::Relaxed);
     }
 
     /// Begins a graceful shutdown: listeners close, live connections get the drain timeout.

@@ -366,16 +366,34 @@ fn sigterm_drains_live_connections_then_exits_zero() {
     let pki = Pki::new("test CA").expect("ca");
     let name = sni("api", "dc1");
     let b = backend(&pki, "api", &[&name]);
-    let mut gw = Gateway::start("drain_timeout_secs = 20", &route(&name, &[b.addr()]));
+    let mut gw = Gateway::start(
+        "drain_timeout_secs = 20\ndrain_grace_ms = 5000",
+        &route(&name, &[b.addr()]),
+    );
     let client = pki.client_config(&[]).expect("client");
-    let mut live = meshgate_tlskit::connect(gw.listen, &name, client).expect("connect");
+    let mut live = meshgate_tlskit::connect(gw.listen, &name, client.clone()).expect("connect");
     live.write_all(b"HELLO\n").expect("hello");
     let mut live = BufReader::new(live);
     let mut line = String::new();
     live.read_line(&mut line).expect("answer");
 
     gw.signal("TERM");
-    // Not ready any more, and the listener closes; the live connection keeps working.
+    // First not ready, while the listener still accepts and routes (peers and load balancers get the
+    // grace period to notice; a connection that arrives meanwhile is served, not reset).
+    wait_for(Duration::from_secs(4), "readiness 503", || {
+        http_get(gw.admin, "/ready")
+            .filter(|r| r == "not ready\n")
+            .map(|_| ())
+    });
+    let mut late =
+        meshgate_tlskit::connect(gw.listen, &name, client).expect("accepted during the grace");
+    late.write_all(b"HELLO\n").expect("late hello");
+    let mut late = BufReader::new(late);
+    let mut answer = String::new();
+    late.read_line(&mut answer).expect("late answer");
+    assert!(answer.starts_with("backend=api "), "{answer}");
+    drop(late);
+    // Then the listener closes; the live connection keeps working.
     wait_for(Duration::from_secs(10), "listener closed", || {
         TcpStream::connect(gw.listen).is_err().then_some(())
     });
