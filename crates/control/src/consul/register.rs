@@ -400,4 +400,202 @@ mod tests {
         let e = registration(&any, true).expect_err("needs an address");
         assert!(e.to_string().contains("[consul.register] address"), "{e}");
     }
+
+    /// A scripted agent: answers each request (one per connection, as the client sends them) with what
+    /// `script` returns for it, and records every request line.
+    struct FakeAgent {
+        addr: std::net::SocketAddr,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeAgent {
+        fn start(
+            script: impl Fn(&str, &str) -> (u16, String, String) + Send + 'static,
+        ) -> FakeAgent {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        continue;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let method = line.split_whitespace().next().unwrap_or("").to_owned();
+                    log.lock().expect("log").push(format!("{method} {target}"));
+                    let (status, headers, answer) = script(
+                        &method,
+                        &format!("{target} {}", String::from_utf8_lossy(&body)),
+                    );
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                }
+            });
+            FakeAgent { addr, seen }
+        }
+
+        fn client(&self) -> Arc<Client> {
+            let agent = meshgate_consul::Agent::new(&self.addr.to_string()).expect("agent");
+            Arc::new(Client::new(agent).expect("client"))
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().expect("log").clone()
+        }
+
+        fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = self.seen();
+                if pred(&seen) {
+                    return seen;
+                }
+                assert!(std::time::Instant::now() < end, "{what}: {seen:#?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn metrics() -> Arc<ConsulMetrics> {
+        ConsulMetrics::register(&prometheus::Registry::new()).expect("metrics")
+    }
+
+    #[test]
+    fn registers_again_when_the_agent_forgets_and_leaves_by_maintenance_then_deregister() {
+        let polls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let p = polls.clone();
+        let agent = FakeAgent::start(move |method, target| {
+            if target.starts_with("/v1/internal/acl/authorize") {
+                return (401, String::new(), "ACL support disabled".into());
+            }
+            if method == "GET" && target.starts_with("/v1/agent/service/gw-a") {
+                // Present, then forgotten once (an agent restart), then present with the same hash:
+                // a blocking round that comes back unchanged.
+                let n = p.fetch_add(1, Ordering::Relaxed);
+                return if n == 1 {
+                    (404, String::new(), "unknown service ID".into())
+                } else {
+                    std::thread::sleep(Duration::from_millis(if n > 2 { 200 } else { 0 }));
+                    (
+                        200,
+                        "X-Consul-ContentHash: h1\r\n".into(),
+                        "{\"ID\":\"gw-a\"}".into(),
+                    )
+                };
+            }
+            (200, String::new(), String::new())
+        });
+        let reg = registration(&config(""), true).expect("ok");
+        let m = metrics();
+        let r = Registrar::start(agent.client(), reg, m.clone(), Box::new(|| {})).expect("start");
+        let seen = agent.wait_for("two registrations", |s| {
+            s.iter()
+                .filter(|l| l.starts_with("PUT /v1/agent/service/register"))
+                .count()
+                >= 2
+        });
+        assert!(
+            seen[0].starts_with("POST /v1/internal/acl/authorize"),
+            "{seen:?}"
+        );
+        agent.wait_for("registered again and watched", |_| m.registered.get() == 1);
+        assert_eq!(m.registrations.get(), 2);
+        r.begin_leaving();
+        r.leave();
+        let seen = agent.seen();
+        let tail: Vec<&String> = seen
+            .iter()
+            .filter(|l| l.starts_with("PUT"))
+            .skip(2)
+            .collect();
+        assert_eq!(tail.len(), 2, "{seen:#?}");
+        assert!(
+            tail[0].starts_with("PUT /v1/agent/service/maintenance/gw-a?enable=true"),
+            "{tail:?}"
+        );
+        assert_eq!(tail[1], "PUT /v1/agent/service/deregister/gw-a");
+        assert_eq!(m.registered.get(), 0);
+        assert!(r.fatal().is_none());
+    }
+
+    #[test]
+    fn a_token_without_node_read_is_fatal_and_named() {
+        let agent = FakeAgent::start(|_, target| {
+            if target.starts_with("/v1/internal/acl/authorize") {
+                let body = r#"[{"Resource":"service","Segment":"gw-a","Access":"write","Allow":true},
+                    {"Resource":"service","Segment":"","Access":"read","Allow":true},
+                    {"Resource":"node","Segment":"","Access":"read","Allow":false}]"#;
+                return (200, String::new(), body.into());
+            }
+            (200, String::new(), String::new())
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let r = Registrar::start(
+            agent.client(),
+            registration(&config(""), true).expect("ok"),
+            metrics(),
+            Box::new(move || {
+                let _ = tx.lock().map(|t| t.send(()));
+            }),
+        )
+        .expect("start");
+        rx.recv_timeout(Duration::from_secs(10)).expect("fatal");
+        let why = r.fatal().expect("fatal message");
+        // Only what is missing is listed.
+        assert!(why.starts_with("the consul token lacks node:read ("), "{why}");
+        // Nothing was registered with a token that cannot see the mesh.
+        assert!(!agent.seen().iter().any(|l| l.contains("/register")));
+    }
+
+    #[test]
+    fn a_refused_first_registration_is_fatal_and_names_the_permission() {
+        let agent = FakeAgent::start(|_, target| {
+            if target.starts_with("/v1/internal/acl/authorize") {
+                return (401, String::new(), "ACL support disabled".into());
+            }
+            if target.starts_with("/v1/agent/service/register") {
+                return (
+                    403,
+                    String::new(),
+                    "Permission denied: Missing service:write on gw-a".into(),
+                );
+            }
+            (200, String::new(), String::new())
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let r = Registrar::start(
+            agent.client(),
+            registration(&config(""), true).expect("ok"),
+            metrics(),
+            Box::new(move || {
+                let _ = tx.lock().map(|t| t.send(()));
+            }),
+        )
+        .expect("start");
+        rx.recv_timeout(Duration::from_secs(10)).expect("fatal");
+        let why = r.fatal().expect("fatal message");
+        assert!(why.contains("service:write on gw-a"), "{why}");
+    }
 }
