@@ -78,6 +78,43 @@ fn check_gateway(file: &Path, text: &str) -> Result<String, ControlError> {
                     c.settings()
                 );
             }
+            let consul_catalog = config
+                .catalog
+                .as_ref()
+                .is_some_and(|c| c.plugin == "consul-catalog");
+            if config.consul.is_some() || consul_catalog {
+                // Where watches and the registration would go (no request is made here).
+                match crate::consul::agent(config.consul.as_ref(), &config.base_dir) {
+                    Ok(a) => {
+                        let token = match &a.token {
+                            meshgate_consul::TokenSource::None => "no token".to_owned(),
+                            meshgate_consul::TokenSource::Value(_) => "a token".to_owned(),
+                            meshgate_consul::TokenSource::File(f) => {
+                                format!("token file {}", f.display())
+                            }
+                        };
+                        let scheme = match a.scheme {
+                            meshgate_consul::Scheme::Http => "http",
+                            meshgate_consul::Scheme::Https => "https",
+                        };
+                        let _ =
+                            writeln!(out, "  consul agent {scheme}://{} ({token})", a.authority());
+                    }
+                    Err(e) => return Err(e.in_file(file)),
+                }
+            }
+            match crate::consul::register::registration(&config, false) {
+                Ok(Some(reg)) => {
+                    let _ = writeln!(
+                        out,
+                        "  registers in consul as mesh-gateway {:?}: {}",
+                        reg.id(),
+                        serde_json::to_string(&reg.body()).unwrap_or_default()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.in_file(file)),
+            }
             if let Some(r) = config.router_section() {
                 let _ = writeln!(
                     out,
@@ -198,4 +235,43 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TempDir;
+
+    #[test]
+    fn check_shows_the_agent_and_the_registration_or_names_the_field() {
+        let dir = TempDir::new("inspect-consul");
+        let good = dir.0.join("gw.toml");
+        std::fs::write(
+            &good,
+            "[gateway]\nlisten = [\"127.0.0.1:8443\"]\n[consul]\naddress = \"https://127.0.0.1:8501\"\ntoken_file = \"tok\"\n[consul.register]\nwan_address = \"198.51.100.1:443\"\n",
+        )
+        .expect("write");
+        let out = check(&good).expect("valid");
+        assert!(
+            out.contains("consul agent https://127.0.0.1:8501 (token file"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\"wan\":{\"Address\":\"198.51.100.1\",\"Port\":443}"),
+            "{out}"
+        );
+        let bad = dir.0.join("bad.toml");
+        std::fs::write(
+            &bad,
+            "[gateway]\nlisten = [\"0.0.0.0:8443\"]\n[consul]\n[consul.register]\n",
+        )
+        .expect("write");
+        let e = check(&bad).expect_err("unspecified listen address");
+        assert!(
+            e.to_string()
+                .contains("[consul.register] address is required"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::error::EXIT_CONFIG);
+    }
 }

@@ -563,7 +563,10 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(10)).expect("fatal");
         let why = r.fatal().expect("fatal message");
         // Only what is missing is listed.
-        assert!(why.starts_with("the consul token lacks node:read ("), "{why}");
+        assert!(
+            why.starts_with("the consul token lacks node:read ("),
+            "{why}"
+        );
         // Nothing was registered with a token that cannot see the mesh.
         assert!(!agent.seen().iter().any(|l| l.contains("/register")));
     }
