@@ -397,9 +397,13 @@ impl<'a> Parser<'a> {
             Tok::Str(ref label) | Tok::Ident(ref label) => {
                 // Labelled block: key "label" { .. } is key { label { .. } }.
                 let label = label.clone();
+                // Each label is a level of the value it builds: counted, so a long chain of labels
+                // cannot recurse past the nesting limit (it overflowed the stack at ~35,000).
+                self.enter()?;
                 self.advance()?;
                 let mut inner = Map::new();
                 self.item(&mut inner, label)?;
+                self.depth -= 1;
                 insert(map, key, Value::Array(vec![Value::Object(inner)]), true);
                 Ok(())
             }
@@ -566,6 +570,12 @@ EOF
         assert!(e.expected.contains("`=` or `{`"), "{e}");
         let deep = "a = ".to_owned() + &"[".repeat(100) + &"]".repeat(100);
         assert!(parse(&deep).is_err());
+        // Labels nest too: 35,000 of them overflowed the stack before they were counted.
+        let labels = "service".to_owned() + &" \"x\"".repeat(35_000) + " {}";
+        let e = parse(&labels).expect_err("refused");
+        assert!(e.expected.contains("levels of nesting"), "{e}");
+        let ok = "service".to_owned() + &" \"x\"".repeat(10) + " {}";
+        assert!(parse(&ok).is_ok());
     }
 }
 
