@@ -17,15 +17,31 @@ pub(crate) const PIPE_SIZE: usize = 64 * 1024;
 #[derive(Default)]
 pub(crate) struct PipePool {
     idle: RefCell<Vec<Pipe>>,
+    /// The fewest pipes idle at any moment since the last [`PipePool::trim`]: that many were not
+    /// needed during the whole interval.
+    low: std::cell::Cell<usize>,
 }
 
 impl PipePool {
     /// A pipe from the pool, or a new one.
     fn take(&self) -> io::Result<Pipe> {
-        match self.idle.borrow_mut().pop() {
+        let mut idle = self.idle.borrow_mut();
+        let taken = idle.pop();
+        self.low.set(self.low.get().min(idle.len()));
+        match taken {
             Some(p) => Ok(p),
             None => sys::pipe(PIPE_SIZE),
         }
+    }
+
+    /// Closes the pipes no connection needed since the last trim (a burst's leftovers), keeping what
+    /// the interval's busiest moment used; called every few seconds on the core's tick.
+    pub(crate) fn trim(&self) {
+        let mut idle = self.idle.borrow_mut();
+        let unused = self.low.get().min(idle.len());
+        let keep = idle.len() - unused;
+        idle.truncate(keep);
+        self.low.set(idle.len());
     }
 
     /// Returns a pipe known to be empty (its last splice drained it).
@@ -96,5 +112,38 @@ impl Drop for Lease<'_> {
         if let Some(p) = self.pipe.take() {
             self.pool.give(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds `n` leases at once, then gives them all back.
+    fn burst(pool: &PipePool, n: usize) {
+        let mut leases: Vec<Lease<'_>> = (0..n).map(|_| pool.lease()).collect();
+        for l in &mut leases {
+            l.hold().expect("pipe");
+        }
+    }
+
+    #[test]
+    fn pipes_idle_for_a_whole_interval_are_closed() {
+        let pool = PipePool::default();
+        burst(&pool, 8);
+        assert_eq!(pool.idle(), 8);
+        // The burst was in this interval: nothing was idle throughout, nothing goes.
+        pool.trim();
+        assert_eq!(pool.idle(), 8);
+        // Next interval, at most 3 were in use at once: the 5 never taken are closed.
+        burst(&pool, 3);
+        burst(&pool, 2);
+        pool.trim();
+        assert_eq!(pool.idle(), 3);
+        // A quiet interval: all go.
+        pool.trim();
+        assert_eq!(pool.idle(), 0);
+        burst(&pool, 1);
+        assert_eq!(pool.idle(), 1);
     }
 }
