@@ -66,6 +66,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Concurrent connections (inbound and outbound) for the whole sidecar, divided evenly among cores;
+    /// excess connections wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 /// One upstream, compiled.
@@ -293,15 +296,21 @@ struct Core {
     /// Round-robin cursor over next hops.
     cursor: Cell<usize>,
     active: Cell<usize>,
+    /// This core's share of `max_connections`.
+    limit: Rc<glommio::sync::Semaphore>,
 }
 
 async fn run_core(core: usize, shared: Arc<Shared>, stats: Arc<CoreStats>) {
+    let share = (shared.settings.max_connections)
+        .div_ceil(shared.settings.workers.max(1))
+        .max(1);
     let core = Rc::new(Core {
         index: core,
         shared,
         stats,
         cursor: Cell::new(core),
         active: Cell::new(0),
+        limit: Rc::new(glommio::sync::Semaphore::new(share as u64)),
     });
     let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
     let mut seen = 0;
@@ -389,6 +398,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over the limit, this loop holds the one connection it took and accepts no more: the rest
+        // wait in the kernel backlog. (Taking the permit before accepting would let each idle
+        // listener sit on one.)
+        let Ok(permit) = core.limit.acquire_static_permit(1).await else {
+            return;
+        };
         let plan = core.shared.plan.load_full();
         let core = core.clone();
         glommio::spawn_local(async move {
@@ -401,6 +416,7 @@ async fn accept_loop(
                 },
             }
             core.active.set(core.active.get() - 1);
+            drop(permit);
         })
         .detach();
     }
