@@ -171,4 +171,6 @@ pub struct ControlStats {
     pub routes: AtomicU64,
     /// Set while draining.
     pub draining: AtomicBool,
+    /// Connections served at once (`max_connections`, lowered to fit the descriptor limit).
+    pub connection_limit: AtomicU64,
 }
