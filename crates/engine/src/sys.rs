@@ -304,7 +304,7 @@ pub fn raise_nofile() -> io::Result<u64> {
     Ok(if lim.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
-        lim.rlim_cur as u64
+        lim.rlim_cur
     })
 }
 
