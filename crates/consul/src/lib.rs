@@ -7,7 +7,8 @@
 //! - [`model`]: the answers a mesh gateway and a sidecar read, and the gateway's registration body;
 //! - [`routes`] (with [`filter`] for resolver subsets): the route table Consul's own mesh gateway would
 //!   build from those answers;
-//! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway.
+//! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway;
+//! - `lab` (feature `test-support`, hidden): real Consul dev agents, one or two datacenters, for tests.
 //!
 //! A gateway's control thread, in outline (one thread per watch, or one loop per watch group):
 //!
@@ -46,6 +47,9 @@ pub mod agent;
 pub mod error;
 pub mod filter;
 pub mod http;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod lab;
 pub mod model;
 pub mod routes;
 pub mod state;

@@ -434,7 +434,9 @@ pub struct AuthorizeResponse {
 pub struct AclCheck {
     /// `service`, `node`, `agent`, `operator`, …
     pub resource: String,
-    /// The name the rule applies to.
+    /// The name the rule applies to. Consul leaves it out of the answer when it is empty (Go's
+    /// `omitempty`), which is how a `service_prefix ""` / `node_prefix ""` rule is asked about.
+    #[serde(default)]
     pub segment: String,
     /// `read` or `write`.
     pub access: String,

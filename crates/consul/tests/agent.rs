@@ -5,189 +5,47 @@
 //! stays; and the change-to-answer latency of a watch over 50 changes, printed (p50/p99, requests per
 //! change).
 //!
-//! The Consul binary comes from `MESHGATE_CONSUL`, else `<target>/tools/consul`, which
-//! `scripts/install-consul.sh` installs on first use (Debian 11's package; needs apt and the network).
-//! `MESHGATE_SKIP_CONSUL=1` skips the test with a printed reason.
+//! The agents come from `meshgate_consul::lab` (feature `test-support`), which finds or installs the
+//! Consul binary (`MESHGATE_CONSUL`, else `<target>/tools/consul`); `MESHGATE_SKIP_CONSUL=1` skips the
+//! test with a printed reason.
 
+use meshgate_consul::lab::{self, DevAgent, Instance, Options};
 use meshgate_consul::model::{
     CaRoots, CheckServiceNode, MeshGatewayRegistration, Service, ServiceNames,
 };
 use meshgate_consul::routes::{self, Inputs, Sni, Table};
 use meshgate_consul::watch::{Policy, Watch};
-use meshgate_consul::{Agent, Client, Request, Response, Transport};
+use meshgate_consul::{Client, Request, Response, Transport};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Starts on fresh ports each time: a port picked free can be taken before the agent binds it.
-const ATTEMPTS: u32 = 3;
-/// Bound on the agent's start (leader elected, Connect CA root made).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on any single expected change reaching a watch.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn consul_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
-        return PathBuf::from(p);
-    }
-    // <target>/debug/deps/agent-<hash> → <target>/tools/consul (works with a shared CARGO_TARGET_DIR).
-    let exe = std::env::current_exe().expect("test executable");
-    let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
-    let tools = target.join("tools");
-    let bin = tools.join("consul");
-    if !bin.exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-consul.sh");
-        let status = Command::new(&script)
-            .arg(&tools)
-            .status()
-            .expect("run install-consul.sh");
-        assert!(status.success(), "{} failed", script.display());
-    }
-    bin
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    lab::free_port().expect("free port")
 }
 
 /// Polls `f` every 50 ms until it gives `Some`, for at most `timeout`.
-fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn poll_until<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    lab::wait_until(timeout, "a condition", f).ok()
 }
 
-/// A dev agent, killed on drop.
-struct Consul {
-    child: Child,
-    log: PathBuf,
-    client: Client,
-}
-
-impl Drop for Consul {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Consul {
-    fn start(bin: &Path, attempt: u32, extra: &[&str]) -> Option<Consul> {
-        let http = free_port();
-        let log = std::env::temp_dir().join(format!(
-            "meshgate-consul-agent-{}-{attempt}.log",
-            std::process::id()
-        ));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-        let child = Command::new(bin)
-            .args([
-                "agent",
-                "-dev",
-                "-bind",
-                "127.0.0.1",
-                "-client",
-                "127.0.0.1",
-            ])
-            .args(["-node", "node-test", "-dns-port", "-1", "-grpc-port", "-1"])
-            .args(["-http-port", &http.to_string()])
-            .args(["-serf-lan-port", &ports[0], "-serf-wan-port", &ports[1]])
-            .args(["-server-port", &ports[2]])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn consul");
-        let mut agent = Agent::new(&format!("127.0.0.1:{http}")).expect("agent");
-        agent.request_timeout = Duration::from_secs(2);
-        let mut consul = Consul {
-            child,
-            log,
-            client: Client::new(agent).expect("client"),
-        };
-        // Ready once a leader is known and the Connect CA answers with a root.
-        let ready = poll_until(START_TIMEOUT, || {
-            if let Ok(Some(status)) = consul.child.try_wait() {
-                return Some(Err(status));
-            }
-            let roots: CaRoots = consul.client.get_json("/v1/agent/connect/ca/roots").ok()?;
-            (!roots.roots.is_empty() && !roots.trust_domain.is_empty()).then_some(Ok(()))
-        });
-        match ready {
-            Some(Ok(())) => Some(consul),
-            other => {
-                eprintln!(
-                    "consul attempt {attempt}: not ready ({other:?}): {}",
-                    std::fs::read_to_string(&consul.log).unwrap_or_default()
-                );
-                None
-            }
-        }
-    }
-
-    fn put(&self, path: &str, body: Option<serde_json::Value>) {
-        self.put_query(path, &[], body)
-    }
-
-    fn put_query(&self, path: &str, query: &[(&str, &str)], body: Option<serde_json::Value>) {
-        let mut request = Request::put(path);
-        for (k, v) in query {
-            request = request.query(*k, *v);
-        }
-        if let Some(b) = body {
-            request = request.json(&b).expect("json");
-        }
-        self.client
-            .call(&request)
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    }
-}
-
-impl Consul {
-    /// Puts service `id` into maintenance (a critical check) or takes it out.
-    fn maintenance(&self, id: &str, enable: bool) {
-        let enable = if enable { "true" } else { "false" };
-        self.put_query(
-            &format!("/v1/agent/service/maintenance/{id}"),
-            &[("enable", enable), ("reason", "meshgate test")],
-            None,
-        );
-    }
-}
-
-/// Registers `api-<n>` with a Connect sidecar on port 2100<n> whose only check is a TTL check
-/// `api-<n>-ttl`, passing until the test says otherwise.
-fn register_api(consul: &Consul, n: u16) {
-    consul.put(
-        "/v1/agent/service/register",
-        Some(serde_json::json!({
-            "Name": "api", "ID": format!("api-{n}"), "Port": 8080 + n, "Meta": {"version": n.to_string()},
-            "Connect": {"SidecarService": {"Port": 21000 + n, "Checks": [
-                {"CheckID": format!("api-{n}-ttl"), "Name": "sidecar ttl", "TTL": "10m", "Status": "passing"}
-            ]}}
-        })),
-    );
+/// Registers `api-<n>` with a Connect sidecar on port 2100<n> whose only check is the TTL check
+/// `api-<n>-sidecar-ttl`, passing until the test says otherwise.
+fn register_api(consul: &DevAgent, n: u16) {
+    consul
+        .register_with_sidecar(
+            &Instance::new("api", &format!("api-{n}"), 21000 + n).meta("version", &n.to_string()),
+        )
+        .expect("register api");
 }
 
 /// The route table from the agent's current answers, with `health` as health/connect/api.
-fn table_with(consul: &Consul, api_health: Vec<CheckServiceNode>) -> Table {
-    let c = &consul.client;
+fn table_with(consul: &DevAgent, api_health: Vec<CheckServiceNode>) -> Table {
+    let c = consul.client();
     let roots: CaRoots = c.get_json("/v1/agent/connect/ca/roots").expect("roots");
     let names: ServiceNames = c.get_json("/v1/catalog/services").expect("services");
     let mut services = BTreeMap::new();
@@ -258,16 +116,12 @@ fn short_policy(wait: Duration) -> Policy {
 
 #[test]
 fn against_a_real_consul_agent() {
-    if std::env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
-        eprintln!("MESHGATE_SKIP_CONSUL set: skipping the tests against a real Consul agent");
+    if lab::skip_requested() {
         return;
     }
-    let bin = consul_binary();
-    let consul = (1..=ATTEMPTS)
-        .find_map(|attempt| Consul::start(&bin, attempt, &[]))
-        .unwrap_or_else(|| panic!("no Consul agent became ready in {ATTEMPTS} attempts"));
+    let consul = DevAgent::start(Options::dc("dc1")).expect("consul dev agent");
     let roots: CaRoots = consul
-        .client
+        .client()
         .get_json("/v1/agent/connect/ca/roots")
         .expect("roots");
     let td = roots.trust_domain.clone();
@@ -289,22 +143,16 @@ fn against_a_real_consul_agent() {
         assert!(p50 < Duration::from_millis(500), "p50 {p50:?}");
     }
     drop(consul);
-    acl_refusals_are_named(&bin);
+    acl_refusals_are_named();
 }
 
 /// With ACLs on and default deny: a refused registration names the missing permission; a token
 /// without `node:read` gets empty health answers (200) and the preflight names what it lacks; a token
 /// file is re-read when it is rewritten.
-fn acl_refusals_are_named(bin: &Path) {
-    const MASTER: &str = "3f1e7c52-58d6-4a43-9d3c-2b6f6f0c1a11";
-    let acl = format!(
-        "acl {{ enabled = true, default_policy = \"deny\", tokens {{ master = \"{MASTER}\", agent = \"{MASTER}\" }} }}"
-    );
-    let consul = (1..=ATTEMPTS)
-        .find_map(|attempt| Consul::start(bin, attempt, &["-hcl", &acl]))
-        .unwrap_or_else(|| panic!("no ACL Consul agent became ready in {ATTEMPTS} attempts"));
-    let agent = consul.client.agent().clone();
-    let anonymous = &consul.client;
+fn acl_refusals_are_named() {
+    let consul = DevAgent::start(Options::dc("dc1").acl()).expect("ACL consul dev agent");
+    let agent = consul.client().agent().clone();
+    let anonymous = consul.anonymous().expect("client");
     let reg = MeshGatewayRegistration::new("mesh-gateway").address("127.0.0.1", free_port());
     let e = anonymous
         .put_json("/v1/agent/service/register", &reg.body())
@@ -321,30 +169,12 @@ fn acl_refusals_are_named(bin: &Path) {
     );
 
     // A gateway policy without node:read, its token written to a file.
-    let master = Client::new(agent.clone().with_token(MASTER)).expect("client");
+    let master = consul.client();
     let rules = "service \"mesh-gateway\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }";
-    let created = poll_until(START_TIMEOUT, || {
-        master
-            .put_json(
-                "/v1/acl/policy",
-                &serde_json::json!({"Name": "gw-no-node-read", "Rules": rules}),
-            )
-            .ok()
-    });
-    assert!(
-        created.is_some(),
-        "the ACL system did not accept a policy in time"
-    );
-    let token: serde_json::Value = master
-        .call(
-            &Request::put("/v1/acl/token")
-                .json(&serde_json::json!({"Policies": [{"Name": "gw-no-node-read"}]}))
-                .expect("json"),
-        )
-        .expect("token")
-        .json("/v1/acl/token")
-        .expect("json");
-    let secret = token["SecretID"].as_str().expect("SecretID").to_string();
+    consul
+        .create_policy("gw-no-node-read", rules)
+        .expect("policy");
+    let secret = consul.create_token(&["gw-no-node-read"]).expect("token");
     let dir = std::env::temp_dir().join(format!("meshgate-consul-acl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let token_file = dir.join("token");
@@ -361,13 +191,16 @@ fn acl_refusals_are_named(bin: &Path) {
                 &meshgate_consul::model::AclCheck::gateway_preflight(
                     "mesh-gateway",
                     "api",
-                    "node-test",
+                    consul.node(),
                 ),
             )
             .expect("preflight");
         meshgate_consul::model::AclCheck::missing(&answer)
     };
-    assert_eq!(preflight(&gateway), ["node:read on node-test"]);
+    assert_eq!(
+        preflight(&gateway),
+        [format!("node:read on {}", consul.node())]
+    );
     // Without node:read the catalog is silently empty: the own service is in the catalog (the master
     // token sees it), yet this token gets 200 with nothing.
     let synced = poll_until(CHANGE_TIMEOUT, || {
@@ -386,23 +219,23 @@ fn acl_refusals_are_named(bin: &Path) {
     assert!(seen.is_empty(), "filtered without node:read: {seen:?}");
 
     // The file now holds the master token: the next request uses it.
-    std::fs::write(&token_file, MASTER).expect("rewrite");
+    std::fs::write(&token_file, lab::MASTER_TOKEN).expect("rewrite");
     assert_eq!(preflight(&gateway), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn gateway_registration_reads_back(consul: &Consul) {
+fn gateway_registration_reads_back(consul: &DevAgent) {
     let (lan, wan) = (free_port(), free_port());
     let reg = MeshGatewayRegistration::new("mesh-gateway")
         .address("127.0.0.1", lan)
         .wan_address("127.0.0.1", wan)
         .expose_servers(true);
     consul
-        .client
+        .client()
         .put_json("/v1/agent/service/register", &reg.body())
         .expect("the agent accepts the registration body");
     let stored: Service = consul
-        .client
+        .client()
         .get_json(&format!("/v1/agent/service/{}", reg.id()))
         .expect("read back");
     assert_eq!(stored.kind, "mesh-gateway");
@@ -421,7 +254,7 @@ fn gateway_registration_reads_back(consul: &Consul) {
     );
     // The same body again is an idempotent replace.
     consul
-        .client
+        .client()
         .put_json("/v1/agent/service/register", &reg.body())
         .expect("re-register");
     // The agent refuses reserved meta keys: the builder refuses them first.
@@ -429,7 +262,7 @@ fn gateway_registration_reads_back(consul: &Consul) {
         .meta("consul-x", "1")
         .is_err());
     let e = consul
-        .client
+        .client()
         .put_json(
             "/v1/agent/service/register",
             &serde_json::json!({"Kind": "mesh-gateway", "Name": "gw", "Port": 0}),
@@ -439,8 +272,8 @@ fn gateway_registration_reads_back(consul: &Consul) {
 }
 
 /// Returns a line of timings for the report.
-fn watch_sees_registration_and_blocks(consul: &Consul) -> String {
-    let client = &consul.client;
+fn watch_sees_registration_and_blocks(consul: &DevAgent) -> String {
+    let client = consul.client();
     let mut watch =
         Watch::new("/v1/health/connect/web").policy(short_policy(Duration::from_secs(1)));
     let first = watch
@@ -485,15 +318,14 @@ fn watch_sees_registration_and_blocks(consul: &Consul) -> String {
             (answer, started.elapsed(), watch)
         });
         rx.recv_timeout(CHANGE_TIMEOUT).expect("watch started");
-        consul.put(
-            "/v1/agent/service/register",
-            Some(serde_json::json!({
+        consul
+            .register(&serde_json::json!({
                 "Name": "web", "ID": "web", "Port": 8080, "Tags": ["v1"],
                 "Connect": {"SidecarService": {"Port": 21000, "Checks": [
                     {"CheckID": "web-ttl", "Name": "sidecar ttl", "TTL": "10m", "Status": "passing"}
                 ]}}
-            })),
-        );
+            }))
+            .expect("register web");
         handle.join().expect("watch thread")
     });
     let (answer, took, watch) = registered;
@@ -513,8 +345,8 @@ fn watch_sees_registration_and_blocks(consul: &Consul) -> String {
     )
 }
 
-fn config_entry_not_found_yet_is_watchable(consul: &Consul) {
-    let client = &consul.client;
+fn config_entry_not_found_yet_is_watchable(consul: &DevAgent) {
+    let client = consul.client();
     let mut watch = Watch::new("/v1/config/service-defaults/api")
         .allow_not_found()
         .policy(short_policy(Duration::from_secs(30)));
@@ -524,10 +356,11 @@ fn config_entry_not_found_yet_is_watchable(consul: &Consul) {
         .expect("first answer");
     assert!(!first.found());
     assert!(watch.index() >= 1, "a missing entry still has an index");
-    consul.put(
-        "/v1/config",
-        Some(serde_json::json!({"Kind": "service-defaults", "Name": "api", "Protocol": "tcp"})),
-    );
+    consul
+        .config_write(
+            &serde_json::json!({"Kind": "service-defaults", "Name": "api", "Protocol": "tcp"}),
+        )
+        .expect("config write");
     let entry: meshgate_consul::model::ServiceDefaults = wait_for_answer(
         &mut watch,
         client,
@@ -538,9 +371,9 @@ fn config_entry_not_found_yet_is_watchable(consul: &Consul) {
 
 /// Every watch of `state::watches` is a request the real agent answers, and the view they feed becomes
 /// ready with the routes of what is registered.
-fn gateway_watches_are_accepted(consul: &Consul) {
+fn gateway_watches_are_accepted(consul: &DevAgent) {
     use meshgate_consul::state::{watches, GatewayState, Update};
-    let client = &consul.client;
+    let client = consul.client();
     let mut state = GatewayState::new("dc1", "consul");
     let first = |mut w: Watch| {
         let answer = w
@@ -600,8 +433,8 @@ fn gateway_watches_are_accepted(consul: &Consul) {
     );
 }
 
-fn critical_drops_from_routes(consul: &Consul, td: &str) {
-    let client = &consul.client;
+fn critical_drops_from_routes(consul: &DevAgent, td: &str) {
+    let client = consul.client();
     register_api(consul, 1);
     register_api(consul, 2);
     let mut watch =
@@ -612,7 +445,7 @@ fn critical_drops_from_routes(consul: &Consul, td: &str) {
         ["127.0.0.1:21001", "127.0.0.1:21002"]
     );
 
-    consul.put("/v1/agent/check/fail/api-2-ttl", None);
+    consul.check_fail("api-2-sidecar-ttl").expect("fail");
     let failed = wait_for_answer(&mut watch, client, |h: &Vec<CheckServiceNode>| {
         h.iter().any(|c| c.healthy_weight(false).is_none())
     });
@@ -622,7 +455,7 @@ fn critical_drops_from_routes(consul: &Consul, td: &str) {
     );
 
     // Warning stays routed (as in Envoy; `?passing` would drop it).
-    consul.put("/v1/agent/check/warn/api-1-ttl", None);
+    consul.check_warn("api-1-sidecar-ttl").expect("warn");
     let warned = wait_for_answer(&mut watch, client, |h: &Vec<CheckServiceNode>| {
         h.iter()
             .flat_map(|c| &c.checks)
@@ -634,16 +467,20 @@ fn critical_drops_from_routes(consul: &Consul, td: &str) {
     );
 
     // Maintenance mode is a critical check too: nothing healthy is left, the name is not routed.
-    consul.maintenance("api-1-sidecar-proxy", true);
+    consul
+        .maintenance("api-1-sidecar-proxy", true)
+        .expect("maintenance");
     let none = wait_for_answer(&mut watch, client, |h: &Vec<CheckServiceNode>| {
         h.iter().all(|c| c.healthy_weight(false).is_none())
     });
     assert!(api_endpoints(&table_with(consul, none), td).is_empty());
 
     // Back to passing for the latency measurement.
-    consul.maintenance("api-1-sidecar-proxy", false);
-    consul.put("/v1/agent/check/pass/api-1-ttl", None);
-    consul.put("/v1/agent/check/pass/api-2-ttl", None);
+    consul
+        .maintenance("api-1-sidecar-proxy", false)
+        .expect("maintenance");
+    consul.check_pass("api-1-sidecar-ttl").expect("pass");
+    consul.check_pass("api-2-sidecar-ttl").expect("pass");
 }
 
 /// Tells the test when a watch round starts.
@@ -665,7 +502,7 @@ impl Transport for Signalling<'_> {
 /// measures from just before each PUT to the watch's changed answer. Returns p50, p99, max, HTTP
 /// requests per change, n.
 fn change_to_answer_latency(
-    consul: &Consul,
+    consul: &DevAgent,
     cached: bool,
     n: usize,
 ) -> (Duration, Duration, Duration, f64, usize) {
@@ -673,7 +510,7 @@ fn change_to_answer_latency(
     let (started_tx, started_rx) = mpsc::channel::<u64>();
     let (answer_tx, answer_rx) = mpsc::channel::<(u64, Instant)>();
     let transport = Signalling {
-        client: &consul.client,
+        client: consul.client(),
         round: AtomicU64::new(0),
         started: started_tx,
     };
@@ -713,7 +550,9 @@ fn change_to_answer_latency(
             }
             std::thread::sleep(Duration::from_millis(30));
             let t0 = Instant::now();
-            consul.maintenance("api-1-sidecar-proxy", i % 2 == 0);
+            consul
+                .maintenance("api-1-sidecar-proxy", i % 2 == 0)
+                .expect("maintenance");
             let (round, at) = answer_rx
                 .recv_timeout(CHANGE_TIMEOUT)
                 .expect("changed answer");
@@ -738,4 +577,57 @@ fn change_to_answer_latency(
         per_change,
         n,
     )
+}
+
+/// The lab's two datacenters: joined over WAN, one trust domain, a service in dc2 visible from dc1;
+/// `-connect-proxy` registrations and intentions accepted; an agent restarted on the same ports comes
+/// back empty with a new trust domain (what `-dev` keeps: nothing).
+#[test]
+fn two_datacenter_lab() {
+    if lab::skip_requested() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = lab::TwoDcLab::start().expect("two-datacenter lab");
+    eprintln!("two-datacenter lab ready in {:?}", started.elapsed());
+    let td = lab.trust_domain().expect("trust domain");
+    assert_eq!(lab.dc2.trust_domain().expect("dc2 roots"), td);
+    for agent in [&lab.dc1, &lab.dc2] {
+        assert_eq!(agent.datacenters().expect("dcs"), ["dc1", "dc2"]);
+    }
+    let billing = Instance::new("billing", "billing-1", free_port());
+    lab.dc2.register_connect_proxy(&billing).expect("proxy");
+    let seen = poll_until(CHANGE_TIMEOUT, || {
+        let request = Request::get("/v1/health/connect/billing").query("dc", "dc2");
+        let answer = lab.dc1.client().call(&request).ok()?;
+        answer
+            .json::<Vec<CheckServiceNode>>("health")
+            .ok()
+            .filter(|v| v.len() == 1)
+    })
+    .expect("dc2's billing from dc1");
+    assert_eq!(seen[0].service.kind, "connect-proxy");
+    assert_eq!(seen[0].node.datacenter, "dc2");
+    let leaf = lab.dc2.leaf("billing").expect("leaf");
+    assert_eq!(leaf.datacenter(), Some("dc2"));
+    assert!(!lab
+        .dc1
+        .intention("web", "billing", "allow")
+        .expect("intention")
+        .is_empty());
+
+    let ports = lab.dc2.ports();
+    lab.dc2.kill();
+    assert!(!lab.dc2.is_running());
+    let restarted = Instant::now();
+    lab.dc2.restart().expect("restart");
+    eprintln!(
+        "dc2 restarted on the same ports in {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(lab.dc2.ports(), ports);
+    assert!(
+        lab.dc2.agent_services().expect("services").is_empty(),
+        "-dev keeps nothing"
+    );
 }

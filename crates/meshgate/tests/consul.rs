@@ -3,151 +3,35 @@
 //! processes use them, and web reaches api over mTLS with api's default-deny policy letting in only the
 //! identity an intention names.
 //!
-//! The Consul binary comes from `MESHGATE_CONSUL`, else `target/tools/consul`, which
-//! `scripts/install-consul.sh` installs on first use (Debian 11's package, a few seconds; needs apt).
-//! `MESHGATE_SKIP_CONSUL=1` skips it on a machine that has neither.
+//! The agent comes from `meshgate_consul::lab`, which finds or installs the Consul binary
+//! (`MESHGATE_CONSUL`, else `<target>/tools/consul`); `MESHGATE_SKIP_CONSUL=1` skips the test.
 
 mod common;
 
-use common::{
-    free_port, http_get, line_app, metric, poll_until, sidecar_toml, wait_for, Proc, TempDir,
-};
+use common::{free_port, http_get, line_app, metric, sidecar_toml, wait_for, Proc, TempDir};
+use meshgate_consul::lab::{self, DevAgent, Options};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn consul_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tools = root.join("target/tools");
-    let bin = tools.join("consul");
-    if !bin.exists() {
-        let script = root.join("scripts/install-consul.sh");
-        common::sh(&[&script.display().to_string(), &tools.display().to_string()]);
-    }
-    bin
-}
-
-fn json_field(body: &str, key: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(body).expect("json");
-    let mut out = Vec::new();
-    fn walk(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, x) in m {
-                    match x {
-                        serde_json::Value::String(s) if k == key => out.push(s.clone()),
-                        _ => walk(x, key, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, key, out)),
-            _ => {}
-        }
-    }
-    walk(&v, key, &mut out);
-    out
-}
-
-/// Starts on fresh ports each time: ports picked free can be taken again before the agent binds them.
-const CONSUL_ATTEMPTS: u32 = 3;
-
-/// A Consul dev agent on loopback, its HTTP address and its CA roots once the Connect CA answers with
-/// one (within 30 s); `None` if it exited or gave none.
-fn start_consul(consul: &std::path::Path, attempt: u32) -> Option<(Proc, SocketAddr, String)> {
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (serf_lan, serf_wan, server) = (free_port(), free_port(), free_port());
-    let consul_bin = consul.display().to_string();
-    let (http_port, lan, wan, srv) = (
-        http.port().to_string(),
-        serf_lan.to_string(),
-        serf_wan.to_string(),
-        server.to_string(),
-    );
-    let mut agent = Proc::start_in(
-        "consul",
-        None,
-        &[
-            &consul_bin,
-            "agent",
-            "-dev",
-            "-bind",
-            "127.0.0.1",
-            "-client",
-            "127.0.0.1",
-            "-http-port",
-            &http_port,
-            "-dns-port",
-            "-1",
-            "-grpc-port",
-            "-1",
-            "-serf-lan-port",
-            &lan,
-            "-serf-wan-port",
-            &wan,
-            "-server-port",
-            &srv,
-        ],
-    );
-    // Ready once the Connect CA answers with a root; an agent that exits will not.
-    let outcome = poll_until(Duration::from_secs(30), || {
-        match http_get(http, "/v1/agent/connect/ca/roots").filter(|b| b.contains("RootCert")) {
-            Some(roots) => Some(Ok(roots)),
-            None => agent.exited().map(Err),
-        }
-    });
-    match outcome {
-        Some(Ok(roots)) => Some((agent, http, roots)),
-        Some(Err(status)) => {
-            eprintln!(
-                "consul attempt {attempt}: exited ({status}): {}",
-                agent.log()
-            );
-            None
-        }
-        None => {
-            eprintln!(
-                "consul attempt {attempt}: no CA roots within 30 s: {}",
-                agent.log()
-            );
-            None
-        }
-    }
-}
 
 #[test]
 fn consul_ca_certificates_work_in_sidecars() {
-    if std::env::var_os("MESHGATE_SKIP_CONSUL").is_some() {
-        eprintln!("MESHGATE_SKIP_CONSUL set: skipping the Consul CA test");
+    if lab::skip_requested() {
         return;
     }
-    let consul = consul_binary();
     let dir = TempDir::new("consul");
-    let (_agent, http, roots) = (1..=CONSUL_ATTEMPTS)
-        .find_map(|attempt| start_consul(&consul, attempt))
-        .unwrap_or_else(|| {
-            panic!("the Consul agent gave no CA roots in {CONSUL_ATTEMPTS} attempts")
-        });
-    let trust_domain = json_field(&roots, "TrustDomain")
-        .pop()
-        .expect("trust domain");
-    let roots_pem = json_field(&roots, "RootCert").join("\n");
+    let agent = DevAgent::start(Options::dc("dc1")).expect("consul dev agent");
+    let roots = agent.roots().expect("roots");
+    let trust_domain = roots.trust_domain.clone();
+    let roots_pem = roots.trust_bundle().join("\n");
     for service in ["web", "api"] {
         let leaf = wait_for(Duration::from_secs(10), "consul leaf", || {
-            http_get(http, &format!("/v1/agent/connect/ca/leaf/{service}"))
-                .filter(|b| b.contains("CertPEM"))
+            agent.leaf(service).ok()
         });
         let certs = dir.0.join("certs").join(service);
         std::fs::create_dir_all(&certs).expect("mkdir");
-        std::fs::write(certs.join("cert.pem"), &json_field(&leaf, "CertPEM")[0]).expect("write");
-        std::fs::write(
-            certs.join("key.pem"),
-            &json_field(&leaf, "PrivateKeyPEM")[0],
-        )
-        .expect("write");
+        std::fs::write(certs.join("cert.pem"), &leaf.cert_pem).expect("write");
+        std::fs::write(certs.join("key.pem"), &leaf.private_key_pem).expect("write");
         std::fs::write(certs.join("roots.pem"), &roots_pem).expect("write");
     }
 

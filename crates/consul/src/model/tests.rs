@@ -344,3 +344,22 @@ fn acl_preflight_names_what_is_missing() {
         ["service:write on mesh-gateway", "node:read on node-acl"]
     );
 }
+
+#[test]
+fn acl_answer_without_segment_is_the_prefix_rule() {
+    // Recorded from Consul 1.8.7 (anonymous, default deny): an empty Segment is left out of the answer.
+    let answer: Vec<AclCheck> = decode(
+        r#"[{"Resource": "service", "Segment": "mesh-gateway", "Access": "write", "Allow": false},
+            {"Resource": "service", "Access": "read", "Allow": false},
+            {"Resource": "node", "Access": "read", "Allow": false}]"#,
+    );
+    assert_eq!(answer[1], AclCheck::new("service", "", "read"));
+    assert_eq!(
+        AclCheck::missing(&answer),
+        [
+            "service:write on mesh-gateway",
+            "service:read on ",
+            "node:read on "
+        ]
+    );
+}
