@@ -152,13 +152,25 @@ impl Engine {
         let fit = budget::budget(settings.max_connections, workers, settings.relay, nofile)
             .map_err(EngineError::Descriptors)?;
         if fit.lowered {
-            tracing::warn!(
-                configured = settings.max_connections,
-                serving = fit.max_connections,
-                rlimit_nofile = nofile,
-                pipes_per_core = fit.pipes_per_core,
-                "max_connections lowered to what the descriptor limit allows; excess connections wait in the backlog (raise RLIMIT_NOFILE to serve more)"
-            );
+            let message = "max_connections lowered to what the descriptor limit allows; excess connections wait in the backlog (raise RLIMIT_NOFILE to serve more)";
+            // The default asks for more than most hosts allow: say so quietly; a configured limit loudly.
+            if settings.max_connections == meshgate_config::DEFAULT_MAX_CONNECTIONS {
+                tracing::info!(
+                    configured = settings.max_connections,
+                    serving = fit.max_connections,
+                    rlimit_nofile = nofile,
+                    pipes_per_core = fit.pipes_per_core,
+                    "{message}"
+                );
+            } else {
+                tracing::warn!(
+                    configured = settings.max_connections,
+                    serving = fit.max_connections,
+                    rlimit_nofile = nofile,
+                    pipes_per_core = fit.pipes_per_core,
+                    "{message}"
+                );
+            }
         }
         settings.max_connections = fit.max_connections;
         let listeners: Arc<[String]> = settings.listen.iter().map(|a| a.to_string()).collect();
