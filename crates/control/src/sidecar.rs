@@ -72,7 +72,10 @@ impl CertFiles {
                     ),
                 )
             }
-            CertSource::Agent(agent) => (agent.current()?, "consul leaf and roots".to_owned()),
+            CertSource::Agent(agent) => match agent.current()? {
+                Some(pem) => (pem, "consul leaf and roots".to_owned()),
+                None => return Ok(None),
+            },
         };
         if self.loaded.as_ref() == Some(&now) {
             return Ok(None);

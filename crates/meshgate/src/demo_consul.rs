@@ -7,7 +7,8 @@
 //! — Consul's own API, as `consul services register`, `consul config write` and `consul intention
 //! create` would — and runs two meshgate gateways that register themselves and route from the agents'
 //! blocking queries, and two meshgate sidecars whose listeners, upstreams, modes, certificates and
-//! intentions all come from the agents. Then it plays web, as `meshgate demo` does.
+//! intentions all come from the agents. Then it plays web, as `meshgate demo` does: once in `local`
+//! mode (two gateway hops), then again after a `service-defaults` entry turns web's mode `remote` (one).
 
 use crate::demo::{self, Error};
 use meshgate_config::{Config, SidecarConfig};
@@ -92,11 +93,9 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         "web",
         1,
         21000,
-        json!([
-            {"DestinationName": "api", "Datacenter": "dc2", "LocalBindPort": 10000},
-            {"DestinationName": "api", "Datacenter": "dc2", "LocalBindPort": 10001,
-             "MeshGateway": {"Mode": "remote"}}
-        ]),
+        // Consul refuses two upstreams for one service in one datacenter: the second path is shown by
+        // changing the mode with a config entry instead.
+        json!([{"DestinationName": "api", "Datacenter": "dc2", "LocalBindPort": 10000}]),
     ))?;
     lab.dc1.config_write(
         &json!({"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "local"}}),
@@ -170,20 +169,67 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         sidecar_toml("web", "dc1", 19100, lab.dc1.http_addr()),
     )?)?;
     println!("  sidecars: certificates, listeners, upstreams and intentions from the agents");
+    // A gateway appears in the other datacenters' views (federation states) about a second after it
+    // registers: wait for web's next hop, dc1's route to dc2 and api's intention before the first call.
+    let end = Instant::now() + READY;
+    let to_dc2 = format!("*.dc2.internal.{td}");
+    let routed = |gw: &gateway::Gateway| {
+        gw.engine
+            .snapshot()
+            .table
+            .routes()
+            .iter()
+            .any(|r| r.pattern == to_dc2)
+    };
+    while web
+        .sidecar
+        .plan()
+        .upstreams
+        .iter()
+        .any(|u| u.next_hops.is_empty())
+        || api.sidecar.plan().intentions.is_empty()
+        || !routed(&running1)
+    {
+        if Instant::now() > end {
+            return Err(
+                "no path from web to api yet (next hop, dc1's route to dc2, or api's intention)"
+                    .into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (gw1, gw2) = (running1.engine.clone(), running2.engine.clone());
     let gateways = [
         ("dc1", &gw1, dc1.gateway.listen[0]),
         ("dc2", &gw2, dc2.gateway.listen[0]),
     ];
-    for port in [10000, 10001] {
-        if let Err(e) = demo::call(&gateways, &web, &api, port, &td) {
-            println!("  FAILED: {e}");
+    if let Err(e) = demo::call(&gateways, &web, &api, 10000, &td) {
+        println!("  FAILED: {e}");
+    }
+    println!("\nconsul config write: service-defaults for web with mesh gateway mode remote");
+    lab.dc1.config_write(
+        &json!({"Kind": "service-defaults", "Name": "web", "Protocol": "tcp", "MeshGateway": {"Mode": "remote"}}),
+    )?;
+    let end = Instant::now() + READY;
+    while !web
+        .sidecar
+        .plan()
+        .upstreams
+        .iter()
+        .any(|u| u.mode == "remote" && !u.next_hops.is_empty())
+    {
+        if Instant::now() > end {
+            return Err("web's sidecar did not take the new mode".into());
         }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(e) = demo::call(&gateways, &web, &api, 10000, &td) {
+        println!("  FAILED: {e}");
     }
     demo::excerpt(&gw1, &gw2, &web, &api);
     if !once {
         println!("\nTry it yourself (Ctrl-C to stop):");
-        println!("  echo hi | nc -q1 127.0.0.1 10000         web -> api, two gateway hops");
+        println!("  echo hi | nc -q1 127.0.0.1 10000         web -> api through the gateways");
         println!(
             "  CONSUL_HTTP_ADDR={} consul intention create -deny -replace web api   then try again",
             lab.dc1.http_addr()
@@ -203,5 +249,7 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
     running1.finish()?;
     running2.finish()?;
     let _ = std::fs::remove_dir_all(&dir);
+    // The agents go last, after everything that watches them.
+    drop(lab);
     Ok(())
 }

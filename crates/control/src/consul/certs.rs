@@ -76,18 +76,19 @@ impl AgentCerts {
         Ok(AgentCerts { latest, stop })
     }
 
-    /// `[chain, key, roots]` once both watches have answered; else why not yet.
-    pub fn current(&self) -> Result<[Vec<u8>; 3], String> {
+    /// `[chain, key, roots]` once both watches have answered; `None` while they have not (their own
+    /// failures are logged by the watches); an error when an answer could not be used.
+    pub fn current(&self) -> Result<Option<[Vec<u8>; 3]>, String> {
         let l = self
             .latest
             .lock()
             .map_err(|_| "certificate state poisoned".to_string())?;
-        match (&l.leaf, &l.roots) {
-            (Some((chain, key)), Some(roots)) => Ok([chain.clone(), key.clone(), roots.clone()]),
-            _ => Err(l
-                .error
-                .clone()
-                .unwrap_or_else(|| "waiting for the agent's leaf certificate and roots".into())),
+        match (&l.leaf, &l.roots, &l.error) {
+            (Some((chain, key)), Some(roots), _) => {
+                Ok(Some([chain.clone(), key.clone(), roots.clone()]))
+            }
+            (_, _, Some(e)) => Err(e.clone()),
+            _ => Ok(None),
         }
     }
 }
@@ -118,16 +119,25 @@ fn spawn(
                     Ok(answer) => {
                         metrics.request(watch.path(), "ok");
                         health.ok();
-                        let Some(a) = answer else { continue };
                         if let Ok(mut l) = latest.lock() {
-                            if let Err(e) = apply(&mut l, &a.body, watch.path()) {
-                                tracing::warn!(error = %e, "consul certificate answer not usable; the current certificates stay");
-                                l.error = Some(e);
+                            let applied = match answer {
+                                Some(a) => apply(&mut l, &a.body, watch.path()),
+                                None => Ok(()),
+                            };
+                            match applied {
+                                Ok(()) => l.error = None,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "consul certificate answer not usable; the current certificates stay");
+                                    l.error = Some(e);
+                                }
                             }
                         }
                     }
                     Err(e) => {
                         metrics.request(watch.path(), outcome(&e));
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         if health.failed() {
                             tracing::warn!(path = %watch.path(), error = %e, "consul certificate watch failing; the current certificates stay");
                         }

@@ -304,6 +304,10 @@ fn keep_registered(
                 Ok(Some(a)) if !a.found() => {
                     metrics.request(own.path(), "ok");
                     metrics.registered.set(0);
+                    if stop.load(Ordering::Relaxed) {
+                        // Our own deregistration, seen by the watch.
+                        return;
+                    }
                     tracing::warn!(service = %reg.id(), "consul: the agent no longer has this gateway (restarted?); registering again");
                     break;
                 }
@@ -313,6 +317,9 @@ fn keep_registered(
                 }
                 Err(e) => {
                     metrics.request(own.path(), super::metrics::outcome(&e));
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     if e.is_transient() && metrics.registered.get() == 1 {
                         tracing::warn!(service = %reg.id(), error = %e, "consul: agent unreachable; will register again if it forgot this gateway");
                     }

@@ -201,6 +201,11 @@ impl WatchSet {
                         }
                         Err(e) => {
                             metrics.request(watch.path(), outcome(&e));
+                            if stop.load(Ordering::Relaxed) {
+                                // Removed while its round was in flight (or the agent went away at
+                                // shutdown): nobody needs to hear about it.
+                                return;
+                            }
                             if health.failed() {
                                 // Once per streak: a dead agent must not fill the log.
                                 tracing::warn!(path = %watch.path(), error = %e, "consul watch failing; the last good view keeps serving");
