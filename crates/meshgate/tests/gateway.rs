@@ -556,6 +556,42 @@ fn demo_runs_once() {
         text.contains("meshgate_sidecar_inbound_connections_total{outcome=\"allowed\"} 2"),
         "{text}"
     );
+
+    // The same story from two real Consul agents (same fixed ports, so here, after the first).
+    if meshgate_consul::lab::skip_requested() {
+        return;
+    }
+    let consul = meshgate_consul::lab::consul_binary().expect("consul binary");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["demo", "--consul", "--once"])
+        .env("MESHGATE_CONSUL", consul)
+        .output()
+        .expect("run demo --consul");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (local, remote) = text
+        .split_once("consul config write: service-defaults for web")
+        .unwrap_or_default();
+    for want in [
+        "registered itself in consul",
+        "mode local (decided by proxy-defaults)",
+        "hop 2: dc1 gateway -> dc2 gateway 127.0.0.1:8444",
+        "which verified web's certificate and allowed it by intention",
+        "answer: api (dc2) answered: hello from web via port 10000",
+    ] {
+        assert!(local.contains(want), "{want}:\n{text}");
+    }
+    for want in [
+        "mode remote (decided by service-defaults)",
+        "hop 1: web sidecar -> dc2 gateway 127.0.0.1:8444",
+        "answer: api (dc2) answered: hello from web via port 10000",
+    ] {
+        assert!(remote.contains(want), "{want}:\n{text}");
+    }
 }
 
 /// A plain TCP backend that reads the first bytes of each connection, then resets it (SO_LINGER 0).
