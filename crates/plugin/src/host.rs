@@ -151,6 +151,16 @@ impl PluginHost {
         self.catalog_from(name, component, sandbox)
     }
 
+    /// A watch-catalog plugin (the host runs its watches): a shipped name or a path.
+    pub fn watch_catalog(
+        &self,
+        name_or_path: &str,
+        sandbox: Sandbox,
+    ) -> Result<WatchCatalogPlugin, PluginError> {
+        let (name, component) = self.component(name_or_path, &sandbox.grants.base)?;
+        self.watch_catalog_from(name, component, sandbox)
+    }
+
     /// A watch-catalog plugin from a compiled component (the host runs its watches).
     pub fn watch_catalog_from(
         &self,
