@@ -658,6 +658,9 @@ where
     Ok(())
 }
 
+/// Bound on closing both sides gracefully after an idle timeout.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
+
 /// Copies both ways until both sides are done (each side's end is passed on as a half-close), one side
 /// fails (the other is then reset, not closed cleanly), or nothing has moved either way for `idle`.
 async fn relay<A, B>(a: A, b: B, idle: Duration)
@@ -686,7 +689,16 @@ where
     })
     .await;
     match ended {
-        None => tracing::debug!(idle = ?idle, "idle connection closed"),
+        None => {
+            tracing::debug!(idle = ?idle, "idle connection closed");
+            // A graceful end both ways (close_notify and FIN on a TLS side), so the peer sidecar sees an
+            // end, not a truncation it would have to reset; bounded, a peer may not be reading.
+            let _ = within(IDLE_CLOSE, async {
+                let _ = Half(a.clone()).close().await;
+                let _ = Half(b.clone()).close().await;
+            })
+            .await;
+        }
         Some(Ok(_)) => {}
         Some(Err((a_to_b, err))) => {
             // A source failure is the reading side's; a destination failure the writing side's.
