@@ -37,7 +37,8 @@
 //! # }
 //! ```
 //!
-//! Everything here runs on control threads with blocking std IO; nothing touches a data-plane core.
+//! Everything here runs on control threads with blocking std IO (or, the pure half, inside the
+//! `consul-catalog` plugin on the control thread); nothing touches a data-plane core.
 //! `model`, `filter`, `routes` and `state` are pure, so the decisions are unit-tested over recorded
 //! answers.
 //!
