@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Shipped plugins: (crate name, file stem of the built module).
-const PLUGINS: [(&str, &str); 5] = [
+const PLUGINS: [(&str, &str); 6] = [
     ("file-catalog", "file_catalog"),
+    ("consul-catalog", "consul_catalog"),
     ("consul-router", "consul_router"),
     ("export-control", "export_control"),
     ("sni-denylist", "sni_denylist"),
@@ -36,14 +37,17 @@ fn main() {
             plugins.join(name).join("Cargo.toml").display()
         );
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("crates/mesh/src").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("crates/mesh/Cargo.toml").display()
-    );
+    // Path crates the plugins build from (consul-catalog uses meshgate-consul's pure half).
+    for krate in ["crates/mesh", "crates/consul"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join(krate).join("src").display()
+        );
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join(krate).join("Cargo.toml").display()
+        );
+    }
 
     // target/<profile>/build/<pkg>/out -> target/wasm-plugins
     let target_dir = out

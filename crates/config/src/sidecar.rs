@@ -20,6 +20,8 @@ pub const DEFAULT_SIDECAR_ADMIN: &str = "127.0.0.1:19100";
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default number of data-plane cores: a sidecar is one service's proxy.
 pub const DEFAULT_SIDECAR_WORKERS: usize = 1;
+/// Default cap on a sidecar's concurrent connections: one service's traffic, not a gateway's.
+pub const DEFAULT_SIDECAR_MAX_CONNECTIONS: usize = 10_000;
 
 /// What happens to a caller no intention matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,6 +92,10 @@ pub struct SidecarSettings {
     /// On SIGTERM, how long live connections get before the process exits, in seconds.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
+    /// Concurrent connections, inbound and outbound together (split evenly per core); excess
+    /// connections wait in the kernel's accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// glommio's registered-buffer memory per core, in KiB.
     #[serde(default = "default_io_memory_kib")]
     pub io_memory_kib: usize,
@@ -127,6 +133,9 @@ fn default_idle_timeout_secs() -> u64 {
 }
 fn default_drain_timeout_secs() -> u64 {
     DEFAULT_DRAIN_TIMEOUT_SECS
+}
+fn default_max_connections() -> usize {
+    DEFAULT_SIDECAR_MAX_CONNECTIONS
 }
 fn default_io_memory_kib() -> usize {
     DEFAULT_IO_MEMORY_KIB
@@ -186,6 +195,9 @@ impl SidecarConfig {
         }
         if s.workers == 0 {
             return Err(at("workers", "must be at least 1".into()));
+        }
+        if s.max_connections == 0 {
+            return Err(at("max_connections", "must be at least 1".into()));
         }
         for (field, value) in [
             ("connect_timeout_ms", s.connect_timeout_ms),

@@ -1,4 +1,4 @@
-//! A Consul lab for tests (feature `test-support`): real Consul 1.8 `-dev` agents on fresh loopback
+//! A Consul lab for tests and `meshgate demo --consul` (feature `lab`): real Consul 1.8 `-dev` agents on fresh loopback
 //! ports, one datacenter or two joined over WAN, optionally with ACLs in default-deny mode, and the few
 //! writes a test makes to them (services with sidecars, check flips, config entries, intentions, ACL
 //! policies and tokens). Every test that talks to a real agent starts it here, so port races, readiness

@@ -8,7 +8,7 @@
 //! - [`routes`] (with [`filter`] for resolver subsets): the route table Consul's own mesh gateway would
 //!   build from those answers;
 //! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway;
-//! - `lab` (feature `test-support`, hidden): real Consul dev agents, one or two datacenters, for tests.
+//! - `lab` (feature `lab`): real Consul dev agents, one or two datacenters, for tests and `meshgate demo --consul`.
 //!
 //! A gateway's control thread, in outline (one thread per watch, or one loop per watch group):
 //!
@@ -40,22 +40,36 @@
 //! Everything here runs on control threads with blocking std IO; nothing touches a data-plane core.
 //! `model`, `filter`, `routes` and `state` are pure, so the decisions are unit-tested over recorded
 //! answers.
+//!
+//! Cargo feature `client` (on by default) gates the IO half: [`agent`], [`http`] (and rustls),
+//! [`watch`], [`error`] and [`state::watches`]. Without it the crate is the pure half alone — `model`,
+//! `filter`, `routes` and `state` (minus `watches`) — which builds for `wasm32-unknown-unknown`: the
+//! shipped `consul-catalog` plugin makes the same decisions inside the sandbox, over answers the host
+//! fetched.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "client")]
 pub mod agent;
+#[cfg(feature = "client")]
 pub mod error;
 pub mod filter;
+#[cfg(feature = "client")]
 pub mod http;
-#[cfg(feature = "test-support")]
+#[cfg(feature = "lab")]
 #[doc(hidden)]
 pub mod lab;
 pub mod model;
 pub mod routes;
 pub mod state;
+#[cfg(feature = "client")]
 pub mod watch;
 
+#[cfg(feature = "client")]
 pub use agent::{Agent, Scheme, TokenSource};
+#[cfg(feature = "client")]
 pub use error::{Error, Result};
+#[cfg(feature = "client")]
 pub use http::{Client, Method, Request, Response, Transport};
+#[cfg(feature = "client")]
 pub use watch::{Answer, Clock, Policy, SystemClock, Watch};

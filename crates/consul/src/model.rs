@@ -540,6 +540,32 @@ pub struct ResolverSubset {
     pub only_passing: bool,
 }
 
+/// One intention of `GET /v1/connect/intentions` (Consul 1.8: the list is sorted by precedence, most
+/// specific first, which is the order they are tried in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Intention {
+    /// Intention ID (a UUID).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Source namespace (`default` in OSS; `*` for any).
+    #[serde(rename = "SourceNS")]
+    pub source_ns: String,
+    /// Source service, or `*`.
+    pub source_name: String,
+    /// Destination namespace.
+    #[serde(rename = "DestinationNS")]
+    pub destination_ns: String,
+    /// Destination service, or `*`.
+    pub destination_name: String,
+    /// `consul` (the only type in 1.8 OSS).
+    pub source_type: String,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// Consul's precedence (higher is tried first).
+    pub precedence: i64,
+}
+
 /// `proxy-defaults` config entry (`/v1/config/proxy-defaults/global`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", default)]

@@ -3,15 +3,15 @@
 //! watches should run (from the service list and the datacenter list), stale entries deleted when a name
 //! or a datacenter goes away (Consul leaves them behind; we do not), an empty answer deleting its
 //! entry, readiness (roots and the first service list; plus servers with WAN federation), and the route
-//! table from all of it. The control loop that runs the [`Watch`]es and feeds [`Update`]s in is the
-//! gateway's; [`watches`] builds each watch as §1 describes it.
+//! table from all of it. The control loop that runs the watches and feeds [`Update`]s in is the
+//! gateway's (or, in the `consul-catalog` plugin, the plugin host's); `watches` (feature `client`)
+//! builds each watch as §1 describes it.
 
 use crate::model::{
     CaRoots, CheckServiceNode, FederationStateGateways, Service, ServiceNames, ServiceResolver,
     WAN_FEDERATION_META,
 };
 use crate::routes::{self, Inputs, Table};
-use crate::watch::Watch;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One watch's new answer.
@@ -133,6 +133,32 @@ impl GatewayState {
         }
     }
 
+    /// The latest CA roots (the trust domain), if answered.
+    pub fn roots(&self) -> Option<&CaRoots> {
+        self.roots.as_ref()
+    }
+
+    /// Each watched service's connect endpoints (names with an empty answer or no longer listed are
+    /// absent).
+    pub fn services(&self) -> &BTreeMap<String, Vec<CheckServiceNode>> {
+        &self.services
+    }
+
+    /// Every datacenter's mesh gateways from the federation states (checks included, not filtered).
+    pub fn federation_states(&self) -> &FederationStateGateways {
+        &self.federation_states
+    }
+
+    /// The `service-resolver` entries.
+    pub fn resolvers(&self) -> &[ServiceResolver] {
+        &self.resolvers
+    }
+
+    /// The local Consul servers (WAN federation).
+    pub fn servers(&self) -> &[CheckServiceNode] {
+        &self.servers
+    }
+
     /// Whether the gateway's own registration asks for WAN federation.
     pub fn wan_federation(&self) -> bool {
         self.own
@@ -183,10 +209,10 @@ impl GatewayState {
     }
 }
 
-/// The watches of §1, built as Consul's gateway would run them over HTTP.
+/// The watches of §1, built as Consul's gateway would run them over HTTP (feature `client`).
+#[cfg(feature = "client")]
 pub mod watches {
-    use super::Watch;
-    use crate::watch::Mode;
+    use crate::watch::{Mode, Watch};
     use std::time::Duration;
 
     /// `/v1/agent/connect/ca/roots` (trust domain).
@@ -359,6 +385,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn watch_requests_are_as_consul_runs_them() {
         let req = watches::service_health("api").next_request();

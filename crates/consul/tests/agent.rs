@@ -5,7 +5,7 @@
 //! stays; and the change-to-answer latency of a watch over 50 changes, printed (p50/p99, requests per
 //! change).
 //!
-//! The agents come from `meshgate_consul::lab` (feature `test-support`), which finds or installs the
+//! The agents come from `meshgate_consul::lab` (feature `lab`), which finds or installs the
 //! Consul binary (`MESHGATE_CONSUL`, else `<target>/tools/consul`); `MESHGATE_SKIP_CONSUL=1` skips the
 //! test with a printed reason.
 

@@ -456,20 +456,19 @@ impl Gateway {
     }
 
     /// SIGHUP: re-reads `path`; a valid file goes to the control thread, an invalid one is counted and
-    /// logged and the running configuration stays. `running` is what the process was started with.
-    pub fn reload_file(&self, path: &Path, running: &mut GatewaySettings) {
+    /// logged and the running configuration stays. `running` is the configuration the process was started
+    /// with: settings that only a restart applies are named in a warning when they changed.
+    pub fn reload_file(&self, path: &Path, running: &mut Config) {
         match Config::load(path) {
             Ok(config) => {
-                let new = &config.gateway;
-                if new.listen != running.listen
-                    || new.admin != running.admin
-                    || new.workers != running.workers
-                    || new.io_memory_kib != running.io_memory_kib
-                    || new.backlog != running.backlog
-                {
-                    tracing::warn!("reload: listen, admin, workers, backlog and io_memory_kib apply only after a restart");
+                let pending = restart_only_changes(running, &config);
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        changed = %pending.join(", "),
+                        "reload: these settings apply only after a restart; the running values stay"
+                    );
                 }
-                *running = config.gateway.clone();
+                *running = config.clone();
                 self.reload(config);
             }
             Err(e) => {
@@ -517,6 +516,28 @@ impl Gateway {
     }
 }
 
+/// The settings whose change a reload cannot apply: the listeners, the admin endpoint, the cores and
+/// what each core fixed at start (its connection limits, its hook instance).
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.gateway, &new.gateway);
+    [
+        ("listen", o.listen != n.listen),
+        ("admin", o.admin != n.admin),
+        ("workers", o.workers != n.workers),
+        ("io_memory_kib", o.io_memory_kib != n.io_memory_kib),
+        ("backlog", o.backlog != n.backlog),
+        ("max_connections", o.max_connections != n.max_connections),
+        (
+            "max_connections_per_listener",
+            o.max_connections_per_listener != n.max_connections_per_listener,
+        ),
+        ("[hook]", old.hook != new.hook),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
 /// Waits for an engine's drain to end (the admin thread may still hold a reference to it).
 pub fn finish_engine(engine: Arc<Engine>) -> Result<(), ControlError> {
     while !engine.finished() {
@@ -549,7 +570,7 @@ pub fn run(path: &Path, register: bool) -> Result<(), ControlError> {
         routes = gw.engine.snapshot().table.len(),
         "meshgate gateway ready"
     );
-    let mut running = config.gateway.clone();
+    let mut running = config.clone();
     while let Some(Signal::Reload) = signals.recv() {
         gw.reload_file(path, &mut running);
     }
@@ -747,5 +768,20 @@ mod tests {
         };
         assert_eq!(e.exit_code(), crate::error::EXIT_CONFIG);
         assert!(e.to_string().starts_with("[catalog] "), "{e}");
+    }
+
+    #[test]
+    fn a_reload_names_what_only_a_restart_applies() {
+        let parse = |text: &str| Config::parse(text, Path::new("gw.toml")).expect("valid");
+        let old = parse("[gateway]\nlisten = [\"127.0.0.1:8443\"]\n");
+        let same = parse("[gateway]\nlisten = [\"127.0.0.1:8443\"]\nidle_timeout_secs = 5\n");
+        assert!(restart_only_changes(&old, &same).is_empty());
+        let new = parse(
+            "[gateway]\nlisten = [\"127.0.0.1:8443\"]\nmax_connections = 10\n[hook]\nplugin = \"sni-denylist\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["max_connections", "[hook]"]
+        );
     }
 }

@@ -445,6 +445,7 @@ pub fn start(
         handshake_timeout: s.handshake_timeout(),
         drain_timeout: s.drain_timeout(),
         idle_timeout: s.idle_timeout(),
+        max_connections: s.max_connections,
     };
     let poll = control.poll_interval();
     let first = loop {

@@ -176,8 +176,15 @@ async fn forward(
 ) -> Outcome {
     let first = reader.into_buffered();
     debug_assert!(first.len() >= hello.consumed);
-    if let Err(e) = relay::write_all(up, &first).await {
-        tracing::debug!(error = %e, "writing the ClientHello upstream failed");
+    // Bounded like the connect it follows: an upstream that accepts but never reads (a zero window)
+    // must not hold the connection for the idle timeout.
+    let written = within(settings.connect_timeout(), relay::write_all(up, &first)).await;
+    if let Some(Err(_)) | None = written {
+        let error = written.map_or_else(
+            || format!("not taken within {:?}", settings.connect_timeout()),
+            |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+        );
+        tracing::debug!(%error, "writing the ClientHello upstream failed");
         let _ = sys::set_linger_zero(down.fd());
         return Outcome::ended(End::UpstreamError);
     }

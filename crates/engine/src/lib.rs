@@ -40,6 +40,7 @@
 //! every module may use them.
 //! ```
 
+pub mod budget;
 mod conn;
 pub mod cores;
 pub mod hook;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     life: cores::Lifecycle,
     /// Set by [`Engine::stop_ready`]: readiness is 503 while the listeners still accept.
     unready: std::sync::atomic::AtomicBool,
+    /// Splice pipes each core may hold, leased and idle (from the descriptor budget).
+    pipe_pool: usize,
 }
 
 /// The engine could not start or failed while running.
@@ -105,6 +108,9 @@ pub enum EngineError {
     /// A core thread panicked or failed.
     #[error("core {0} failed: {1}")]
     Core(usize, String),
+    /// The descriptor limit cannot be read, or leaves no room for connections.
+    #[error("{0}")]
+    Descriptors(String),
     /// The connection hook could not be made on a core.
     #[error("[hook] cannot load on core {core}: {message}")]
     Hook {
@@ -136,18 +142,46 @@ impl Engine {
 
     /// Like [`Engine::start`], with a per-connection hook on every core.
     pub fn start_with_hook(
-        settings: GatewaySettings,
+        mut settings: GatewaySettings,
         table: RouteTable,
         hook: Option<hook::HookFactory>,
     ) -> Result<Engine, EngineError> {
         let plan = cores::CorePlan::new(settings.workers, settings.io_memory_kib * 1024)?;
         let workers = plan.workers();
+        let nofile = sys::raise_nofile().map_err(|e| EngineError::Descriptors(e.to_string()))?;
+        let fit = budget::budget(settings.max_connections, workers, settings.relay, nofile)
+            .map_err(EngineError::Descriptors)?;
+        if fit.lowered {
+            let message = "max_connections lowered to what the descriptor limit allows; excess connections wait in the backlog (raise RLIMIT_NOFILE to serve more)";
+            // The default asks for more than most hosts allow: say so quietly; a configured limit loudly.
+            if settings.max_connections == meshgate_config::DEFAULT_MAX_CONNECTIONS {
+                tracing::info!(
+                    configured = settings.max_connections,
+                    serving = fit.max_connections,
+                    rlimit_nofile = nofile,
+                    pipes_per_core = fit.pipes_per_core,
+                    "{message}"
+                );
+            } else {
+                tracing::warn!(
+                    configured = settings.max_connections,
+                    serving = fit.max_connections,
+                    rlimit_nofile = nofile,
+                    pipes_per_core = fit.pipes_per_core,
+                    "{message}"
+                );
+            }
+        }
+        settings.max_connections = fit.max_connections;
         let listeners: Arc<[String]> = settings.listen.iter().map(|a| a.to_string()).collect();
         let cores: Arc<[CoreStats]> = (0..workers)
             .map(|_| CoreStats::new(settings.listen.len()))
             .collect();
         let control = Arc::new(ControlStats::default());
         control.routes.store(table.len() as u64, Ordering::Relaxed);
+        control
+            .connection_limit
+            .store(u64::from(settings.max_connections), Ordering::Relaxed);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 table,
@@ -156,6 +190,7 @@ impl Engine {
             generation: AtomicU64::new(0),
             life: cores::Lifecycle::new(workers),
             unready: std::sync::atomic::AtomicBool::new(false),
+            pipe_pool: fit.pipes_per_core,
         });
         let metrics = EngineMetrics {
             cores,

@@ -48,6 +48,7 @@ impl Core {
     ) -> Core {
         let snapshot = shared.snapshot.load_full();
         let generation = shared.generation.load(Ordering::Acquire);
+        let pipe_pool = shared.pipe_pool;
         Core {
             index,
             shared,
@@ -59,7 +60,7 @@ impl Core {
             snapshot: RefCell::new(snapshot),
             generation: Cell::new(generation),
             endpoint_active: RefCell::new(HashMap::new()),
-            pipes: PipePool::default(),
+            pipes: PipePool::with_cap(pipe_pool),
             scratch: RefCell::new(vec![0; SCRATCH]),
             labelled: RefCell::new(Labelled::default()),
             labelled_dirty: Cell::new(false),

@@ -20,6 +20,8 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(50);
 /// Labelled counters are republished (when changed) every this many ticks (200 ms).
 const PUBLISH_EVERY_TICKS: u32 = 4;
+/// Splice pipes idle for a whole interval are closed every this many ticks (10 s).
+const TRIM_PIPES_EVERY_TICKS: u32 = 200;
 /// The body of one core's executor.
 pub(crate) async fn run(
     index: usize,
@@ -92,6 +94,9 @@ pub(crate) async fn run(
         ticks += 1;
         if ticks % PUBLISH_EVERY_TICKS == 0 {
             core.publish_labelled();
+        }
+        if ticks % TRIM_PIPES_EVERY_TICKS == 0 {
+            core.pipes.trim();
         }
     };
     run_until_shutdown(&shared.life, TICK, &mut tick).await;

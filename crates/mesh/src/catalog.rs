@@ -26,9 +26,11 @@ impl Instance {
         self.service.endpoint(&self.node_address)
     }
 
-    /// Only passing instances receive traffic.
+    /// Passing and warning instances receive traffic; critical and maintenance ones do not. This is
+    /// Consul's rule for mesh gateways and sidecar upstreams (a warning check changes the weight, it
+    /// does not take the instance out; consul-live-api.md §4.4).
     pub fn healthy(&self) -> bool {
-        self.service.health() == Health::Passing
+        matches!(self.service.health(), Health::Passing | Health::Warning)
     }
 
     /// The service whose mesh traffic this instance receives: a sidecar's destination, or the service

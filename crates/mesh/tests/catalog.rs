@@ -161,6 +161,56 @@ fn unhealthy_service_gets_no_route() {
         .any(|r| r.pattern.starts_with("api.")));
 }
 
+/// Sets the status of every instance of `name` in `dc` (one check).
+fn set_health(c: &mut Catalog, dc: &str, name: &str, status: Health) {
+    for i in &mut c.instances {
+        if i.datacenter == dc && i.service.name == name {
+            i.service.checks = vec![meshgate_mesh::model::Check {
+                name: "check".into(),
+                status,
+            }];
+        }
+    }
+}
+
+#[test]
+fn warning_instances_keep_receiving_traffic() {
+    // Consul's rule (§4.4): a warning check lowers the weight, it does not take the instance out.
+    let mut c = mesh();
+    set_health(&mut c, "dc2", "api-sidecar-proxy", Health::Warning);
+    set_health(&mut c, "dc1", "mesh-gateway", Health::Warning);
+    assert!(c
+        .instances
+        .iter()
+        .any(|i| i.service.health() == Health::Warning && i.healthy()));
+    let routes = c.gateway_routes("dc2", false);
+    let api = routes
+        .iter()
+        .find(|r| r.pattern.starts_with("api."))
+        .expect("api still routed while warning");
+    assert_eq!(
+        api.endpoints.len(),
+        2,
+        "both sidecars, warning ones included"
+    );
+    assert!(routes
+        .iter()
+        .any(|r| r.pattern == format!("*.dc1.internal.{TD}")));
+    assert_eq!(c.gateway_endpoints("dc1", "wan").len(), 1);
+
+    // Maintenance and critical still take it out.
+    for status in [Health::Critical, Health::Maintenance] {
+        set_health(&mut c, "dc2", "api-sidecar-proxy", status);
+        assert!(
+            !c.gateway_routes("dc2", false)
+                .iter()
+                .any(|r| r.pattern.starts_with("api.")),
+            "{status:?}"
+        );
+        assert!(c.service_endpoints("api", "default", "dc2").is_empty());
+    }
+}
+
 #[test]
 fn upstream_plans_by_mode() {
     let mut c = mesh();

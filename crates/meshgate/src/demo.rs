@@ -81,7 +81,7 @@ const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 /// Where the `api` application listens (its registration says port 9090).
 const API_APP: &str = "127.0.0.1:9090";
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 pub(crate) fn run(once: bool) -> ExitCode {
     match demo(once) {
@@ -115,7 +115,7 @@ fn make_ca(dir: &std::path::Path) -> Result<(), Error> {
 }
 
 /// The `api` application: answers one line per connection, in plaintext (its sidecar did the mTLS).
-fn api_app() -> Result<(), Error> {
+pub(crate) fn api_app() -> Result<(), Error> {
     let listener = TcpListener::bind(API_APP)
         .map_err(|e| format!("the api application's address {API_APP}: {e}"))?;
     std::thread::Builder::new()
@@ -169,12 +169,49 @@ fn label<'a>(labels: &'a str, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// The non-zero lines of the families that show the path a call took.
+pub(crate) fn excerpt(
+    gw1: &Engine,
+    gw2: &Engine,
+    web: &sidecar::RunningSidecar,
+    api: &sidecar::RunningSidecar,
+) {
+    println!("\nmetrics (non-zero excerpt):");
+    let show = |who: &str, text: String, families: &[&str]| {
+        for line in text.lines() {
+            if !line.starts_with('#')
+                && families.iter().any(|f| line.starts_with(f))
+                && !line.ends_with(" 0")
+            {
+                println!("  {who:<12} {line}");
+            }
+        }
+    };
+    let gw_families = [
+        "meshgate_routed_connections_total",
+        "meshgate_destination_connections_total",
+    ];
+    show("dc1 gateway", gw1.metrics().render(), &gw_families);
+    show("dc2 gateway", gw2.metrics().render(), &gw_families);
+    show(
+        "web sidecar",
+        web.sidecar.metrics().render(),
+        &["meshgate_sidecar_upstream_connections_total"],
+    );
+    show(
+        "api sidecar",
+        api.sidecar.metrics().render(),
+        &["meshgate_sidecar_inbound_connections_total"],
+    );
+}
+
 /// One request from web through an upstream port; prints the path the gateways recorded.
-fn call(
+pub(crate) fn call(
     gateways: &[(&str, &Arc<Engine>, SocketAddr)],
     web: &sidecar::RunningSidecar,
     api: &sidecar::RunningSidecar,
     port: u16,
+    td: &str,
 ) -> Result<String, Error> {
     use meshgate_sidecar::stats::Inbound;
     let allowed_before = api.sidecar.metrics().inbound_total(Inbound::Allowed);
@@ -224,7 +261,7 @@ fn call(
     let mut from = "web sidecar".to_owned();
     for (i, (name, addr, labels, _)) in hops.iter().enumerate() {
         let sni = format!(
-            "{}.{}.{}.internal.{TD}",
+            "{}.{}.{}.internal.{td}",
             label(labels, "service"),
             label(labels, "namespace"),
             label(labels, "datacenter")
@@ -297,38 +334,12 @@ fn demo(once: bool) -> Result<(), Error> {
         ("dc2", &gw2, dc2.gateway.listen[0]),
     ];
     for port in [10000, 10001] {
-        if let Err(e) = call(&gateways, &web, &api, port) {
+        if let Err(e) = call(&gateways, &web, &api, port, TD) {
             println!("  FAILED: {e}");
         }
     }
 
-    println!("\nmetrics (non-zero excerpt):");
-    let excerpt = |who: &str, text: String, families: &[&str]| {
-        for line in text.lines() {
-            if !line.starts_with('#')
-                && families.iter().any(|f| line.starts_with(f))
-                && !line.ends_with(" 0")
-            {
-                println!("  {who:<12} {line}");
-            }
-        }
-    };
-    let gw_families = [
-        "meshgate_routed_connections_total",
-        "meshgate_destination_connections_total",
-    ];
-    excerpt("dc1 gateway", gw1.metrics().render(), &gw_families);
-    excerpt("dc2 gateway", gw2.metrics().render(), &gw_families);
-    excerpt(
-        "web sidecar",
-        web.sidecar.metrics().render(),
-        &["meshgate_sidecar_upstream_connections_total"],
-    );
-    excerpt(
-        "api sidecar",
-        api.sidecar.metrics().render(),
-        &["meshgate_sidecar_inbound_connections_total"],
-    );
+    excerpt(&gw1, &gw2, &web, &api);
 
     if !once {
         println!("\nTry it yourself (Ctrl-C to stop):");

@@ -3,6 +3,7 @@
 
 mod ca;
 mod demo;
+mod demo_consul;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
         /// Exit after the traffic round instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// Take everything from two real Consul dev agents (needs a `consul` 1.8 binary).
+        #[arg(long)]
+        consul: bool,
     },
     /// Run one service's sidecar: mTLS in (identity, intentions) and out (upstreams by gateway mode).
     /// Certificate and catalog changes apply without a restart; SIGTERM/SIGINT drain and exit.
@@ -109,7 +113,13 @@ fn main() -> ExitCode {
         Command::Check { file } => {
             meshgate_control::inspect::check(&file).map(|text| print!("{text}"))
         }
-        Command::Demo { once } => return demo::run(once),
+        Command::Demo { once, consul } => {
+            return if consul {
+                demo_consul::run(once)
+            } else {
+                demo::run(once)
+            }
+        }
         Command::Ca { command } => return ca::run(command),
         Command::Sidecar { config } => meshgate_control::sidecar::run(&config),
     };

@@ -673,51 +673,71 @@ fn maximum_connection_duration_closes_busy_connections() {
 }
 
 #[test]
-fn out_of_descriptors_backs_off_without_spinning() {
+fn a_descriptor_limit_lowers_max_connections_and_the_rest_wait_in_the_backlog() {
     let pki = Pki::new("test CA").expect("ca");
     let name = sni("api", "dc1");
     let b = backend(&pki, "api", &[&name]);
     let rest = route(&name, &[b.addr()]);
-    let extra = "workers = 1\nhello_timeout_ms = 300";
-    // Measure what the gateway needs at rest, then allow only three descriptors more.
-    let baseline = {
-        let probe = Gateway::start(extra, &rest);
-        probe.open_fds()
-    };
-    let gw = Gateway::start_with_fd_limit(
-        extra,
-        &rest,
-        Some(u32::try_from(baseline + 3).expect("small")),
-    );
-    // Ten clients that send half a hello and wait: three fit, the rest make accept fail with EMFILE.
-    let hello = HelloSpec::new(Some(&name)).build();
-    let clients: Vec<TcpStream> = (0..10)
-        .map(|_| {
-            let mut s = TcpStream::connect(gw.listen).expect("connect");
-            s.write_all(&hello[..10]).expect("partial hello");
-            s
-        })
-        .collect();
-    gw.wait_metric("meshgate_accept_backoffs_total", 1.0);
-    let cpu0 = gw.cpu_seconds();
-    let backoffs0 = gw.metric("meshgate_accept_backoffs_total");
-    std::thread::sleep(Duration::from_secs(1));
-    // Backing off, not spinning: a handful of retries and little CPU in that second.
-    let retries = gw.metric("meshgate_accept_backoffs_total") - backoffs0;
-    assert!(retries <= 20.0, "{retries} accept retries in one second");
-    assert!(
-        gw.cpu_seconds() - cpu0 < 0.5,
-        "gateway spun while out of descriptors"
-    );
-    // Once the clients go, the gateway serves again.
-    drop(clients);
+    // 300 descriptors: 256 reserved, 10 for splice pipes, 2 per connection -> 17 connections (the
+    // default is 100,000).
+    let gw = Gateway::start_with_fd_limit("workers = 1", &rest, Some(300));
+    assert_eq!(gw.metric("meshgate_connection_limit"), 17.0);
     let client = pki.client_config(&[]).expect("client");
-    let answer = wait_for(
-        Duration::from_secs(20),
-        "service after fd exhaustion",
-        || meshgate_tlskit::hello(gw.listen, &name, client.clone()).ok(),
+    let mut live = Vec::new();
+    for _ in 0..17 {
+        let mut tls = meshgate_tlskit::connect(gw.listen, &name, client.clone()).expect("connect");
+        tls.write_all(b"HELLO\n").expect("hello");
+        let mut tls = BufReader::new(tls);
+        let mut line = String::new();
+        tls.read_line(&mut line).expect("answer");
+        assert!(line.starts_with("backend=api "), "{line}");
+        live.push(tls);
+    }
+    // The next waits in the kernel backlog: not served, and not closed either.
+    let (listen, c, n) = (gw.listen, client.clone(), name.clone());
+    let eighth =
+        on_thread(move || meshgate_tlskit::hello(listen, &n, c).map_err(|e| e.to_string()));
+    assert!(
+        eighth.recv_timeout(Duration::from_millis(700)).is_err(),
+        "served over the descriptor budget"
     );
+    // One closes: the eighth is served, and nothing was refused for want of descriptors.
+    drop(live.pop());
+    let answer = eighth
+        .recv_timeout(Duration::from_secs(15))
+        .expect("served once a connection closed")
+        .expect("hello");
     assert!(answer.starts_with("backend=api "), "{answer}");
+    assert_eq!(
+        gw.metric("meshgate_connections_closed_total{reason=\"upstream_unavailable\"}"),
+        0.0
+    );
+    drop(live);
+    // A limit with no room at all is refused at start, naming it.
+    let dir = TempDir::new("nofile");
+    let config = dir.0.join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\nworkers = 1\n{rest}",
+            free_port(),
+            free_port()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 200 && exec \"$0\" gateway --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RLIMIT_NOFILE") && err.contains("200"),
+        "{err}"
+    );
 }
 
 #[test]

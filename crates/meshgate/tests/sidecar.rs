@@ -275,3 +275,37 @@ fn changes_apply_live_and_connections_continue() {
         Some("api: allowed again")
     );
 }
+
+#[test]
+fn over_max_connections_a_connection_waits_in_the_backlog_until_one_closes() {
+    // One connection at a time through web's sidecar (its whole budget, inbound and outbound).
+    let mesh = Mesh::start("sidecar-limit", "max_connections = 1\n");
+    let mut first = Conn::open(mesh.up1);
+    assert_eq!(first.ask("one").as_deref(), Some("api: one"));
+    // The second is accepted by the kernel only: nothing is relayed while the first is open.
+    let second = TcpStream::connect(("127.0.0.1", mesh.up1)).expect("queued in the backlog");
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut second = Conn(BufReader::new(second));
+    second.0.get_mut().write_all(b"two\n").expect("write");
+    let mut early = String::new();
+    let waited = second.0.read_line(&mut early);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "served over the limit: {waited:?} {early:?}"
+    );
+    // Closing the first frees the permit: the queued connection is served, its bytes intact.
+    drop(first);
+    second
+        .0
+        .get_ref()
+        .set_read_timeout(Some(WAIT))
+        .expect("timeout");
+    let mut answer = String::new();
+    second
+        .0
+        .read_line(&mut answer)
+        .expect("served once the first closed");
+    assert_eq!(answer.trim(), "api: two");
+}

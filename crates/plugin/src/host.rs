@@ -11,10 +11,14 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
 /// The plugins built from `plugins/` and embedded in meshgate, by name.
-pub const SHIPPED: [(&str, &[u8]); 4] = [
+pub const SHIPPED: [(&str, &[u8]); 5] = [
     (
         "file-catalog",
         include_bytes!(concat!(env!("OUT_DIR"), "/file_catalog.wasm")),
+    ),
+    (
+        "consul-catalog",
+        include_bytes!(concat!(env!("OUT_DIR"), "/consul_catalog.wasm")),
     ),
     (
         "consul-router",

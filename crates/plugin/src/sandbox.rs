@@ -143,11 +143,15 @@ impl Loaded {
     /// Arms the deadline before a call: the epoch deadline bounds the plugin's own code, the instant in
     /// its state bounds the host calls it makes (they block outside Wasm, where epochs do not reach).
     fn arm(&self, store: &mut Store<State>) {
-        let ticks = (self.sandbox.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        self.arm_for(store, self.sandbox.deadline);
+    }
+
+    fn arm_for(&self, store: &mut Store<State>, budget: Duration) {
+        let ticks = (budget.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         let state = store.data_mut();
         state.limiter.denied = false;
-        state.deadline = Instant::now() + self.sandbox.deadline;
+        state.deadline = Instant::now() + budget;
     }
 
     /// Turns a failed call into its typed error.
@@ -175,15 +179,35 @@ impl Loaded {
     }
 }
 
-/// The live instance, made on first use and after a failure.
+/// Instantiation budget at load time (off the data path): a hook's 5 ms call deadline is one epoch
+/// tick, which a busy machine could overrun while instantiating, failing the start for nothing.
+pub const LOAD_BUDGET: Duration = Duration::from_millis(500);
+
+/// The live instance, instantiated at load time if there is none (within [`LOAD_BUDGET`], or the
+/// call deadline when that is longer).
 pub(crate) fn live<'a, W>(
     loaded: &Loaded,
     slot: &'a mut Option<(Store<State>, W)>,
     instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
 ) -> Result<&'a mut (Store<State>, W), PluginError> {
+    live_within(
+        loaded,
+        slot,
+        LOAD_BUDGET.max(loaded.sandbox.deadline),
+        instantiate,
+    )
+}
+
+/// As [`live`], instantiating within `budget`.
+fn live_within<'a, W>(
+    loaded: &Loaded,
+    slot: &'a mut Option<(Store<State>, W)>,
+    budget: Duration,
+    instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
+) -> Result<&'a mut (Store<State>, W), PluginError> {
     if slot.is_none() {
         let mut store = loaded.store();
-        loaded.arm(&mut store);
+        loaded.arm_for(&mut store, budget);
         let inst = instantiate(&mut store, &loaded.component, &loaded.linker).map_err(|e| {
             // Memories are made at instantiation: a cap hit there is a memory error, not a bad component.
             if store.data().limiter.denied {
@@ -212,7 +236,9 @@ pub(crate) fn call<W, T>(
     instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
     f: impl FnOnce(&mut Store<State>, &W) -> wasmtime::Result<Result<T, String>>,
 ) -> Result<T, PluginError> {
-    let (store, inst) = live(loaded, slot, instantiate)?;
+    // Instantiating again after a failure happens in the call's path (a hook's: a data-plane core's),
+    // so it gets the call's deadline, not the load budget.
+    let (store, inst) = live_within(loaded, slot, loaded.sandbox.deadline, instantiate)?;
     loaded.arm(store);
     match f(store, inst) {
         Ok(Ok(value)) => Ok(value),

@@ -66,6 +66,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Concurrent connections (inbound and outbound) for the whole sidecar, divided evenly among cores;
+    /// excess connections wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 /// One upstream, compiled.
@@ -293,15 +296,21 @@ struct Core {
     /// Round-robin cursor over next hops.
     cursor: Cell<usize>,
     active: Cell<usize>,
+    /// This core's share of `max_connections`.
+    limit: Rc<glommio::sync::Semaphore>,
 }
 
 async fn run_core(core: usize, shared: Arc<Shared>, stats: Arc<CoreStats>) {
+    let share = (shared.settings.max_connections)
+        .div_ceil(shared.settings.workers.max(1))
+        .max(1);
     let core = Rc::new(Core {
         index: core,
         shared,
         stats,
         cursor: Cell::new(core),
         active: Cell::new(0),
+        limit: Rc::new(glommio::sync::Semaphore::new(share as u64)),
     });
     let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
     let mut seen = 0;
@@ -389,6 +398,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over the limit, this loop holds the one connection it took and accepts no more: the rest
+        // wait in the kernel backlog. (Taking the permit before accepting would let each idle
+        // listener sit on one.)
+        let Ok(permit) = core.limit.acquire_static_permit(1).await else {
+            return;
+        };
         let plan = core.shared.plan.load_full();
         let core = core.clone();
         glommio::spawn_local(async move {
@@ -401,6 +416,7 @@ async fn accept_loop(
                 },
             }
             core.active.set(core.active.get() - 1);
+            drop(permit);
         })
         .detach();
     }
@@ -625,8 +641,9 @@ where
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) => break,
-            // A FIN without TLS close_notify: an end, not a reset.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            // A FIN without TLS close_notify is a truncation (the peer, or someone on the path, cut
+            // the stream): the other side is reset, so the application never takes a cut request or
+            // answer for a whole one.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(PumpError::Source(e)),
             Ok(n) => n,
@@ -732,6 +749,74 @@ mod tests {
             .expect("a read within the bound")?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// A source that yields `data`, then fails as rustls does on a FIN without close_notify.
+    struct Truncated(Option<Vec<u8>>);
+
+    impl AsyncRead for Truncated {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(match self.0.take() {
+                Some(d) => {
+                    buf[..d.len()].copy_from_slice(&d);
+                    Ok(d.len())
+                }
+                None => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "no close_notify",
+                )),
+            })
+        }
+    }
+
+    /// A destination that records what it got and whether it was closed.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        closed: bool,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.got.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.closed = true;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_truncated_tls_stream_is_a_failure_not_an_end() {
+        on_executor(|| async {
+            let mut sink = Sink::default();
+            let moved = Cell::new(0);
+            let r = pump(Truncated(Some(b"half a req".to_vec())), &mut sink, &moved).await;
+            assert!(
+                matches!(r, Err(PumpError::Source(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+                "a truncation must fail the pump (so the other side is reset)"
+            );
+            assert_eq!(sink.got, b"half a req");
+            assert!(!sink.closed, "no clean end passed on");
+        });
     }
 
     #[test]

@@ -354,10 +354,46 @@ fn parse_client_hello(body: &[u8]) -> Result<ClientHello, Reject> {
     Ok(hello)
 }
 
+/// Extension types seen in one hello: a short list, then a bit per possible type.
+#[derive(Default)]
+struct SeenTypes {
+    few: Vec<u16>,
+    many: Option<Box<[u64; 1024]>>,
+}
+
+impl SeenTypes {
+    /// Past this many types the list becomes a bit set.
+    const FEW: usize = 32;
+
+    /// Adds `kind`; false if it was there already.
+    fn insert(&mut self, kind: u16) -> bool {
+        if let Some(bits) = &mut self.many {
+            let (word, bit) = (usize::from(kind / 64), 1u64 << (kind % 64));
+            let fresh = bits[word] & bit == 0;
+            bits[word] |= bit;
+            return fresh;
+        }
+        if self.few.contains(&kind) {
+            return false;
+        }
+        self.few.push(kind);
+        if self.few.len() > Self::FEW {
+            let mut bits = Box::new([0u64; 1024]);
+            for k in self.few.drain(..) {
+                bits[usize::from(k / 64)] |= 1u64 << (k % 64);
+            }
+            self.many = Some(bits);
+        }
+        true
+    }
+}
+
 /// Walks the extensions block, refusing duplicates, and reads SNI, ALPN and supported versions.
 fn read_extensions(mut ext: &[u8], hello: &mut ClientHello) -> Result<(), Reject> {
-    // Extension types seen so far; hellos carry ~20, so a linear scan beats hashing.
-    let mut seen: Vec<u16> = Vec::with_capacity(24);
+    // Extension types seen so far; hellos carry ~20, so a linear scan beats hashing — until a hostile
+    // hello packs thousands of empty extensions, where the scan turns quadratic: past a few dozen,
+    // a 64 Ki-bit set takes over.
+    let mut seen = SeenTypes::default();
     while !ext.is_empty() {
         if ext.len() < 4 {
             return Err(Reject::Malformed("truncated extension header"));
@@ -367,10 +403,9 @@ fn read_extensions(mut ext: &[u8], hello: &mut ClientHello) -> Result<(), Reject
         let Some(one) = ext.get(..4 + len) else {
             return Err(Reject::Malformed("extension longer than its block"));
         };
-        if seen.contains(&kind) {
+        if !seen.insert(kind) {
             return Err(Reject::Malformed("duplicate extension"));
         }
-        seen.push(kind);
         match kind {
             EXT_SERVER_NAME => hello.sni = read_server_name(&one[4..])?,
             EXT_ALPN => match tls_parser::parse_tls_extension(one) {
@@ -546,6 +581,35 @@ mod tests {
         let long = "a.".repeat(130);
         let bytes = HelloSpec::new(Some(&long)).build();
         assert!(matches!(read_all(&bytes), Err(Reject::InvalidHostName(_))));
+    }
+
+    #[test]
+    fn duplicates_are_found_among_thousands_of_extensions() {
+        // Past the short list, the bit set decides; a repeat far down the block is still refused.
+        let mut spec = HelloSpec::new(Some("a.example"));
+        for kind in 0x4000u16..0x4000 + 3000 {
+            spec = spec.raw_extension(kind, &[]);
+        }
+        let distinct = spec.clone().build();
+        assert!(read_all(&distinct).is_ok());
+        let repeated = spec.raw_extension(0x4000 + 2999, &[]).build();
+        assert_eq!(
+            read_all(&repeated),
+            Err(Reject::Malformed("duplicate extension"))
+        );
+    }
+
+    #[test]
+    fn seen_types_agree_with_a_set() {
+        let mut seen = SeenTypes::default();
+        let mut set = std::collections::HashSet::new();
+        // A deterministic walk with repeats, crossing the switch from list to bit set.
+        let mut x = 7u32;
+        for _ in 0..500 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let kind = (x >> 16) as u16 % 97 + if x % 3 == 0 { 65_400 } else { 0 };
+            assert_eq!(seen.insert(kind), set.insert(kind), "{kind}");
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 /// Most distinct label values kept per core for `route` and for Consul destinations; the rest are
 /// counted under `other`, so a flood of names cannot blow up a scrape.
 pub const MAX_LABEL_VALUES: usize = 1_000;
+/// Of those, most destinations named through a wildcard route (`*.dc2.internal.…`), where the client
+/// picks the name: junk names fill this share only, never the one of names the table lists exactly.
+pub const MAX_WILDCARD_DESTINATIONS: usize = 200;
 
 /// Counters of one listener on one core.
 #[derive(Debug, Default)]
@@ -27,12 +30,15 @@ pub struct Labelled {
     pub routes: HashMap<String, u64>,
     /// Connections routed, per Consul destination `(service, namespace, datacenter)`.
     pub destinations: HashMap<(String, String, String), u64>,
+    /// How many of `destinations` came through wildcard routes.
+    wildcard_destinations: usize,
 }
 
 impl Labelled {
     /// Counts a connection routed by `route`, and by Consul destination when the SNI names a Consul
     /// service (meshgate-mesh's parser; subsets count for their service). Label sets are capped at
-    /// [`MAX_LABEL_VALUES`], the rest counted under `other`.
+    /// [`MAX_LABEL_VALUES`], names under a wildcard route at [`MAX_WILDCARD_DESTINATIONS`]; the rest
+    /// are counted under `other` (in their datacenter, which the wildcard fixes).
     pub fn count_routed(&mut self, route: &str, sni: Option<&str>) {
         bump(&mut self.routes, route);
         if let Some(SniName::Service {
@@ -42,11 +48,19 @@ impl Labelled {
             ..
         }) = sni.and_then(SniName::parse)
         {
+            let wildcard = route.starts_with("*.");
             let key = (service, namespace, datacenter);
-            if self.destinations.len() < MAX_LABEL_VALUES || self.destinations.contains_key(&key) {
-                *self.destinations.entry(key).or_insert(0) += 1;
+            if let Some(v) = self.destinations.get_mut(&key) {
+                *v += 1;
+                return;
+            }
+            let room = self.destinations.len() < MAX_LABEL_VALUES
+                && (!wildcard || self.wildcard_destinations < MAX_WILDCARD_DESTINATIONS);
+            if room {
+                self.wildcard_destinations += usize::from(wildcard);
+                self.destinations.insert(key, 1);
             } else {
-                let other = ("other".to_owned(), "other".to_owned(), "other".to_owned());
+                let other = ("other".to_owned(), "other".to_owned(), key.2);
                 *self.destinations.entry(other).or_insert(0) += 1;
             }
         }
@@ -157,4 +171,6 @@ pub struct ControlStats {
     pub routes: AtomicU64,
     /// Set while draining.
     pub draining: AtomicBool,
+    /// Connections served at once (`max_connections`, lowered to fit the descriptor limit).
+    pub connection_limit: AtomicU64,
 }

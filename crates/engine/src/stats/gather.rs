@@ -259,6 +259,12 @@ impl EngineMetrics {
             vec![gauge(vec![], self.cores.len() as f64)],
         ));
         out.push(family(
+            "meshgate_connection_limit",
+            "Connections served at once: max_connections, lowered at start when RLIMIT_NOFILE cannot hold it.",
+            GAUGE,
+            vec![gauge(vec![], ctl.connection_limit.load(Relaxed) as f64)],
+        ));
+        out.push(family(
             "meshgate_draining",
             "1 while the gateway drains before exit.",
             GAUGE,

@@ -15,7 +15,9 @@ pub mod families;
 mod gather;
 pub mod outcome;
 
-pub use self::core::{ControlStats, CoreStats, Labelled, ListenerStats, MAX_LABEL_VALUES};
+pub use self::core::{
+    ControlStats, CoreStats, Labelled, ListenerStats, MAX_LABEL_VALUES, MAX_WILDCARD_DESTINATIONS,
+};
 pub use counter::{Counter, Histogram, DURATION_BUCKETS, HELLO_SIZE_BUCKETS};
 pub use families::{counter, encode, family, gauge, label, MetricType};
 pub use gather::EngineMetrics;
@@ -39,6 +41,31 @@ mod tests {
         assert_eq!(l.destinations.get(&key), Some(&2));
         assert_eq!(l.destinations.len(), 1);
         assert_eq!(l.routes.get("r"), Some(&5));
+    }
+
+    #[test]
+    fn junk_names_under_a_wildcard_cannot_take_the_labels_of_listed_services() {
+        let mut l = Labelled::default();
+        let wild = "*.dc2.internal.abc.consul";
+        for i in 0..5_000 {
+            l.count_routed(
+                wild,
+                Some(&format!("junk{i}.default.dc2.internal.abc.consul")),
+            );
+        }
+        // A service the table lists exactly still gets its own series after the flood.
+        l.count_routed(
+            "api.default.dc1.internal.abc.consul",
+            Some("api.default.dc1.internal.abc.consul"),
+        );
+        let api = ("api".to_owned(), "default".to_owned(), "dc1".to_owned());
+        assert_eq!(l.destinations.get(&api), Some(&1));
+        let other = ("other".to_owned(), "other".to_owned(), "dc2".to_owned());
+        assert_eq!(
+            l.destinations.get(&other),
+            Some(&(5_000 - MAX_WILDCARD_DESTINATIONS as u64))
+        );
+        assert_eq!(l.destinations.len(), MAX_WILDCARD_DESTINATIONS + 2);
     }
 
     #[test]
