@@ -1,6 +1,7 @@
 //! Blocking-query watches with Consul's rules (consul-live-api.md §2): one index per watch, sent back as
 //! `?index=&wait=`; a client deadline above the server's jitter (`wait + wait/16 + margin`); an index
-//! below 1 treated as 1; an index that goes backwards resets the watch to 0; errors back off
+//! below 1 treated as 1; an index that goes backwards resets the watch to 0, and so does losing the
+//! connection to the agent (see [`Watch::poll`]); errors back off
 //! exponentially with full jitter up to a cap and reset on success; and a minimum interval between
 //! successive requests, so a churning catalog (or a server that stops blocking) cannot spin the loop.
 //!
@@ -310,7 +311,8 @@ impl<C: Clock> Watch<C> {
 
     /// One bounded round: waits out a pending backoff / rate limit / poll interval, sends one request
     /// and says whether the answer changed. On error the caller keeps its last good data; the next
-    /// round waits the backoff first.
+    /// round waits the backoff first, and after a lost connection (agent unreachable, connection
+    /// cut) it does not block.
     pub fn poll(&mut self, transport: &impl Transport) -> Result<Option<Answer>> {
         if let Some(at) = self.not_before {
             let now = self.clock.now();
@@ -333,6 +335,13 @@ impl<C: Clock> Watch<C> {
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
                 self.stats.errors += 1;
+                if matches!(e, Error::Unreachable { .. } | Error::Io { .. }) {
+                    // The agent went away and may come back as a new cluster (a rebuilt one, a -dev
+                    // agent) whose indexes start lower: blocking on the old index would hold the first
+                    // answer for the whole `wait`. One unblocked round finds the current index; an
+                    // unchanged answer is still reported as unchanged.
+                    self.index = 0;
+                }
                 let delay = self
                     .clock
                     .jitter(self.policy.backoff_ceiling(self.failures))

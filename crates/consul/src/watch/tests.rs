@@ -383,3 +383,38 @@ fn wait_is_kept_within_what_consul_honours() {
     w.poll(&script).expect("first");
     assert_eq!(w.next_request().query_value("wait"), Some("1500ms"));
 }
+
+#[test]
+fn a_lost_agent_is_asked_without_blocking_when_it_returns() {
+    // A -dev agent restarted (or a rebuilt cluster) answers with lower indexes: blocking on index 40
+    // would hold the first answer for the whole wait.
+    let clock = FakeClock::new(1.0);
+    let cut = Err(Error::Io {
+        method: "GET",
+        path: "/v1/catalog/services".into(),
+        phase: "reading the answer",
+        source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+    });
+    let script = Script::new(
+        &clock,
+        vec![
+            ok(Some(40), "a"),
+            cut,
+            down(),
+            ok(Some(12), "a"),
+            ok(Some(13), "b"),
+        ],
+    );
+    let mut w = Watch::new("/v1/catalog/services").with_clock(&clock);
+    w.poll(&script).expect("first");
+    w.poll(&script).expect_err("cut");
+    assert_eq!(w.index(), 0);
+    w.poll(&script).expect_err("down");
+    assert_eq!(script.query(2, "index"), None);
+    // Back: not blocked, and the same answer is not a change.
+    assert!(w.poll(&script).expect("back").is_none());
+    assert_eq!(script.query(3, "index"), None);
+    assert_eq!(w.index(), 12);
+    assert_eq!(w.poll(&script).expect("next").expect("changed").body, b"b");
+    assert_eq!(script.query(4, "index").as_deref(), Some("12"));
+}
