@@ -23,20 +23,18 @@
 
 mod common;
 
-use common::{free_port, metric, poll_until, wait_for, DumpOnPanic, Proc, TempDir};
+use common::consul::{MeshGw, Register};
+use common::{free_port, metric, poll_until, wait_for, DumpOnPanic};
 use meshgate_consul::lab::{self, DevAgent, Instance, Options, TwoDcLab};
 use meshgate_consul::model::{CheckServiceNode, Service};
 use meshgate_tlskit::{Backend, Pki};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::ExitStatus;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Bound on a gateway's first table from Consul (`/ready` 200).
-const READY: Duration = Duration::from_secs(20);
 /// Bound on set-up changes the tests do not time (config entry replication from the primary, a
 /// registration reaching the catalog).
 const SETTLE: Duration = Duration::from_secs(30);
@@ -59,223 +57,10 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// A TLS backend answering as `name` with a certificate for `names` (the gateway does not terminate
 /// TLS, so the client verifies the backend itself: a wrong route fails the handshake).
 fn backend(pki: &Pki, name: &str, names: &[&str]) -> Backend {
     Backend::start(name, any_port(), pki.issue(names).expect("issue")).expect("backend")
-}
-
-/// `[catalog] plugin`: the shipped `consul-catalog`, or the component `MESHGATE_TEST_CATALOG_PLUGIN`
-/// names (a plugin build not shipped yet, run through these tests before it is).
-fn catalog_plugin() -> String {
-    std::env::var("MESHGATE_TEST_CATALOG_PLUGIN").unwrap_or_else(|_| "consul-catalog".to_owned())
-}
-
-/// How a gateway registers itself with its agent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Register {
-    /// `meshgate gateway --register` (addresses from the first `listen`).
-    Flag,
-    /// A `[consul.register]` section with a separate WAN listener.
-    ConfigWithWan,
-}
-
-/// One `meshgate gateway` run beside a lab agent.
-struct MeshGw {
-    proc: Proc,
-    /// The LAN address (first `listen`).
-    listen: SocketAddr,
-    /// The WAN address: a second listener with [`Register::ConfigWithWan`], else `listen`.
-    wan: SocketAddr,
-    admin: SocketAddr,
-    _dir: TempDir,
-}
-
-impl MeshGw {
-    /// Writes the config and starts the binary without waiting for readiness.
-    fn spawn(agent: &DevAgent, register: Register, token: Option<&str>, extra: &str) -> MeshGw {
-        let dc = agent.datacenter();
-        let listen = loopback(free_port());
-        let wan = match register {
-            Register::Flag => listen,
-            Register::ConfigWithWan => loopback(free_port()),
-        };
-        let admin = loopback(free_port());
-        let dir = TempDir::new(&format!("consul-mesh-{dc}"));
-        let listeners = if wan == listen {
-            format!("\"{listen}\"")
-        } else {
-            format!("\"{listen}\", \"{wan}\"")
-        };
-        let token = token.map_or(String::new(), |t| format!("token = \"{t}\"\n"));
-        let register_section = match register {
-            Register::Flag => String::new(),
-            Register::ConfigWithWan => format!(
-                "\n[consul.register]\nservice = \"mesh-gateway\"\naddress = \"{listen}\"\nwan_address = \"{wan}\"\n"
-            ),
-        };
-        let config = dir.0.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nname = \"mesh-gateway\"\ndatacenter = \"{dc}\"\nlisten = [{listeners}]\n\
-                 admin = \"{admin}\"\nworkers = 1\n{extra}\n\n\
-                 [consul]\naddress = \"{}\"\n{token}{register_section}\n\
-                 [catalog]\nplugin = \"{}\"\n",
-                agent.http_addr(),
-                catalog_plugin()
-            ),
-        )
-        .expect("write config");
-        let bin = env!("CARGO_BIN_EXE_meshgate");
-        let config = config.display().to_string();
-        // `env -u`: the config alone says where the agent is and which token to use, whatever the
-        // test runner's environment holds. `env` execs meshgate, so the pid is the gateway's.
-        let mut argv = vec!["env"];
-        for var in [
-            "CONSUL_HTTP_ADDR",
-            "CONSUL_HTTP_TOKEN",
-            "CONSUL_HTTP_TOKEN_FILE",
-            "CONSUL_HTTP_SSL",
-            "CONSUL_CACERT",
-            "CONSUL_CLIENT_CERT",
-            "CONSUL_CLIENT_KEY",
-            "CONSUL_TLS_SERVER_NAME",
-        ] {
-            argv.extend(["-u", var]);
-        }
-        argv.extend([bin, "gateway", "--config", &config]);
-        if register == Register::Flag {
-            argv.push("--register");
-        }
-        MeshGw {
-            proc: Proc::start_in("meshgate", None, &argv),
-            listen,
-            wan,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    /// [`MeshGw::spawn`], then waits until `/ready` is 200 (the first catalog became a table).
-    fn start(agent: &DevAgent, register: Register, token: Option<&str>, extra: &str) -> MeshGw {
-        let mut gw = MeshGw::spawn(agent, register, token, extra);
-        let dump = DumpOnPanic::new(&[&gw.proc]);
-        wait_for(READY, "gateway /ready 200", || {
-            if let Some(status) = gw.proc.exited() {
-                panic!("gateway exited early: {status}");
-            }
-            (gw.ready() == Some(200)).then_some(())
-        });
-        drop(dump);
-        gw
-    }
-
-    /// `GET path` on the admin endpoint: status and body.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-        Some((status, body))
-    }
-
-    /// `/ready`'s status, if the admin endpoint answers.
-    fn ready(&self) -> Option<u16> {
-        self.get("/ready").map(|(status, _)| status)
-    }
-
-    /// The route table: pattern → endpoints (every group).
-    fn routes(&self) -> BTreeMap<String, Vec<SocketAddr>> {
-        let Some((200, body)) = self.get("/routes") else {
-            return BTreeMap::new();
-        };
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let mut out = BTreeMap::new();
-        for route in json["routes"].as_array().into_iter().flatten() {
-            let endpoints = route["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|g| g["endpoints"].as_array().into_iter().flatten())
-                .filter_map(|e| e.as_str()?.parse().ok())
-                .collect();
-            if let Some(pattern) = route["pattern"].as_str() {
-                out.insert(pattern.to_owned(), endpoints);
-            }
-        }
-        out
-    }
-
-    /// Endpoints of route `pattern` (empty when it is not in the table).
-    fn endpoints(&self, pattern: &str) -> Vec<SocketAddr> {
-        self.routes().remove(pattern).unwrap_or_default()
-    }
-
-    /// Waits (at most `limit`) until `pattern`'s endpoints, sorted, satisfy `want`; how long it took.
-    fn wait_route(
-        &self,
-        pattern: &str,
-        limit: Duration,
-        want: impl Fn(&[SocketAddr]) -> bool,
-    ) -> Duration {
-        let started = Instant::now();
-        wait_for(limit, &format!("route {pattern}"), || {
-            let mut eps = self.endpoints(pattern);
-            eps.sort();
-            want(&eps).then_some(())
-        });
-        started.elapsed()
-    }
-
-    /// The admin `/metrics` text.
-    fn metrics(&self) -> String {
-        self.get("/metrics").map(|(_, b)| b).unwrap_or_default()
-    }
-
-    /// The first sample of `series` (name with labels, or a bare name), as a float; 0 if absent.
-    fn gauge(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// Sum of `meshgate_consul_requests_total` over every endpoint and outcome.
-    fn consul_requests(&self) -> u64 {
-        metric(&self.metrics(), "meshgate_consul_requests_total", &[])
-    }
-
-    fn term(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.proc.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits (at most `limit`) for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_for(limit, "gateway exit", || self.proc.exited())
-    }
 }
 
 /// Opens a TLS `HELLO` through `via` for `name`; the backend's answer, or `None` if the gateway closed
@@ -810,4 +595,50 @@ fn catalog_change_to_route_latency() {
     assert!(p50 < CHANGE_BOUND, "p50 {p50:?}");
     assert!(p99 < Duration::from_secs(5), "p99 {p99:?}");
     assert!(per_change < 20.0, "{per_change} requests per change");
+}
+
+#[test]
+fn two_gateways_in_one_datacenter_both_carry_traffic() {
+    if lab::skip_requested() {
+        return;
+    }
+    let lab = TwoDcLab::start().expect("two-datacenter lab");
+    let td = lab.trust_domain().expect("trust domain");
+    let pki = Pki::new("consul-mesh backends").expect("pki");
+    let api = sni("api", "dc2", &td);
+    let api1 = backend(&pki, "api", &[&api]);
+    lab.dc2
+        .register_with_sidecar(&Instance::new("api", "api-1", api1.addr().port()))
+        .expect("register api-1");
+    // Two gateway hosts in dc2 (one agent here, so two service names: the ID is the name).
+    let gw2a = MeshGw::start_as("mesh-gateway", &lab.dc2, Register::ConfigWithWan, None, "");
+    let gw2b = MeshGw::start_as(
+        "mesh-gateway-b",
+        &lab.dc2,
+        Register::ConfigWithWan,
+        None,
+        "",
+    );
+    let gw1 = MeshGw::start(&lab.dc1, Register::Flag, None, "");
+    let _dump = DumpOnPanic::new(&[&gw1.proc, &gw2a.proc, &gw2b.proc]);
+    let mut both = vec![gw2a.wan, gw2b.wan];
+    both.sort();
+    gw1.wait_route(&format!("*.dc2.internal.{td}"), SETTLE, |eps| eps == both);
+    for i in 0..8 {
+        let answer =
+            hello(gw1.listen, &api, &pki).unwrap_or_else(|| panic!("call {i} through dc1"));
+        assert!(answer.starts_with("backend=api "), "{answer}");
+    }
+    let counted = |gw: &MeshGw| {
+        gw.gauge("meshgate_destination_connections_total{datacenter=\"dc2\",namespace=\"default\",service=\"api\"}")
+    };
+    wait_for(SETTLE, "both dc2 gateways carried calls", || {
+        (counted(&gw2a) + counted(&gw2b) == 8.0).then_some(())
+    });
+    assert!(
+        counted(&gw2a) >= 1.0 && counted(&gw2b) >= 1.0,
+        "one gateway took everything: {} / {}",
+        counted(&gw2a),
+        counted(&gw2b)
+    );
 }

@@ -4,11 +4,12 @@
 //!
 //! Parts: [`process`] (spawning meshgate and other processes, admin polling), [`waits`] (bounded
 //! polling), [`net`] (ports and plain clients), [`backends`] (upstreams), [`sidecars`] (certificates and
-//! sidecar configs), [`netns`] (network namespaces). Everything is re-exported here, so a test says
+//! sidecar configs), [`netns`] (network namespaces), [`consul`] (gateways beside the Consul lab's agents). Everything is re-exported here, so a test says
 //! `use common::*`.
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod consul;
 pub mod net;
 pub mod netns;
 pub mod process;
