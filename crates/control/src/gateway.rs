@@ -309,6 +309,16 @@ impl GatewayControl {
     }
 }
 
+/// The control plane's part of readiness: a table from the plugins and, with Consul, the ACL
+/// preflight passed (a token that cannot read gets empty answers, which would otherwise look like a
+/// ready, empty mesh until the preflight stops the gateway).
+fn plugins_ready(plugins: &PluginMetrics) -> bool {
+    plugins.table_ready.load(Ordering::Relaxed)
+        && plugins
+            .consul_if_used()
+            .is_none_or(|c| c.preflight_passed.load(Ordering::Relaxed))
+}
+
 /// The admin endpoint's view of a running gateway.
 struct Admin {
     engine: Arc<Engine>,
@@ -322,7 +332,7 @@ impl AdminSource for Admin {
         text
     }
     fn ready(&self) -> bool {
-        self.engine.ready() && self.plugins.table_ready.load(Ordering::Relaxed)
+        self.engine.ready() && plugins_ready(&self.plugins)
     }
     fn routes_json(&self) -> String {
         let snap = self.engine.snapshot();
@@ -783,5 +793,18 @@ mod tests {
             restart_only_changes(&old, &new),
             vec!["max_connections", "[hook]"]
         );
+    }
+
+    #[test]
+    fn with_consul_not_ready_until_the_acl_preflight_passed() {
+        let plugins = PluginMetrics::new().expect("metrics");
+        assert!(plugins_ready(&plugins), "no plugins, no consul: ready");
+        let consul = plugins.consul().expect("consul metrics");
+        assert!(
+            !plugins_ready(&plugins),
+            "empty answers before the preflight"
+        );
+        consul.preflight_passed.store(true, Ordering::Relaxed);
+        assert!(plugins_ready(&plugins));
     }
 }

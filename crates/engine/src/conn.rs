@@ -74,7 +74,13 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
                 HelloFailure::Io(e) => (HelloOutcome::Eof, e.to_string()),
             };
             stats.hello(outcome);
-            tracing::info!(target: "meshgate::access", peer = ?peer, outcome = outcome.label(), detail = %detail, end = End::HelloFailed.label(), "connection refused");
+            if matches!(failure, HelloFailure::Eof) && reader.buffered().is_empty() {
+                // Connected and closed without a byte: a TCP health check (Consul's every 10 s) or a
+                // port probe. Counted like any other, logged only at debug.
+                tracing::debug!(target: "meshgate::access", peer = ?peer, outcome = outcome.label(), detail = %detail, end = End::HelloFailed.label(), "connection closed without a byte");
+            } else {
+                tracing::info!(target: "meshgate::access", peer = ?peer, outcome = outcome.label(), detail = %detail, end = End::HelloFailed.label(), "connection refused");
+            }
             return End::HelloFailed;
         }
     };

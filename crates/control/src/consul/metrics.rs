@@ -68,6 +68,9 @@ pub struct ConsulMetrics {
     pub registrations: IntCounter,
     /// Catalogs the watch-catalog plugin produced that differed from the one in force.
     pub catalog_changes: IntCounter,
+    /// Set once the agent said the token may do what the gateway does (or ACLs are off): until then
+    /// an empty catalog may only mean the token cannot read it, and the gateway is not ready.
+    pub preflight_passed: std::sync::atomic::AtomicBool,
     tracked: Mutex<Vec<Weak<WatchHealth>>>,
 }
 
@@ -120,6 +123,7 @@ impl ConsulMetrics {
             registered,
             registrations,
             catalog_changes,
+            preflight_passed: std::sync::atomic::AtomicBool::new(false),
             tracked: Mutex::new(Vec::new()),
         })
     }

@@ -178,7 +178,10 @@ impl Registrar {
                         return;
                     }
                     match preflight(&client, gateway.as_deref(), &metrics) {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            metrics.preflight_passed.store(true, Ordering::Relaxed);
+                            break;
+                        }
                         Err(Refusal::Fatal(m)) => return fail(m),
                         Err(Refusal::Retry(e)) => retry.wait(&e, "consul ACL preflight", &stop),
                     }
