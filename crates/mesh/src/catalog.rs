@@ -168,6 +168,13 @@ impl Catalog {
     pub fn gateway_routes(&self, local_dc: &str, wan_federation: bool) -> Vec<RouteDef> {
         let td = &self.trust_domain;
         let mut routes = Vec::new();
+        // A resolver's `DefaultSubset`: the plain service name routes to that subset only (Consul's
+        // gateway builds the plain name's cluster from the default subset's filter).
+        let default_subset = |svc: &str| {
+            let e = self.entry(EntryKind::ServiceResolver, svc)?;
+            let name = e.default_subset.as_deref()?;
+            e.subsets.iter().find(|s| s.name == name).map(|s| &s.parsed)
+        };
         // One pass over the local instances: every mesh-capable service, with its healthy endpoints.
         let mut services: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for i in self.instances.iter().filter(|i| i.datacenter == local_dc) {
@@ -177,7 +184,7 @@ impl Catalog {
             let endpoints = services
                 .entry((svc, i.service.namespace.as_str()))
                 .or_default();
-            if i.healthy() {
+            if i.healthy() && default_subset(svc).is_none_or(|f| f.matches(&i.service)) {
                 endpoints.push(i.endpoint());
             }
         }

@@ -32,6 +32,7 @@ fn entry(kind: EntryKind, name: &str, mode: Option<GatewayMode>) -> ConfigEntry 
         name: name.to_owned(),
         mesh_gateway: mode,
         subsets: vec![],
+        default_subset: None,
         sources: vec![],
         other: Default::default(),
     }
@@ -295,6 +296,33 @@ fn wan_federation_routes_servers() {
 }
 
 #[test]
+fn the_plain_name_routes_to_the_default_subset() {
+    let mut c = mesh();
+    c.instances.extend(instances(
+        "dc1",
+        "10.1.0.6",
+        r#"
+        services = [
+          { name = "db", id = "db-2", port = 5432, meta { version = "v2" },
+            connect { sidecar_service { port = 21002 } } },
+        ]"#,
+    ));
+    let resolver = "Kind = \"service-resolver\"\nName = \"db\"\nDefaultSubset = \"v2\"\n\
+                    Subsets = { v2 = { Filter = \"Service.Meta.version == v2\" } }\n";
+    match load_document(resolver, Path::new("r.hcl")).expect("resolver") {
+        Document::ConfigEntry(e) => c.config_entries.push(e),
+        other => panic!("{other:?}"),
+    }
+    let routes = c.gateway_routes("dc1", false);
+    let plain = routes
+        .iter()
+        .find(|r| r.pattern == format!("db.default.dc1.internal.{TD}"))
+        .expect("service route");
+    // As Consul's gateway: the plain name is the default subset's cluster.
+    assert_eq!(plain.endpoints, vec!["10.1.0.6:21002"]);
+}
+
+#[test]
 fn resolver_subsets_route_to_matching_healthy_instances() {
     let mut c = mesh();
     c.instances.extend(instances(
@@ -319,7 +347,8 @@ Subsets = {
     match load_document(resolver, Path::new("r.hcl")).expect("resolver") {
         Document::ConfigEntry(e) => {
             assert_eq!(e.subsets.len(), 1);
-            assert!(e.other.contains_key("DefaultSubset"));
+            assert_eq!(e.default_subset.as_deref(), Some("v1"));
+            assert!(!e.other.contains_key("DefaultSubset"));
             c.config_entries.push(e);
         }
         other => panic!("{other:?}"),

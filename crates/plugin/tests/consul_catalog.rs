@@ -539,14 +539,11 @@ fn subsets_route_by_their_filter() {
         assert_eq!(plugin_resolve(&routes, &name), set(&[endpoint]), "{name}");
         assert_eq!(native_resolve(&table, &name), set(&[endpoint]), "{name}");
     }
-    // The unnamed name differs: Consul sends it to DefaultSubset (v1); the WIT catalog carries no
-    // DefaultSubset, so the router sends it to every healthy instance.
+    // The plain name goes to the resolver's DefaultSubset (v1), as Consul's gateway sends it.
+    assert_eq!(resolver.default_subset.as_deref(), Some("v1"));
     let unnamed = format!("api.default.dc1.internal.{TD}");
     assert_eq!(native_resolve(&table, &unnamed), set(&["127.0.0.1:21001"]));
-    assert_eq!(
-        plugin_resolve(&routes, &unnamed),
-        set(&["127.0.0.1:21001", "127.0.0.1:21002"])
-    );
+    assert_eq!(plugin_resolve(&routes, &unnamed), set(&["127.0.0.1:21001"]));
 }
 
 #[test]

@@ -294,6 +294,7 @@ fn resolver_entry(r: &ServiceResolver) -> ConfigEntry {
             .iter()
             .map(|(name, s)| (name.clone(), s.filter.clone()))
             .collect(),
+        default_subset: Some(r.default_subset.clone()).filter(|d| !d.is_empty()),
         sources: Vec::new(),
     }
 }
@@ -394,6 +395,7 @@ fn sidecar(
                     },
                     mesh_gateway: convert::mode(&pd.mesh_gateway.mode, PROXY_DEFAULTS)?,
                     subsets: Vec::new(),
+                    default_subset: None,
                     sources: Vec::new(),
                 });
             }
@@ -404,6 +406,7 @@ fn sidecar(
                         name: sd.name.clone(),
                         mesh_gateway: convert::mode(&sd.mesh_gateway.mode, key)?,
                         subsets: Vec::new(),
+                        default_subset: None,
                         sources: Vec::new(),
                     });
                 }
@@ -462,6 +465,7 @@ fn intention_entries(
                 name: destination.to_owned(),
                 mesh_gateway: None,
                 subsets: Vec::new(),
+                default_subset: None,
                 sources,
             });
         }

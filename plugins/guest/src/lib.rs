@@ -136,6 +136,7 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
                     .iter()
                     .map(|s| (s.name.clone(), s.filter.clone()))
                     .collect(),
+                default_subset: e.default_subset.clone(),
                 sources: e.sources.iter().map(intention_to).collect(),
             })
             .collect(),
@@ -228,6 +229,7 @@ pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
                         })
                     })
                     .collect(),
+                default_subset: e.default_subset,
                 sources: e
                     .sources
                     .into_iter()

@@ -226,7 +226,7 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
     for (k, v) in o.map {
         if !matches!(
             norm(k).as_str(),
-            "kind" | "name" | "meshgateway" | "subsets" | "sources"
+            "kind" | "name" | "meshgateway" | "subsets" | "defaultsubset" | "sources"
         ) {
             other.insert(k.clone(), v.clone());
         }
@@ -265,11 +265,13 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
             None,
         );
     }
+    let default_subset = o.string("default_subset")?.filter(|s| !s.is_empty());
     Ok(ConfigEntry {
         kind,
         name,
         mesh_gateway: o.mode("mesh_gateway")?,
         subsets,
+        default_subset,
         sources,
         other,
     })

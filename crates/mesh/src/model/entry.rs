@@ -17,6 +17,8 @@ pub struct ConfigEntry {
     pub mesh_gateway: Option<GatewayMode>,
     /// `Subsets` of a service-resolver, by name.
     pub subsets: Vec<Subset>,
+    /// `DefaultSubset` of a service-resolver: the subset the plain service name routes to.
+    pub default_subset: Option<String>,
     /// `Sources` of a service-intentions entry, as written.
     pub sources: Vec<IntentionSource>,
     /// Every other field, kept as written.
