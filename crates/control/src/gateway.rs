@@ -17,7 +17,7 @@ use crate::error::ControlError;
 use crate::plugins::{self, CatalogWatch, ConsulLink, PluginMetrics, Reporter, Router};
 use crate::signals::{Signal, Signals};
 use meshgate_admin::AdminSource;
-use meshgate_config::{Config, GatewaySettings};
+use meshgate_config::{Config, GatewaySettings, PluginSection};
 use meshgate_engine::Engine;
 use meshgate_plugin::{PluginError, PluginHost};
 use meshgate_route::{LbPolicy, RouteSpec, RouteTable};
@@ -90,8 +90,7 @@ impl GatewayControl {
         &mut self,
         config: &Config,
     ) -> Result<Option<(CatalogWatch, Router)>, ControlError> {
-        let (Some(catalog), Some(router)) = (config.catalog.clone(), config.router_section())
-        else {
+        let Some((catalog, router)) = plugin_sections(config) else {
             return Ok(None);
         };
         let host = match &self.host {
@@ -307,6 +306,27 @@ impl GatewayControl {
         self.metrics.plugin_routes.set(from_plugin);
         Ok(builder.build())
     }
+}
+
+/// The catalog and router sections as the plugins see them. A gateway registered with
+/// `expose_servers` carries WAN federation (Consul's `-expose-servers`), so both plugins are told so
+/// (`wan_federation = "true"`) unless their own `config` says otherwise.
+pub fn plugin_sections(config: &Config) -> Option<(PluginSection, PluginSection)> {
+    let (mut catalog, mut router) = (config.catalog.clone()?, config.router_section()?);
+    let exposes = config
+        .consul
+        .as_ref()
+        .and_then(|c| c.register.as_ref())
+        .is_some_and(|r| r.expose_servers);
+    if exposes {
+        for section in [&mut catalog, &mut router] {
+            section
+                .config
+                .entry("wan_federation".into())
+                .or_insert_with(|| toml::Value::String("true".into()));
+        }
+    }
+    Some((catalog, router))
 }
 
 /// The control plane's part of readiness: a table from the plugins and, with Consul, the ACL
@@ -806,5 +826,31 @@ mod tests {
         );
         consul.preflight_passed.store(true, Ordering::Relaxed);
         assert!(plugins_ready(&plugins));
+    }
+
+    #[test]
+    fn expose_servers_tells_both_plugins_about_wan_federation() {
+        let parse = |text: &str| Config::parse(text, Path::new("gw.toml")).expect("valid");
+        let base =
+            "[gateway]\nlisten = [\"127.0.0.1:8443\"]\n[catalog]\nplugin = \"consul-catalog\"\n";
+        let (c, r) = plugin_sections(&parse(base)).expect("sections");
+        assert!(c.settings().iter().all(|(k, _)| k != "wan_federation"));
+        assert!(r.settings().iter().all(|(k, _)| k != "wan_federation"));
+        let exposed = format!("{base}[consul]\n[consul.register]\nexpose_servers = true\n");
+        let (c, r) = plugin_sections(&parse(&exposed)).expect("sections");
+        for s in [c, r] {
+            assert!(s
+                .settings()
+                .contains(&("wan_federation".into(), "true".into())));
+        }
+        // The plugin's own setting wins.
+        let own = exposed.replace(
+            "plugin = \"consul-catalog\"\n",
+            "plugin = \"consul-catalog\"\nconfig = { wan_federation = \"false\" }\n",
+        );
+        let (c, _) = plugin_sections(&parse(&own)).expect("sections");
+        assert!(c
+            .settings()
+            .contains(&("wan_federation".into(), "false".into())));
     }
 }
