@@ -140,6 +140,19 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, CaError> {
     Ok(out)
 }
 
+/// A DER certificate's serial number as Consul writes it: lowercase hex bytes joined by `:`.
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let bytes = cert.raw_serial();
+    Some(
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
 /// When a DER certificate expires, in Unix seconds.
 pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -129,6 +129,8 @@ pub struct SidecarControl {
     installed: Option<String>,
     errors: Reporter,
     metrics: Arc<PluginMetrics>,
+    /// With `[consul]`: inbound callers are decided by the agent (`/v1/agent/connect/authorize`).
+    authorizer: Option<Arc<dyn meshgate_sidecar::Authorize>>,
 }
 
 /// A compiled plan, ready to install, with what `/routes` shows of it.
@@ -179,7 +181,18 @@ impl SidecarControl {
                 )
             }
         };
+        let authorizer: Option<Arc<dyn meshgate_sidecar::Authorize>> = match &config.consul {
+            Some(section) => {
+                let client = Arc::new(crate::consul::client(Some(section), &config.base_dir)?);
+                Some(Arc::new(
+                    crate::consul::authorize::ConsulAuthorizer::start(client, metrics.consul()?)
+                        .map_err(|e| ControlError::Host(format!("authorize thread: {e}")))?,
+                ))
+            }
+            None => None,
+        };
         Ok(SidecarControl {
+            authorizer,
             certs,
             config,
             catalog,
@@ -449,6 +462,7 @@ pub fn start(
         drain_timeout: s.drain_timeout(),
         idle_timeout: s.idle_timeout(),
         max_connections: s.max_connections,
+        authorize: control.authorizer.clone(),
     };
     let poll = control.poll_interval();
     let first = loop {

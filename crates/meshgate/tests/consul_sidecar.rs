@@ -9,7 +9,8 @@
 //!   gateway hops on the gateways' own counters; after `service-defaults` for web says `remote`: one;
 //! - web → billing (dc2) fronted by `consul connect proxy -sidecar-for billing`, which verifies web's
 //!   Consul leaf and authorizes it with the agent;
-//! - the intention web → api turned to deny through Consul's API: web's next call is refused.
+//! - the intention web → api turned to deny through Consul's API: web's next call is refused (api's
+//!   sidecar asks its agent's `/v1/agent/connect/authorize`, as Consul's own proxy does).
 
 mod common;
 
@@ -213,5 +214,15 @@ fn sidecars_from_the_agent_follow_consul_modes_and_intentions() {
     eprintln!(
         "deny seen by api's sidecar in dc2 after {:?}",
         denied.elapsed()
+    );
+    // api's sidecar asked its agent (`/v1/agent/connect/authorize`), as Consul's own proxy does.
+    let asked = http_get(api_admin, "/metrics").unwrap_or_default();
+    assert!(
+        common::metric(
+            &asked,
+            "meshgate_consul_requests_total",
+            &["endpoint=\"/v1/agent/connect/authorize\"", "outcome=\"ok\""]
+        ) >= 2,
+        "{asked}"
     );
 }

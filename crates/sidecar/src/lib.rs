@@ -69,7 +69,39 @@ pub struct Settings {
     /// Concurrent connections (inbound and outbound) for the whole sidecar, divided evenly among cores;
     /// excess connections wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Who decides inbound callers instead of the plan's intentions (a Consul agent); `None`: the plan.
+    pub authorize: Option<Arc<dyn Authorize>>,
 }
+
+/// Asks, outside the data plane, whether a caller may connect — Consul's
+/// `/v1/agent/connect/authorize`. Called on a core, so it must not block: it hands the question on
+/// and answers later on `reply` (`None`: no verdict could be had).
+pub trait Authorize: Send + Sync + std::fmt::Debug {
+    /// Sends one question.
+    fn ask(&self, question: Question, reply: futures_channel::oneshot::Sender<Option<bool>>);
+}
+
+/// One authorization question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// The service being called (this sidecar's).
+    pub target: String,
+    /// The caller's SPIFFE URI, from its verified certificate.
+    pub client_uri: String,
+    /// The caller certificate's serial (colon-hex).
+    pub serial: String,
+}
+
+/// A verdict is reused this long without asking again: a caller opening many connections costs the
+/// agent one question a second, and a new deny applies within a second.
+const VERDICT_FRESH: Duration = Duration::from_secs(1);
+/// An older verdict still decides while the agent cannot answer (a hiccup must not stop callers it
+/// has already let in); past this, a caller with no verdict is refused.
+const VERDICT_STALE: Duration = Duration::from_secs(300);
+/// Bound on one question.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Verdicts kept per core; the oldest go first past it.
+const VERDICTS_MAX: usize = 10_000;
 
 /// One upstream, compiled.
 #[derive(Debug, Clone)]
@@ -296,6 +328,8 @@ struct Core {
     /// Round-robin cursor over next hops.
     cursor: Cell<usize>,
     active: Cell<usize>,
+    /// Authorizer verdicts by caller URI: (allowed, when asked).
+    verdicts: RefCell<HashMap<String, (bool, std::time::Instant)>>,
     /// This core's share of `max_connections`.
     limit: Rc<glommio::sync::Semaphore>,
 }
@@ -310,6 +344,7 @@ async fn run_core(core: usize, shared: Arc<Shared>, stats: Arc<CoreStats>) {
         stats,
         cursor: Cell::new(core),
         active: Cell::new(0),
+        verdicts: RefCell::new(HashMap::new()),
         limit: Rc::new(glommio::sync::Semaphore::new(share as u64)),
     });
     let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
@@ -422,6 +457,51 @@ async fn accept_loop(
     }
 }
 
+/// The authorizer's verdict for `caller`: a fresh cached one, else the authorizer's answer (bounded),
+/// else a stale cached one, else none (the caller is refused).
+async fn verdict(
+    verdicts: &RefCell<HashMap<String, (bool, std::time::Instant)>>,
+    auth: &dyn Authorize,
+    target: &str,
+    caller: &str,
+    serial: String,
+) -> Option<bool> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "read once per inbound connection that an authorizer decides"
+    )]
+    let now = std::time::Instant::now();
+    let cached = verdicts.borrow().get(caller).copied();
+    if let Some((allowed, at)) = cached {
+        if now.saturating_duration_since(at) < VERDICT_FRESH {
+            return Some(allowed);
+        }
+    }
+    let (tx, rx) = futures_channel::oneshot::channel();
+    auth.ask(
+        Question {
+            target: target.to_owned(),
+            client_uri: caller.to_owned(),
+            serial,
+        },
+        tx,
+    );
+    match within(ASK_TIMEOUT, rx).await {
+        Some(Ok(Some(allowed))) => {
+            let mut v = verdicts.borrow_mut();
+            if v.len() >= VERDICTS_MAX && !v.contains_key(caller) {
+                // Full: start over rather than track age order; a refill costs one question each.
+                v.clear();
+            }
+            v.insert(caller.to_owned(), (allowed, now));
+            Some(allowed)
+        }
+        _ => cached
+            .filter(|(_, at)| now.saturating_duration_since(*at) < VERDICT_STALE)
+            .map(|(allowed, _)| allowed),
+    }
+}
+
 async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
     let settings = &core.shared.settings;
     let peer = stream.peer_addr().ok();
@@ -446,10 +526,33 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
             &caller.service,
         );
         let foreign = caller.trust_domain != plan.tls.identity().trust_domain;
-        let action = if foreign {
-            IntentionAction::Deny
-        } else {
-            rule.map_or(plan.default_action, |r| r.action)
+        let asked = match &settings.authorize {
+            Some(auth) if !foreign => {
+                let serial = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| meshgate_ca::serial_hex(c))
+                    .unwrap_or_default();
+                Some(
+                    verdict(
+                        &core.verdicts,
+                        auth.as_ref(),
+                        &plan.service,
+                        &caller.to_string(),
+                        serial,
+                    )
+                    .await,
+                )
+            }
+            _ => None,
+        };
+        let action = match asked {
+            _ if foreign => IntentionAction::Deny,
+            Some(Some(true)) => IntentionAction::Allow,
+            Some(_) => IntentionAction::Deny,
+            None => rule.map_or(plan.default_action, |r| r.action),
         };
         // Formatted only when a log line is written: allowed connections do not pay for it.
         let because = || match rule {
@@ -458,6 +561,8 @@ async fn inbound(core: &Core, stream: TcpStream, plan: &Plan) {
                 caller.trust_domain,
                 plan.tls.identity().trust_domain
             ),
+            _ if asked == Some(None) => "the agent gave no verdict (fail closed)".to_owned(),
+            _ if asked.is_some() => "the agent's authorize verdict".to_owned(),
             Some(r) => format!(
                 "intention {}/{} → {}: {:?}",
                 r.namespace, r.name, plan.service, r.action
@@ -814,6 +919,72 @@ mod tests {
             self.closed = true;
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    /// Answers every question with `answer`, or drops the reply (an agent that cannot answer).
+    #[derive(Debug)]
+    struct Fixed(Option<bool>, std::sync::atomic::AtomicUsize);
+
+    impl Authorize for Fixed {
+        fn ask(&self, _: Question, reply: futures_channel::oneshot::Sender<Option<bool>>) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            if let Some(a) = self.0 {
+                let _ = reply.send(Some(a));
+            }
+        }
+    }
+
+    #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a test ages cached verdicts by backdating them"
+    )]
+    fn verdicts_are_asked_cached_briefly_and_fail_closed() {
+        on_executor(|| async {
+            let cache = RefCell::new(HashMap::new());
+            let uri = "spiffe://td/ns/default/dc/dc1/svc/web";
+            let allow = Fixed(Some(true), Default::default());
+            assert_eq!(
+                verdict(&cache, &allow, "api", uri, String::new()).await,
+                Some(true)
+            );
+            // Fresh: answered from the cache, not asked again.
+            assert_eq!(
+                verdict(&cache, &allow, "api", uri, String::new()).await,
+                Some(true)
+            );
+            assert_eq!(allow.1.load(Ordering::Relaxed), 1);
+            // The agent gone: a recent verdict still decides (a hiccup does not stop callers)...
+            let gone = Fixed(None, Default::default());
+            cache.borrow_mut().insert(
+                uri.to_owned(),
+                (true, std::time::Instant::now() - VERDICT_FRESH * 2),
+            );
+            assert_eq!(
+                verdict(&cache, &gone, "api", uri, String::new()).await,
+                Some(true)
+            );
+            // ...a caller never decided is refused, and so is one decided too long ago.
+            let other = "spiffe://td/ns/default/dc/dc1/svc/db";
+            assert_eq!(
+                verdict(&cache, &gone, "api", other, String::new()).await,
+                None
+            );
+            cache.borrow_mut().insert(
+                uri.to_owned(),
+                (true, std::time::Instant::now() - VERDICT_STALE * 2),
+            );
+            assert_eq!(
+                verdict(&cache, &gone, "api", uri, String::new()).await,
+                None
+            );
+            // A deny is a verdict like any other.
+            let deny = Fixed(Some(false), Default::default());
+            assert_eq!(
+                verdict(&cache, &deny, "api", other, String::new()).await,
+                Some(false)
+            );
+        });
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub struct WatchHealth {
     last_ok: Mutex<Instant>,
     /// Whether its last round failed (or none succeeded yet).
     failing: Mutex<bool>,
+    /// Whether a round ever succeeded.
+    answered: Mutex<bool>,
+    /// Whether the current failure streak was reported.
+    reported: Mutex<bool>,
 }
 
 impl WatchHealth {
@@ -22,25 +26,46 @@ impl WatchHealth {
         WatchHealth {
             last_ok: Mutex::new(Instant::now()),
             failing: Mutex::new(true),
+            answered: Mutex::new(false),
+            reported: Mutex::new(false),
         }
     }
 
-    /// A round succeeded. Returns whether the watch had been failing.
+    /// A round succeeded. Returns whether the watch had been failing after answering once (a first
+    /// answer is not a recovery).
     pub fn ok(&self) -> bool {
-        if let Ok(mut t) = self.last_ok.lock() {
+        let recovered = {
+            let Ok(mut t) = self.last_ok.lock() else {
+                return false;
+            };
+            let failing = self
+                .failing
+                .lock()
+                .map(|mut f| std::mem::replace(&mut *f, false))
+                .unwrap_or(false);
+            let answered = self
+                .answered
+                .lock()
+                .map(|mut a| std::mem::replace(&mut *a, true))
+                .unwrap_or(true);
             *t = Instant::now();
-        }
-        self.failing
-            .lock()
-            .map(|mut f| std::mem::replace(&mut *f, false))
-            .unwrap_or(false)
+            if let Ok(mut r) = self.reported.lock() {
+                *r = false;
+            }
+            failing && answered
+        };
+        recovered
     }
 
-    /// A round failed. Returns whether this starts a failure streak.
+    /// A round failed. Returns whether this starts a failure streak (the first failure since the last
+    /// success, or since the start: once per streak is how often it is worth a log line).
     pub fn failed(&self) -> bool {
-        self.failing
+        if let Ok(mut f) = self.failing.lock() {
+            *f = true;
+        }
+        self.reported
             .lock()
-            .map(|mut f| !std::mem::replace(&mut *f, true))
+            .map(|mut r| !std::mem::replace(&mut *r, true))
             .unwrap_or(false)
     }
 
@@ -179,5 +204,23 @@ pub fn outcome(e: &meshgate_consul::Error) -> &'static str {
     match e.status() {
         Some(403) => "forbidden",
         _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streak_is_reported_once_and_a_first_answer_is_no_recovery() {
+        let h = WatchHealth::new();
+        assert!(h.failed(), "the first failure, even before any answer");
+        assert!(!h.failed());
+        assert!(!h.ok(), "a first answer is not a recovery");
+        assert_eq!(h.stale_seconds(Instant::now()), 0.0);
+        assert!(h.failed());
+        assert!(h.stale_seconds(Instant::now() + std::time::Duration::from_secs(3)) >= 3.0);
+        assert!(h.ok(), "answering again after failing");
+        assert!(!h.ok());
     }
 }

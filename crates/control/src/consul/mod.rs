@@ -4,6 +4,7 @@
 //! an operator reads to know how current the view is ([`ConsulMetrics`]). No data-plane core ever waits
 //! on the agent: answers reach the control thread, which turns them into route tables.
 
+pub mod authorize;
 pub mod certs;
 pub mod metrics;
 pub mod register;
