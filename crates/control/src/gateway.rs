@@ -562,6 +562,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             o.max_connections_per_listener != n.max_connections_per_listener,
         ),
         ("[hook]", old.hook != new.hook),
+        // The watches follow a changed agent at once; the registration stays with the first one.
+        ("[consul] (the registration)", old.consul != new.consul),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

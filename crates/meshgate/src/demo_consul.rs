@@ -146,7 +146,13 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         }
     }
     let signals = if once {
-        Signals::channel().1
+        let (stop, signals) = Signals::channel();
+        // A sidecar waits for its first plan until told to stop: bound the one-shot demo.
+        std::thread::spawn(move || {
+            std::thread::sleep(READY * 2);
+            let _ = stop.send(Signal::Stop);
+        });
+        signals
     } else {
         Signals::install()?
     };

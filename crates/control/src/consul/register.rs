@@ -134,6 +134,9 @@ pub struct Registrar {
     /// Held while registering, so leaving cannot interleave with a registration in flight.
     turn: Arc<Mutex<()>>,
     fatal: Arc<Mutex<Option<String>>>,
+    /// Whether the agent ever took the registration: with nothing registered there is nothing to
+    /// put in maintenance or deregister.
+    registered_once: Arc<AtomicBool>,
 }
 
 impl Registrar {
@@ -153,13 +156,15 @@ impl Registrar {
             stop: Arc::new(AtomicBool::new(false)),
             turn: Arc::new(Mutex::new(())),
             fatal: Arc::new(Mutex::new(None)),
+            registered_once: Arc::new(AtomicBool::new(false)),
         };
-        let (client, metrics, stop, turn, fatal) = (
+        let (client, metrics, stop, turn, fatal, registered_once) = (
             r.client.clone(),
             r.metrics.clone(),
             r.stop.clone(),
             r.turn.clone(),
             r.fatal.clone(),
+            r.registered_once.clone(),
         );
         let fail = move |message: String| {
             tracing::error!("{message}");
@@ -187,7 +192,15 @@ impl Registrar {
                     }
                 }
                 let Some(reg) = registration else { return };
-                keep_registered(&client, &reg, &metrics, &stop, &turn, fail);
+                keep_registered(
+                    &client,
+                    &reg,
+                    &metrics,
+                    &stop,
+                    &turn,
+                    &registered_once,
+                    fail,
+                );
             })
             .map_err(|e| ControlError::Host(format!("consul registration thread: {e}")))?;
         Ok(r)
@@ -203,6 +216,9 @@ impl Registrar {
     pub fn begin_leaving(&self) {
         self.stop.store(true, Ordering::Relaxed);
         let Some(id) = &self.id else { return };
+        if !self.registered_once.load(Ordering::Relaxed) {
+            return;
+        }
         let _turn = self.turn.lock();
         let path = format!("/v1/agent/service/maintenance/{id}");
         let request = Request::put(path.clone())
@@ -225,6 +241,9 @@ impl Registrar {
     pub fn leave(&self) {
         self.stop.store(true, Ordering::Relaxed);
         let Some(id) = &self.id else { return };
+        if !self.registered_once.load(Ordering::Relaxed) {
+            return;
+        }
         let _turn = self.turn.lock();
         let path = format!("/v1/agent/service/deregister/{id}");
         match self
@@ -257,6 +276,7 @@ fn keep_registered(
     metrics: &ConsulMetrics,
     stop: &AtomicBool,
     turn: &Mutex<()>,
+    registered_once: &AtomicBool,
     fail: impl Fn(String),
 ) {
     let path = "/v1/agent/service/register";
@@ -279,6 +299,7 @@ fn keep_registered(
                     metrics.registered.set(1);
                     tracing::info!(service = %reg.id(), "consul: registered");
                     ever = true;
+                    registered_once.store(true, Ordering::Relaxed);
                     retry = Retry::default();
                 }
                 Err(e) => {
@@ -288,6 +309,10 @@ fn keep_registered(
                             .missing_permission()
                             .map_or_else(|| e.to_string(), |m| format!("the token lacks {m}"));
                         return fail(format!("consul refused to register {}: {what}", reg.id()));
+                    }
+                    // Later (a rotated token, an agent restarting): keep serving, retry, say so once.
+                    if retry.failures == 0 {
+                        tracing::warn!(service = %reg.id(), error = %e, "consul: registering failed; retrying");
                     }
                 }
             }
