@@ -7,6 +7,7 @@
 //! - [`model`]: the answers a mesh gateway and a sidecar read, and the gateway's registration body;
 //! - [`routes`] (with [`filter`] for resolver subsets): the route table Consul's own mesh gateway would
 //!   build from those answers;
+//! - [`reads`]: the agent endpoints a plugin may have the host watch;
 //! - [`state`]: the gateway's view of Consul with the lifecycle rules of Consul's own gateway;
 //! - `lab` (feature `lab`): real Consul dev agents, one or two datacenters, for tests and `meshgate demo --consul`.
 //!
@@ -61,6 +62,7 @@ pub mod http;
 #[doc(hidden)]
 pub mod lab;
 pub mod model;
+pub mod reads;
 pub mod routes;
 pub mod state;
 #[cfg(feature = "client")]

@@ -4,7 +4,7 @@
 //! a peer). Both are blocking queries on threads of their own, so a renewal or a rotation reaches the
 //! sidecar within one round trip and without a restart; the control thread picks up the newest PEM.
 
-use super::metrics::{outcome, ConsulMetrics};
+use super::metrics::ConsulMetrics;
 use meshgate_consul::model::{CaRoots, LeafCert};
 use meshgate_consul::{Client, Watch};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,51 +103,36 @@ type Apply = fn(&mut Latest, &[u8], &str) -> Result<(), String>;
 
 fn spawn(
     client: Arc<Client>,
-    mut watch: Watch,
+    watch: Watch,
     metrics: Arc<ConsulMetrics>,
     latest: Arc<Mutex<Latest>>,
     stop: Arc<AtomicBool>,
     apply: Apply,
 ) -> Result<(), String> {
-    let health = metrics.track();
-    std::thread::Builder::new()
-        .name("meshgate-consul-certs".into())
-        .stack_size(256 << 10)
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match watch.poll(&*client) {
-                    Ok(answer) => {
-                        metrics.request(watch.path(), "ok");
-                        health.ok();
-                        if let Ok(mut l) = latest.lock() {
-                            let applied = match answer {
-                                Some(a) => apply(&mut l, &a.body, watch.path()),
-                                None => Ok(()),
-                            };
-                            match applied {
-                                Ok(()) => l.error = None,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "consul certificate answer not usable; the current certificates stay");
-                                    l.error = Some(e);
-                                }
-                            }
-                        }
+    super::spawn_watch(
+        "meshgate-consul-certs",
+        client,
+        watch,
+        metrics,
+        stop,
+        "the current certificates stay",
+        move |path, round| {
+            if let Ok(mut l) = latest.lock() {
+                let applied = match round {
+                    super::Round::Answered(Some(a)) => {
+                        apply(&mut l, &a.body, path).inspect_err(|e| {
+                            tracing::warn!(error = %e, "consul certificate answer not usable; the current certificates stay");
+                        })
                     }
-                    Err(e) => {
-                        metrics.request(watch.path(), outcome(&e));
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if health.failed() {
-                            tracing::warn!(path = %watch.path(), error = %e, "consul certificate watch failing; the current certificates stay");
-                        }
-                        if let Ok(mut l) = latest.lock() {
-                            l.error = Some(e.to_string());
-                        }
-                    }
+                    super::Round::Answered(None) => Ok(()),
+                    super::Round::Failed(e) => Err(e.to_string()),
+                };
+                match applied {
+                    Ok(()) => l.error = None,
+                    Err(e) => l.error = Some(e),
                 }
             }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start a certificate watch: {e}"))
+            true
+        },
+    )
 }

@@ -17,6 +17,63 @@ use meshgate_config::ConsulSection;
 use meshgate_consul::{Agent, Client};
 use std::path::Path;
 
+/// What a watch thread is told of each round.
+pub(crate) enum Round {
+    /// The agent answered: the answer if it changed.
+    Answered(Option<meshgate_consul::Answer>),
+    /// The round failed (the last good view stays).
+    Failed(meshgate_consul::Error),
+}
+
+/// Starts a thread that runs `watch` until `stop` (or until `on_round` returns false): every round
+/// counted by endpoint and outcome, its health tracked for the staleness gauge, a failure streak logged
+/// once (`what` names the consequence) and its recovery once. A round that fails after `stop` is not
+/// reported: the watch was removed, or the agent went away at shutdown.
+pub(crate) fn spawn_watch(
+    name: &str,
+    client: std::sync::Arc<Client>,
+    mut watch: meshgate_consul::Watch,
+    metrics: std::sync::Arc<ConsulMetrics>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    what: &'static str,
+    mut on_round: impl FnMut(&str, Round) -> bool + Send + 'static,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let health = metrics.track();
+    std::thread::Builder::new()
+        .name(name.into())
+        // One bounded HTTP exchange at a time.
+        .stack_size(256 << 10)
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let round = match watch.poll(&*client) {
+                    Ok(answer) => {
+                        metrics.request(watch.path(), "ok");
+                        if health.ok() {
+                            tracing::info!(path = %watch.path(), "consul watch answering again");
+                        }
+                        Round::Answered(answer)
+                    }
+                    Err(e) => {
+                        metrics.request(watch.path(), metrics::outcome(&e));
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if health.failed() {
+                            tracing::warn!(path = %watch.path(), error = %e, "consul watch failing; {what}");
+                        }
+                        Round::Failed(e)
+                    }
+                };
+                if stop.load(Ordering::Relaxed) || !on_round(watch.path(), round) {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start a watch thread: {e}"))
+}
+
 /// The agent a config names: `[consul]` keys first, then the `CONSUL_*` environment, then
 /// `127.0.0.1:8500`. Relative file paths start at the config file's directory.
 pub fn agent(section: Option<&ConsulSection>, base_dir: &Path) -> Result<Agent, ControlError> {

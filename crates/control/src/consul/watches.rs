@@ -4,7 +4,7 @@
 //! tells it to plan again. Removing a watch raises its stop flag; a thread parked in a long poll ends
 //! when that round does, and whatever it then delivers is discarded by its generation.
 
-use super::metrics::{outcome, ConsulMetrics, WatchHealth};
+use super::metrics::ConsulMetrics;
 use meshgate_consul::watch::Mode;
 use meshgate_consul::{Client, Watch};
 use meshgate_plugin::types::{Watch as WatchSpec, WatchAnswer, WatchMode};
@@ -18,23 +18,6 @@ use std::time::Duration;
 /// threads without bound). A catalog of thousands of services needs a bigger number and a plugin that
 /// watches less per service.
 pub const MAX_WATCHES: usize = 2048;
-/// Stack of a watch thread: it runs one bounded HTTP exchange at a time.
-const WATCH_STACK: usize = 256 << 10;
-
-/// Endpoints a plugin's watch may read (GET only). Everything a gateway and a sidecar need and nothing
-/// that writes, reveals secrets (ACL tokens, KV) or changes the agent.
-const ALLOWED: [&str; 10] = [
-    "/v1/agent/connect/ca/roots",
-    "/v1/agent/service/",
-    "/v1/catalog/services",
-    "/v1/catalog/datacenters",
-    "/v1/health/connect/",
-    "/v1/health/service/",
-    "/v1/config/",
-    "/v1/connect/intentions",
-    "/v1/internal/federation-states/mesh-gateways",
-    "/v1/internal/ui/services",
-];
 
 /// Wakes whoever plans from the answers (the control thread).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
@@ -165,57 +148,37 @@ impl WatchSet {
         &self,
         key: String,
         generation: u64,
-        mut watch: Watch,
+        watch: Watch,
         stop: Arc<AtomicBool>,
     ) -> Result<(), String> {
-        let client = self.client.clone();
-        let metrics = self.metrics.clone();
-        let health: Arc<WatchHealth> = metrics.track();
         let tx = self.tx.clone();
         let waker = self.waker.clone();
-        std::thread::Builder::new()
-            .name("meshgate-consul-watch".into())
-            .stack_size(WATCH_STACK)
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match watch.poll(&*client) {
-                        Ok(answer) => {
-                            metrics.request(watch.path(), "ok");
-                            if health.ok() {
-                                tracing::info!(path = %watch.path(), "consul watch answering again");
-                            }
-                            let Some(a) = answer else { continue };
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            let answer = WatchAnswer {
-                                key: key.clone(),
-                                status: a.status,
-                                index: a.index.unwrap_or(0),
-                                body: a.body,
-                            };
-                            if tx.send(Delivery { key: key.clone(), generation, answer }).is_err() {
-                                return;
-                            }
-                            waker();
-                        }
-                        Err(e) => {
-                            metrics.request(watch.path(), outcome(&e));
-                            if stop.load(Ordering::Relaxed) {
-                                // Removed while its round was in flight (or the agent went away at
-                                // shutdown): nobody needs to hear about it.
-                                return;
-                            }
-                            if health.failed() {
-                                // Once per streak: a dead agent must not fill the log.
-                                tracing::warn!(path = %watch.path(), error = %e, "consul watch failing; the last good view keeps serving");
-                            }
-                        }
-                    }
-                }
-            })
-            .map(|_| ())
-            .map_err(|e| format!("cannot start a watch thread: {e}"))
+        super::spawn_watch(
+            "meshgate-consul-watch",
+            self.client.clone(),
+            watch,
+            self.metrics.clone(),
+            stop,
+            "the last good view keeps serving",
+            move |_, round| {
+                let super::Round::Answered(Some(a)) = round else {
+                    return true;
+                };
+                let answer = WatchAnswer {
+                    key: key.clone(),
+                    status: a.status,
+                    index: a.index.unwrap_or(0),
+                    body: a.body,
+                };
+                let sent = tx.send(Delivery {
+                    key: key.clone(),
+                    generation,
+                    answer,
+                });
+                waker();
+                sent.is_ok()
+            },
+        )
     }
 
     /// Watches running.
@@ -241,23 +204,7 @@ impl Drop for WatchSet {
 fn build(spec: &WatchSpec) -> Result<Watch, String> {
     let refuse = |why: &str| format!("watch {:?} ({}): {why}", spec.key, spec.path);
     let (path, query) = spec.path.split_once('?').unwrap_or((&spec.path, ""));
-    if !ALLOWED.iter().any(|a| {
-        if a.ends_with('/') {
-            path.starts_with(a) && path.len() > a.len()
-        } else {
-            path == *a
-        }
-    }) {
-        return Err(refuse(
-            "not an endpoint a plugin may watch (docs/plugins.md lists them)",
-        ));
-    }
-    if let Some(id) = path.strip_prefix("/v1/agent/service/") {
-        // One service ID, not the agent's write endpoints under the same prefix.
-        if id.contains('/') || ["register", "deregister", "maintenance"].contains(&id) {
-            return Err(refuse("not an endpoint a plugin may watch"));
-        }
-    }
+    meshgate_consul::reads::check(path).map_err(refuse)?;
     let mut watch = Watch::new(path);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
