@@ -703,6 +703,26 @@ impl Instance {
     }
 }
 
+/// A `PUT /v1/agent/service/register` body for service `name` (ID = name) whose application listens on
+/// `app_port`, with a `Connect.SidecarService` on `sidecar_port` forwarding to it, these `upstreams`
+/// (Consul's JSON: `DestinationName`, `Datacenter`, `LocalBindPort`, `MeshGateway`…), and a passing TTL
+/// check in place of Consul's default sidecar checks (a TCP check would wait for its interval).
+pub fn sidecar_registration(
+    name: &str,
+    app_port: u16,
+    sidecar_port: u16,
+    upstreams: Value,
+) -> Value {
+    json!({
+        "Name": name, "ID": name, "Port": app_port, "Address": "127.0.0.1",
+        "Connect": {"SidecarService": {
+            "Port": sidecar_port, "Address": "127.0.0.1",
+            "Checks": [{"CheckID": format!("{name}-sidecar-ttl"), "Name": "ttl", "TTL": "24h", "Status": "passing"}],
+            "Proxy": {"LocalServiceAddress": "127.0.0.1", "LocalServicePort": app_port, "Upstreams": upstreams}
+        }}
+    })
+}
+
 /// dc1 (primary) and dc2 (`primary_datacenter = "dc1"`) joined over WAN, both ready.
 #[derive(Debug)]
 pub struct TwoDcLab {

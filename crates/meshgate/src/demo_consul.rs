@@ -12,7 +12,7 @@
 
 use crate::demo::{self, Error};
 use meshgate_config::{Config, SidecarConfig};
-use meshgate_consul::lab::TwoDcLab;
+use meshgate_consul::lab::{self, TwoDcLab};
 use meshgate_control::signals::{Signal, Signals};
 use meshgate_control::{gateway, sidecar};
 use serde_json::json;
@@ -54,24 +54,6 @@ fn consul_binary() -> Result<PathBuf, Error> {
         })
 }
 
-/// A sidecar registration (`Connect.SidecarService`) with a passing TTL check (a demo has no health
-/// checker).
-fn with_sidecar(
-    name: &str,
-    app_port: u16,
-    sidecar_port: u16,
-    upstreams: serde_json::Value,
-) -> serde_json::Value {
-    json!({
-        "Name": name, "ID": name, "Port": app_port, "Address": "127.0.0.1",
-        "Connect": {"SidecarService": {
-            "Port": sidecar_port, "Address": "127.0.0.1",
-            "Checks": [{"CheckID": format!("{name}-sidecar-ttl"), "Name": "demo", "TTL": "24h", "Status": "passing"}],
-            "Proxy": {"LocalServiceAddress": "127.0.0.1", "LocalServicePort": app_port, "Upstreams": upstreams}
-        }}
-    })
-}
-
 fn demo(bin: &Path, once: bool) -> Result<(), Error> {
     // The lab reads MESHGATE_CONSUL; set before any thread starts.
     std::env::set_var("MESHGATE_CONSUL", bin);
@@ -88,8 +70,8 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
     );
     demo::api_app()?;
     lab.dc2
-        .register(&with_sidecar("api", 9090, 21001, json!([])))?;
-    lab.dc1.register(&with_sidecar(
+        .register(&lab::sidecar_registration("api", 9090, 21001, json!([])))?;
+    lab.dc1.register(&lab::sidecar_registration(
         "web",
         1,
         21000,

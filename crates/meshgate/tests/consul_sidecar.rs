@@ -25,24 +25,6 @@ use std::time::{Duration, Instant};
 /// Bound on set-up (registrations, replication of config entries and intentions to dc2).
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// A registration with `Connect.SidecarService` and a passing TTL check (a TCP check would wait for
-/// its interval).
-fn with_sidecar(
-    name: &str,
-    app_port: u16,
-    sidecar_port: u16,
-    upstreams: serde_json::Value,
-) -> serde_json::Value {
-    json!({
-        "Name": name, "ID": name, "Port": app_port, "Address": "127.0.0.1",
-        "Connect": {"SidecarService": {
-            "Port": sidecar_port, "Address": "127.0.0.1",
-            "Checks": [{"CheckID": format!("{name}-sidecar-ttl"), "Name": "ttl", "TTL": "10m", "Status": "passing"}],
-            "Proxy": {"LocalServiceAddress": "127.0.0.1", "LocalServicePort": app_port, "Upstreams": upstreams}
-        }}
-    })
-}
-
 /// `meshgate sidecar` for `service`, everything from `agent`.
 fn sidecar(agent: &DevAgent, service: &str, dir: &TempDir) -> (Proc, SocketAddr) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -95,10 +77,15 @@ fn sidecars_from_the_agent_follow_consul_modes_and_intentions() {
         free_port(),
     );
     lab.dc2
-        .register(&with_sidecar("api", api_app, api_public, json!([])))
+        .register(&lab::sidecar_registration(
+            "api",
+            api_app,
+            api_public,
+            json!([]),
+        ))
         .expect("register api");
     lab.dc2
-        .register(&with_sidecar(
+        .register(&lab::sidecar_registration(
             "billing",
             billing_app,
             billing_public,
@@ -106,7 +93,7 @@ fn sidecars_from_the_agent_follow_consul_modes_and_intentions() {
         ))
         .expect("register billing");
     lab.dc1
-        .register(&with_sidecar(
+        .register(&lab::sidecar_registration(
             "web",
             1,
             web_public,
