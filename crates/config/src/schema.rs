@@ -181,6 +181,10 @@ pub struct GatewaySettings {
     pub relay: RelayMode,
     /// Memory glommio registers per executor for io_uring buffers, in KiB (minimum 512).
     pub io_memory_kib: usize,
+    /// Descriptors the control plane needs beyond the engine's own reserve (a socket per Consul
+    /// watch); not a file setting: the control plane sets it before the engine starts.
+    #[serde(skip)]
+    pub control_fds: u64,
 }
 
 impl Default for GatewaySettings {
@@ -203,6 +207,7 @@ impl Default for GatewaySettings {
             backlog: DEFAULT_BACKLOG,
             relay: RelayMode::Splice,
             io_memory_kib: DEFAULT_IO_MEMORY_KIB,
+            control_fds: 0,
         }
     }
 }

@@ -407,11 +407,12 @@ pub fn start_with(
     let mut control = GatewayControl::with_waker(config.clone(), waker)?;
     let table = control.initial_table()?;
     let hook = crate::hook::factory(config)?;
-    let engine = Arc::new(Engine::start_with_hook(
-        config.gateway.clone(),
-        table,
-        hook,
-    )?);
+    let mut settings = config.gateway.clone();
+    if control.uses_consul() || registration.is_some() {
+        // A socket per watch (and the registration's), out of the connections' descriptors.
+        settings.control_fds = crate::consul::watches::MAX_WATCHES as u64 + 8;
+    }
+    let engine = Arc::new(Engine::start_with_hook(settings, table, hook)?);
     let metrics = control.metrics();
     let admin = match config.gateway.admin {
         Some(addr) => Some(

@@ -149,8 +149,14 @@ impl Engine {
         let plan = cores::CorePlan::new(settings.workers, settings.io_memory_kib * 1024)?;
         let workers = plan.workers();
         let nofile = sys::raise_nofile().map_err(|e| EngineError::Descriptors(e.to_string()))?;
-        let fit = budget::budget(settings.max_connections, workers, settings.relay, nofile)
-            .map_err(EngineError::Descriptors)?;
+        let fit = budget::budget(
+            settings.max_connections,
+            workers,
+            settings.relay,
+            nofile,
+            settings.control_fds,
+        )
+        .map_err(EngineError::Descriptors)?;
         if fit.lowered {
             let message = "max_connections lowered to what the descriptor limit allows; excess connections wait in the backlog (raise RLIMIT_NOFILE to serve more)";
             // The default asks for more than most hosts allow: say so quietly; a configured limit loudly.

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Most watches one plugin may run: a plan naming more is refused (a runaway plugin must not spawn
-/// threads without bound). A catalog of thousands of services needs a bigger number and a plugin that
-/// watches less per service.
-pub const MAX_WATCHES: usize = 2048;
+/// threads without bound). Each holds a socket to the agent, so the gateway keeps that many
+/// descriptors out of its connection budget. A catalog of more services needs a plugin that watches
+/// less per service.
+pub const MAX_WATCHES: usize = 1024;
 
 /// Wakes whoever plans from the answers (the control thread).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
