@@ -60,7 +60,7 @@ impl Signals {
         self.keep.clone()
     }
 
-    /// Waits for the next signal; `None` when no more can arrive.
+    /// Waits for the next signal (the channel stays open while `self` lives: `None` only if it closed).
     pub fn recv(&self) -> Option<Signal> {
         self.rx.recv().ok()
     }
