@@ -9,6 +9,8 @@
 //!   gateway hops on the gateways' own counters; after `service-defaults` for web says `remote`: one;
 //! - web → billing (dc2) fronted by `consul connect proxy -sidecar-for billing`, which verifies web's
 //!   Consul leaf and authorizes it with the agent;
+//! - a CA rotation in the primary reaches both sidecars' trust bundles without a restart, and calls keep
+//!   working;
 //! - the intention web → api turned to deny through Consul's API: web's next call is refused (api's
 //!   sidecar asks its agent's `/v1/agent/connect/authorize`, as Consul's own proxy does).
 
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Bound on set-up (registrations, replication of config entries and intentions to dc2).
 const SETTLE: Duration = Duration::from_secs(30);
+/// Bound on a CA rotation reaching both sidecars (dc2's roots come by replication from dc1).
+const ROTATION: Duration = Duration::from_secs(60);
 
 /// `meshgate sidecar` for `service`, everything from `agent`.
 fn sidecar(agent: &DevAgent, service: &str, dir: &TempDir) -> (Proc, SocketAddr) {
@@ -187,6 +191,30 @@ fn sidecars_from_the_agent_follow_consul_modes_and_intentions() {
         ask(billing_up, "four")
     });
     assert_eq!(answer, "billing: four");
+
+    // A CA rotation (a new root key for the primary, as `consul connect ca set-config` does): both
+    // sidecars take the new trust bundle from their agents without a restart (each installs its TLS
+    // material again), and calls keep working across it. (Consul renews the leaves themselves later,
+    // within its own jittered window: not waited for here.)
+    let loaded = |p: &Proc| p.log().matches("certificates loaded").count();
+    let (web_before, api_before) = (loaded(&web), loaded(&api));
+    let key = rcgen::KeyPair::generate().expect("key");
+    lab.dc1
+        .put(
+            "/v1/connect/ca/configuration",
+            Some(&json!({"Provider": "consul", "Config": {"PrivateKey": key.serialize_pem()}})),
+        )
+        .expect("rotate the CA");
+    let rotated = Instant::now();
+    wait_for(ROTATION, "both sidecars on the new trust bundle", || {
+        (loaded(&web) > web_before && loaded(&api) > api_before).then_some(())
+    });
+    eprintln!(
+        "CA rotation: both sidecars reloaded after {:?}",
+        rotated.elapsed()
+    );
+    let answer = wait_for(SETTLE, "api after the rotation", || ask(api_up, "rotated"));
+    assert_eq!(answer, "api: rotated");
 
     // The intention web → api turned to deny: api's sidecar refuses web's next call.
     lab.dc1
