@@ -122,6 +122,15 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Moves the agent to `addr` (as [`Agent::new`] reads it), keeping the token, TLS files and limits.
+    pub fn set_address(&mut self, addr: &str) -> Result<()> {
+        let (scheme, host, port) = parse_addr(addr)?;
+        self.scheme = scheme;
+        self.host = host;
+        self.port = port;
+        Ok(())
+    }
+
     /// Uses `token` as the ACL token.
     pub fn with_token(mut self, token: impl Into<String>) -> Agent {
         self.token = TokenSource::Value(token.into());
@@ -328,6 +337,24 @@ mod tests {
             e.to_string().contains("unix sockets are not supported"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn moving_the_address_keeps_the_credentials() {
+        let mut a = Agent::new("127.0.0.1:8500")
+            .expect("agent")
+            .with_token("secret")
+            .with_ca_file("/etc/consul/ca.pem");
+        a.request_timeout = Duration::from_secs(3);
+        a.set_address("https://10.0.0.1:8501").expect("moved");
+        assert_eq!(
+            (a.scheme, a.host.as_str(), a.port),
+            (Scheme::Https, "10.0.0.1", 8501)
+        );
+        assert_eq!(a.token, TokenSource::Value("secret".into()));
+        assert_eq!(a.ca_file, Some(PathBuf::from("/etc/consul/ca.pem")));
+        assert_eq!(a.request_timeout, Duration::from_secs(3));
+        assert!(a.set_address("unix:///tmp/consul.sock").is_err());
     }
 
     #[test]

@@ -92,14 +92,8 @@ pub fn agent_from(
         return Ok(agent);
     };
     if let Some(addr) = &s.address {
-        let env = agent.clone();
-        agent = Agent::new(addr).map_err(bad)?;
-        // The address moved; the credentials the environment gave still apply.
-        agent.token = env.token;
-        agent.ca_file = env.ca_file;
-        agent.client_cert = env.client_cert;
-        agent.client_key = env.client_key;
-        agent.tls_server_name = env.tls_server_name;
+        // The address moves; the credentials the environment gave still apply.
+        agent.set_address(addr).map_err(bad)?;
     }
     let at = |p: &Path| base_dir.join(p);
     if let Some(t) = &s.token {
