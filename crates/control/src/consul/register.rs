@@ -573,17 +573,9 @@ mod tests {
         assert!(r.fatal().is_none());
     }
 
-    #[test]
-    fn a_token_without_node_read_is_fatal_and_named() {
-        let agent = FakeAgent::start(|_, target| {
-            if target.starts_with("/v1/internal/acl/authorize") {
-                let body = r#"[{"Resource":"service","Segment":"gw-a","Access":"write","Allow":true},
-                    {"Resource":"service","Segment":"","Access":"read","Allow":true},
-                    {"Resource":"node","Segment":"","Access":"read","Allow":false}]"#;
-                return (200, String::new(), body.into());
-            }
-            (200, String::new(), String::new())
-        });
+    /// Starts a registrar for `--register` against `agent`, waits (bounded) for it to call the runner's
+    /// fatal hook, and returns why.
+    fn fatal_reason(agent: &FakeAgent) -> String {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let r = Registrar::start(
@@ -596,7 +588,21 @@ mod tests {
         )
         .expect("start");
         rx.recv_timeout(Duration::from_secs(10)).expect("fatal");
-        let why = r.fatal().expect("fatal message");
+        r.fatal().expect("fatal message")
+    }
+
+    #[test]
+    fn a_token_without_node_read_is_fatal_and_named() {
+        let agent = FakeAgent::start(|_, target| {
+            if target.starts_with("/v1/internal/acl/authorize") {
+                let body = r#"[{"Resource":"service","Segment":"gw-a","Access":"write","Allow":true},
+                    {"Resource":"service","Segment":"","Access":"read","Allow":true},
+                    {"Resource":"node","Segment":"","Access":"read","Allow":false}]"#;
+                return (200, String::new(), body.into());
+            }
+            (200, String::new(), String::new())
+        });
+        let why = fatal_reason(&agent);
         // Only what is missing is listed.
         assert!(
             why.starts_with("the consul token lacks node:read ("),
@@ -621,19 +627,7 @@ mod tests {
             }
             (200, String::new(), String::new())
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let tx = Mutex::new(tx);
-        let r = Registrar::start(
-            agent.client(),
-            registration(&config(""), true).expect("ok"),
-            metrics(),
-            Box::new(move || {
-                let _ = tx.lock().map(|t| t.send(()));
-            }),
-        )
-        .expect("start");
-        rx.recv_timeout(Duration::from_secs(10)).expect("fatal");
-        let why = r.fatal().expect("fatal message");
+        let why = fatal_reason(&agent);
         assert!(why.contains("service:write on gw-a"), "{why}");
     }
 }
