@@ -169,6 +169,26 @@ fn label<'a>(labels: &'a str, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// Ends a demo: both gateways start draining, the sidecars stop, then the drains finish (the engines'
+/// extra handles are dropped first, so each drain can take its engine back).
+pub(crate) fn stop_all(
+    gateways: [gateway::Gateway; 2],
+    engines: [Arc<Engine>; 2],
+    sidecars: [sidecar::RunningSidecar; 2],
+) -> Result<(), Error> {
+    for g in &gateways {
+        g.shutdown();
+    }
+    for s in sidecars {
+        s.stop();
+    }
+    drop(engines);
+    for g in gateways {
+        g.finish()?;
+    }
+    Ok(())
+}
+
 /// The non-zero lines of the families that show the path a call took.
 pub(crate) fn excerpt(
     gw1: &Engine,
@@ -354,13 +374,7 @@ fn demo(once: bool) -> Result<(), Error> {
         while let Some(Signal::Reload) = signals.recv() {}
         signals.exit_on_second_stop();
     }
-    running1.shutdown();
-    running2.shutdown();
-    web.stop();
-    api.stop();
-    drop((gw1, gw2));
-    running1.finish()?;
-    running2.finish()?;
+    stop_all([running1, running2], [gw1, gw2], [web, api])?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

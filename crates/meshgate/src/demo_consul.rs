@@ -229,13 +229,7 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         while let Some(Signal::Reload) = signals.recv() {}
         signals.exit_on_second_stop();
     }
-    running1.shutdown();
-    running2.shutdown();
-    web.stop();
-    api.stop();
-    drop((gw1, gw2));
-    running1.finish()?;
-    running2.finish()?;
+    demo::stop_all([running1, running2], [gw1, gw2], [web, api])?;
     let _ = std::fs::remove_dir_all(&dir);
     // The agents go last, after everything that watches them.
     drop(lab);
