@@ -35,7 +35,7 @@ for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || status=1
 done
 
-printf '%-14s %8s %14s %10s %8s %8s %8s\n' target minutes executions exec/s cov ft corpus crashes
+printf '%-14s %8s %14s %10s %8s %8s %8s %8s\n' target minutes executions exec/s cov ft corpus crashes
 for t in "${targets[@]}"; do
     log="$work/$t/log"
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
