@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Shipped plugins: (crate name, file stem of the built module).
-const PLUGINS: [(&str, &str); 6] = [
+const PLUGINS: [(&str, &str); 7] = [
     ("file-catalog", "file_catalog"),
     ("consul-catalog", "consul_catalog"),
     ("consul-router", "consul_router"),
@@ -17,6 +17,8 @@ const PLUGINS: [(&str, &str); 6] = [
     ("sni-denylist", "sni_denylist"),
     // Misbehaves on request; embedded for the sandbox tests only.
     ("testbed", "testbed"),
+    // Misbehaves for chosen names; embedded for the fault runs (benches/src/faults.rs) only.
+    ("testbed-hook", "testbed_hook"),
 ];
 
 fn main() {

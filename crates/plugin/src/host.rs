@@ -38,6 +38,10 @@ pub const SHIPPED: [(&str, &[u8]); 5] = [
 #[doc(hidden)]
 pub const TESTBED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed.wasm"));
 
+/// A connection hook that misbehaves for chosen names, for the fault runs (see `plugins/testbed-hook`).
+#[doc(hidden)]
+pub const TESTBED_HOOK: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed_hook.wasm"));
+
 /// Compiles components and ticks the epoch that enforces deadlines. One per process.
 #[derive(Clone)]
 pub struct PluginHost {
@@ -45,7 +49,10 @@ pub struct PluginHost {
     _ticker: Arc<Ticker>,
 }
 
-struct Ticker(Arc<AtomicBool>);
+/// Stops the epoch thread when the last holder goes. Every loaded plugin holds it too: a hook instance
+/// lives on its core long after the host that compiled it is dropped, and without ticks its deadline
+/// would never fire (a looping hook held a core forever — found by the fault runs).
+pub(crate) struct Ticker(Arc<AtomicBool>);
 
 impl Drop for Ticker {
     fn drop(&mut self) {
@@ -133,6 +140,7 @@ impl PluginHost {
             })?;
         Ok(Loaded {
             name,
+            _ticker: self._ticker.clone(),
             engine: self.engine.clone(),
             component,
             linker,

@@ -30,7 +30,7 @@ mod sandbox;
 pub use bindings::{catalog_world, hook_world, router_world, watch_world};
 pub use error::PluginError;
 pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ, MAX_URL};
-pub use host::{PluginHost, SHIPPED, TESTBED};
+pub use host::{PluginHost, SHIPPED, TESTBED, TESTBED_HOOK};
 pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin, WatchCatalogPlugin};
 pub use sandbox::{Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};
 

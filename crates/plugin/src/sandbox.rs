@@ -112,6 +112,8 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// A compiled plugin with its linker and limits: what a fresh instance is made from.
 pub(crate) struct Loaded {
     pub(crate) name: String,
+    /// Keeps the epoch ticking for as long as this plugin can be called.
+    pub(crate) _ticker: std::sync::Arc<crate::host::Ticker>,
     pub(crate) engine: Engine,
     pub(crate) component: Component,
     pub(crate) linker: Linker<State>,

@@ -64,6 +64,27 @@ fn call(
     p.gateway_routes(&settings(pairs), &empty_catalog(), "dc1")
 }
 
+/// A plugin outlives the host that compiled it (a connection hook stays on its core after start-up drops
+/// the host); its deadline must still fire. Before the fix the epoch thread stopped with the host and a
+/// looping call never returned: the call runs on a thread so that a regression fails instead of hanging.
+#[test]
+fn deadline_fires_after_the_host_is_dropped() {
+    let dir = TempDir::new("orphan");
+    let mut p = {
+        let host = PluginHost::new().expect("host");
+        testbed(&host, &dir)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(call(&mut p, &[("behaviour", "loop")]).map(|_| ()));
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a looping call returned within 20 s (deadline 200 ms)");
+    let e = answer.expect_err("deadline");
+    assert!(matches!(e, PluginError::Deadline { .. }), "{e}");
+}
+
 #[test]
 fn misbehaving_plugins_are_contained() {
     let host = PluginHost::new().expect("host");
