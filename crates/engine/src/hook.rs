@@ -3,7 +3,8 @@
 //! The engine knows only this trait; the binary plugs a Wasm plugin in. Each core gets its own hook
 //! object (made on that core's thread by the [`HookFactory`]), so a call never crosses cores. Cacheable
 //! verdicts are kept per core, per SNI, until the next table change. A failing call (trap, deadline)
-//! decides what [`ConnectionHook::on_failure`] says — deny unless the hook was configured to fail open —
+//! decides what [`ConnectionHook::on_failure`] says — deny unless the hook was configured to fail open,
+//! and for the name's next [`HOOK_FAILURE_REPEAT`] connections on that core without a call —
 //! and a hook that cannot be made on a core stops the engine's start: a deny-list must not silently
 //! disappear from one core.
 
@@ -12,6 +13,13 @@ use std::sync::Arc;
 
 /// Most cached verdicts per core; the cache is cleared when full (a name flood cannot grow it).
 pub const HOOK_CACHE_MAX: usize = 10_000;
+
+/// After a failed call for a name, the core decides that name's next connections by `on_failure` without
+/// calling, this many times, then asks the hook again. A failing call costs the core up to the hook's
+/// deadline, and the core does nothing else meanwhile: without this, a client repeating a name that makes
+/// the hook loop stalled every connection on the core (measured in docs/reliability.md). Counted, not
+/// timed, so that the engine needs no clock; counted as cache hits.
+pub const HOOK_FAILURE_REPEAT: u32 = 64;
 
 /// What the hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]

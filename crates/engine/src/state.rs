@@ -2,7 +2,7 @@
 //! connection counts, the pipe pool, the readiness set, the hook and its verdict cache, labelled counters.
 //! Lives in an `Rc` on its core; nothing here crosses threads.
 
-use crate::hook::{ConnectionHook, HookDecision, HOOK_CACHE_MAX};
+use crate::hook::{ConnectionHook, HookDecision, HOOK_CACHE_MAX, HOOK_FAILURE_REPEAT};
 use crate::pipes::PipePool;
 use crate::poller::Poller;
 use crate::stats::{CoreStats, Labelled};
@@ -34,6 +34,8 @@ pub(crate) struct Core {
     pub(crate) live: Cell<usize>,
     hook: RefCell<Option<Box<dyn ConnectionHook>>>,
     hook_cache: RefCell<HashMap<String, HookDecision>>,
+    /// Names whose last hook call failed: how many more connections `on_failure` decides without a call.
+    hook_failed: RefCell<HashMap<String, u32>>,
     /// Readiness of relayed sockets; `None` if the epoll set could not be made (glommio polls instead).
     poller: Option<Rc<Poller>>,
 }
@@ -67,6 +69,7 @@ impl Core {
             live: Cell::new(0),
             hook: RefCell::new(hook),
             hook_cache: RefCell::new(HashMap::new()),
+            hook_failed: RefCell::new(HashMap::new()),
             poller: match Poller::new() {
                 Ok(p) => Some(Rc::new(p)),
                 Err(e) => {
@@ -120,6 +123,15 @@ impl Core {
                 stats.hook_cache_hits.inc();
                 return Some(d.clone());
             }
+            let mut failed = self.hook_failed.borrow_mut();
+            if let Some(left) = failed.get_mut(name) {
+                if *left > 0 {
+                    *left -= 1;
+                    stats.hook_cache_hits.inc();
+                    return Some(hook.on_failure());
+                }
+                failed.remove(name);
+            }
         }
         stats.hook_calls.inc();
         match hook.decide(sni, alpn, peer) {
@@ -137,6 +149,13 @@ impl Core {
                 stats.hook_failures.inc();
                 let decision = hook.on_failure();
                 tracing::debug!(error = %e, ?decision, "connection hook failed");
+                if let Some(name) = sni {
+                    let mut failed = self.hook_failed.borrow_mut();
+                    if failed.len() >= HOOK_CACHE_MAX {
+                        failed.clear();
+                    }
+                    failed.insert(name.to_owned(), HOOK_FAILURE_REPEAT);
+                }
                 Some(decision)
             }
         }

@@ -112,6 +112,31 @@ fn a_failing_hook_denies_by_default() {
     stop(engine);
 }
 
+/// A failed call is as slow as the hook's deadline, on the core's only thread: repeating a name that makes
+/// the hook fail must not buy a call per connection. The name's next connections are decided by
+/// `on_failure` without a call (counted as cache hits), then the hook is asked again.
+#[test]
+fn a_name_that_made_the_hook_fail_is_not_asked_again_for_a_while() {
+    let (upstream, _arrived) = backend();
+    let (engine, port) =
+        start(1, upstream, Arc::new(|_| Ok(Box::new(Broken(None)) as _))).expect("start");
+    let repeat = meshgate_engine::hook::HOOK_FAILURE_REPEAT;
+    for _ in 0..=repeat {
+        assert!(closed_after_hello(port), "still denied");
+    }
+    assert_eq!(metric(&engine, "meshgate_hook_failures_total"), 1.0);
+    assert_eq!(metric(&engine, "meshgate_hook_calls_total"), 1.0);
+    assert_eq!(
+        metric(&engine, "meshgate_hook_cache_hits_total"),
+        f64::from(repeat)
+    );
+    // Then the hook is asked again.
+    assert!(closed_after_hello(port));
+    assert_eq!(metric(&engine, "meshgate_hook_calls_total"), 2.0);
+    assert_eq!(metric(&engine, "meshgate_hook_failures_total"), 2.0);
+    stop(engine);
+}
+
 #[test]
 fn a_hook_configured_to_fail_open_lets_the_table_answer() {
     let (upstream, arrived) = backend();
