@@ -507,7 +507,7 @@ fn faults(length: Duration) -> String {
             if let Ok(mut tls) = meshgate_tlskit::connect(gw.listen, &sni("api"), client.clone()) {
                 use std::io::Write;
                 let _ = tls.write_all(b"BULK 1073741824\n");
-                let _ = tls.conn.send_close_notify();
+                tls.conn.send_close_notify();
                 let _ = tls.flush();
                 held.push(tls);
             }

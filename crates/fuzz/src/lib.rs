@@ -13,8 +13,11 @@ use meshgate_sni::{Limits, Progress};
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// One property: takes the fuzzer's bytes, panics when the property fails.
+pub type Property = fn(&[u8]);
+
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs` and of the `corpus/` directories).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Property); 5] = [
     ("client_hello", client_hello),
     ("sni_name", sni_name),
     ("route_table", route_table),
