@@ -32,6 +32,6 @@ pub use error::PluginError;
 pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ, MAX_URL};
 pub use host::{PluginHost, SHIPPED, TESTBED, TESTBED_HOOK};
 pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin, WatchCatalogPlugin};
-pub use sandbox::{Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};
+pub use sandbox::{deadline_ticks, Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};
 
 pub use catalog_world::meshgate::plugin::types;
