@@ -38,7 +38,7 @@ pub enum ProbeError {
     NotHttp {
         /// The admin address probed.
         addr: SocketAddr,
-        /// The first line received (at most [`MAX_ANSWER`] bytes of it).
+        /// The first line received (of at most 4 KiB read).
         line: String,
     },
     /// The endpoint answered with another status than 200 (`/ready` says 503 while not ready or draining).
