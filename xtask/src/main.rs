@@ -18,14 +18,41 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// What the tests run, as (command, Debian package): TLS and admin checks use `openssl` and `curl`, the
 /// end-to-end tests stop processes with `kill`, and the network-namespace tests
-/// (crates/meshgate/tests/netns.rs) need `ip` and `tcpdump`.
-const TOOLS: [(&str, &str); 5] = [
+/// (crates/meshgate/tests/netns.rs) need `ip` and `tcpdump`. The image (`image`) is built from a
+/// Debian base made by `mmdebstrap` with `podman` and run with `runc` (crates/meshgate/tests/image.rs);
+/// crates/meshgate/tests/prometheus.rs runs `prometheus` and `promtool`; `deploy-check` makes a
+/// Python venv (`python3-venv`) and strips nothing itself (`objcopy` strips the image's binary).
+const TOOLS: [(&str, &str); 11] = [
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("kill", "procps"),
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("objcopy", "binutils"),
 ];
+
+/// Debian packages without a command of their own to look for: the venv module of Debian's Python.
+const DEB_PACKAGES: [&str; 1] = ["python3-venv"];
+
+/// The image the tests run (`MESHGATE_IMAGE` for crates/meshgate/tests/image.rs).
+const IMAGE: &str = "localhost/meshgate:dev";
+/// The Debian release of the image's base, and the local image made from it.
+const BASE_RELEASE: &str = "trixie";
+const BASE_IMAGE: &str = "localhost/meshgate-base:trixie";
+/// Where the base's tarball is cached (mmdebstrap takes ~30 s to a minute; the tarball ~120 MB).
+const BASE_TARBALL: &str = "target/tools/image/base-trixie.tar";
+/// The stripped binary and its debug info, staged for the Dockerfile's `prebuilt` target.
+const STAGED_BINARY: &str = "target/image/meshgate";
+const STAGED_DEBUG: &str = "target/image/meshgate.debug";
+
+/// deploy/check.py's venv and the pinned validators it installs (deploy/requirements.txt).
+const DEPLOY_VENV: &str = "target/tools/deploy-venv";
+const DEPLOY_REQUIREMENTS: &str = "deploy/requirements.txt";
 
 /// The micro-benchmarks that `bench-smoke` runs once each.
 const BENCH_PACKAGES: [&str; 3] = ["meshgate-sni", "meshgate-route", "meshgate-plugin"];
@@ -33,14 +60,22 @@ const BENCH_PACKAGES: [&str; 3] = ["meshgate-sni", "meshgate-route", "meshgate-p
 /// The glommio patch-series check and glommio's own tests (see vendor/README.md).
 const VENDOR_SCRIPTS: [&str; 2] = ["vendor/check.sh", "vendor/test-glommio.sh"];
 
-const RECIPES: [(&str, &str); 8] = [
+const RECIPES: [(&str, &str); 10] = [
     (
         "install",
         "what the tests need, as CI installs it: apt packages, the Wasm target, Consul 1.8.7",
     ),
     (
         "test",
-        "the test command: `install`, then `cargo test --workspace --locked` (extra args go to cargo test)",
+        "the test command: `install`, `image`, `deploy-check`, then `cargo test --workspace --locked` (extra args go to cargo test)",
+    ),
+    (
+        "image",
+        "the container image from the release binary (stripped) on a Debian base made by mmdebstrap, as localhost/meshgate:dev",
+    ),
+    (
+        "deploy-check",
+        "deploy/: Kubernetes manifests (kubernetes-validate) and the Nomad job (python-hcl2), held to the image's contract",
     ),
     (
         "lint",
@@ -60,7 +95,7 @@ const RECIPES: [(&str, &str); 8] = [
     ),
     (
         "ci",
-        "everything CI runs, in order: install, lint, deny, vendor, test, bench-smoke",
+        "everything CI runs, in order: install, lint, deny, vendor, image, deploy-check, test, bench-smoke",
     ),
     ("help", "this list"),
 ];
@@ -111,6 +146,8 @@ fn main() -> ExitCode {
         }
         Some("install") => install(),
         Some("test") => test(&rest),
+        Some("image") => image(),
+        Some("deploy-check") => deploy_check(),
         Some("lint") => lint(),
         Some("deny") => deny(),
         Some("vendor") => vendor(),
@@ -140,9 +177,16 @@ fn usage() -> String {
 /// tests then fail with the same advice unless skipped).
 fn install() -> Result<(), Error> {
     section("install");
-    let missing: Vec<(&str, &str)> = TOOLS.into_iter().filter(|(t, _)| !on_path(t)).collect();
+    let mut missing: Vec<(&str, &str)> = TOOLS.into_iter().filter(|(t, _)| !on_path(t)).collect();
+    missing.extend(
+        DEB_PACKAGES
+            .into_iter()
+            .filter(|p| !deb_installed(p))
+            .map(|p| (p, p)),
+    );
     if !missing.is_empty() {
         let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        packages.sort_unstable();
         packages.dedup();
         if is_root() {
             run(Command::new("apt-get")
@@ -157,8 +201,9 @@ fn install() -> Result<(), Error> {
             eprintln!(
                 "xtask: missing {} and not root, so not installing them.\n  \
                  install: sudo apt-get install {}\n  \
-                 or skip the tests that need them: MESHGATE_SKIP_NETNS=1 (ip, tcpdump, root) \
-                 and MESHGATE_SKIP_CONSUL=1 (the Consul CA test)",
+                 or skip the tests that need them: MESHGATE_SKIP_NETNS=1 (ip, tcpdump, root), \
+                 MESHGATE_SKIP_CONSUL=1 (the Consul CA test), MESHGATE_SKIP_IMAGE=1 (podman, \
+                 runc, mmdebstrap, root) and MESHGATE_SKIP_PROMETHEUS=1 (prometheus, promtool)",
                 tools.join(", "),
                 packages.join(" ")
             );
@@ -180,10 +225,18 @@ fn install() -> Result<(), Error> {
     Ok(())
 }
 
-/// The README's test command: installs what the tests need, then runs every test. glommio locks memory
-/// for its io_uring rings, so the tests run under a raised `ulimit -l` where the limit allows it.
+/// The README's test command: installs what the tests need, builds the image the container tests run
+/// and checks deploy/, then runs every test. glommio locks memory for its io_uring rings, so the tests
+/// run under a raised `ulimit -l` where the limit allows it.
 fn test(extra: &[OsString]) -> Result<(), Error> {
     install()?;
+    image()?;
+    deploy_check()?;
+    cargo_test(extra)
+}
+
+/// `cargo test --workspace --locked` with the image named for the container tests.
+fn cargo_test(extra: &[OsString]) -> Result<(), Error> {
     section("test: cargo test --workspace --locked");
     run(Command::new("bash")
         .arg("-c")
@@ -191,7 +244,175 @@ fn test(extra: &[OsString]) -> Result<(), Error> {
         .arg("xtask-test")
         .arg(cargo())
         .args(["test", "--workspace", "--locked"])
-        .args(extra))
+        .args(extra)
+        .env("MESHGATE_IMAGE", IMAGE))
+}
+
+/// The container image as CI builds it: the release binary, stripped (its debug info beside it in
+/// target/image/), on a base made from Debian's packages (no registry needed), through the
+/// Dockerfile's `prebuilt` target. `MESHGATE_SKIP_IMAGE=1` skips it (and the tests that run it).
+fn image() -> Result<(), Error> {
+    if env::var_os("MESHGATE_SKIP_IMAGE").is_some() {
+        println!("MESHGATE_SKIP_IMAGE set: not building the image");
+        return Ok(());
+    }
+    for tool in ["podman", "runc", "mmdebstrap", "objcopy"] {
+        if !on_path(tool) {
+            return Err(Error::Missing(format!(
+                "`{tool}` is missing: the image needs podman, runc, mmdebstrap and binutils \
+                 (`cargo xtask install` installs them as root); MESHGATE_SKIP_IMAGE=1 skips the image"
+            )));
+        }
+    }
+    let mut took = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<(), Error>| {
+        let start = Instant::now();
+        let r = f();
+        took.push((name, start.elapsed().as_secs_f64()));
+        r
+    };
+    step("release build", &mut || {
+        section("image: the release binary");
+        run(Command::new(cargo()).args(["build", "--release", "--locked", "-p", "meshgate"]))
+    })?;
+    step("strip", &mut || {
+        section("image: strip (debug info kept in target/image/meshgate.debug)");
+        let built = target_dir().join("release/meshgate");
+        std::fs::create_dir_all("target/image").map_err(|source| Error::Io {
+            path: "target/image".into(),
+            source,
+        })?;
+        run(Command::new("objcopy")
+            .args(["--only-keep-debug"])
+            .arg(&built)
+            .arg(STAGED_DEBUG))?;
+        run(Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(format!("--add-gnu-debuglink={STAGED_DEBUG}"))
+            .arg(&built)
+            .arg(STAGED_BINARY))
+    })?;
+    step("base", &mut || {
+        let present = Command::new("podman")
+            .args(["image", "exists", BASE_IMAGE])
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            println!("{BASE_IMAGE} present");
+            return Ok(());
+        }
+        section("image: the base, from Debian's packages");
+        if !Path::new(BASE_TARBALL).is_file() {
+            let partial = format!("{BASE_TARBALL}.partial");
+            std::fs::create_dir_all("target/tools/image").map_err(|source| Error::Io {
+                path: "target/tools/image".into(),
+                source,
+            })?;
+            run(Command::new("mmdebstrap").args([
+                "--variant=minbase",
+                "--format=tar",
+                BASE_RELEASE,
+                &partial,
+            ]))?;
+            std::fs::rename(&partial, BASE_TARBALL).map_err(|source| Error::Io {
+                path: BASE_TARBALL.into(),
+                source,
+            })?;
+        }
+        run(Command::new("podman").args(["import", BASE_TARBALL, BASE_IMAGE]))
+    })?;
+    step("podman build", &mut || {
+        section("image: podman build --target prebuilt");
+        run(Command::new("podman").args([
+            "build",
+            "--runtime",
+            "runc",
+            "--format",
+            "docker",
+            "--target",
+            "prebuilt",
+            "--build-arg",
+            &format!("BASE={BASE_IMAGE}"),
+            "--tag",
+            IMAGE,
+            ".",
+        ]))
+    })?;
+    let size = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Size}}", IMAGE])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let stripped = std::fs::metadata(STAGED_BINARY).map_or(0, |m| m.len());
+    println!(
+        "\n{IMAGE}: {:.1} MB (binary {:.1} MB stripped)",
+        size.parse::<f64>().unwrap_or(0.0) / 1e6,
+        stripped as f64 / 1e6
+    );
+    for (name, secs) in took {
+        println!("  {name:<14} {secs:>6.1} s");
+    }
+    Ok(())
+}
+
+/// deploy/check.py in a venv with the pinned validators from PyPI: the Kubernetes manifests against
+/// the API's schemas, the Nomad job parsed, both held to the image's contract, and their gateway
+/// configs through `meshgate check` when the release binary is built.
+fn deploy_check() -> Result<(), Error> {
+    section("deploy-check: deploy/ (kubernetes-validate, python-hcl2)");
+    let python = Path::new(DEPLOY_VENV).join("bin/python");
+    let stamp = Path::new(DEPLOY_VENV).join("requirements.txt");
+    let wanted = std::fs::read_to_string(DEPLOY_REQUIREMENTS).map_err(|source| Error::Io {
+        path: DEPLOY_REQUIREMENTS.into(),
+        source,
+    })?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        // Debian's Python (python3-venv) where it is installed, else the PATH's.
+        let system = if Path::new("/usr/bin/python3").is_file() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        run(Command::new(system).args(["-m", "venv", "--clear", DEPLOY_VENV])).map_err(|e| {
+            Error::Missing(format!(
+                "{e}\n  the venv needs python3-venv (`cargo xtask install` installs it as root)"
+            ))
+        })?;
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--requirement",
+            DEPLOY_REQUIREMENTS,
+        ]))?;
+        std::fs::write(&stamp, wanted).map_err(|source| Error::Io {
+            path: stamp.clone(),
+            source,
+        })?;
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg("deploy/check.py");
+    let binary = target_dir().join("release/meshgate");
+    if binary.is_file() {
+        cmd.arg(binary);
+    } else {
+        println!("(no release binary: the manifests' gateway configs are not run through `meshgate check`)");
+    }
+    run(&mut cmd)
+}
+
+/// Where cargo puts its outputs: `CARGO_TARGET_DIR` when set, else `target`.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+}
+
+/// Whether a Debian package is installed (dpkg-query says `install ok installed`).
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ok installed"))
 }
 
 /// Format, lints and the documentation, all with warnings as errors.
@@ -309,12 +530,16 @@ fn bench_smoke() -> Result<(), Error> {
 /// Everything CI runs, in CI's order, with how long each step took.
 fn ci() -> Result<(), Error> {
     type Step = fn() -> Result<(), Error>;
-    let steps: [(&str, Step); 6] = [
+    // The image's release build shares no artifact with bench-smoke's (cargo hashes the bench profile
+    // apart: wasmtime is compiled again, measured), so the order is the natural one.
+    let steps: [(&str, Step); 8] = [
         ("install", install),
         ("lint", lint),
         ("deny", deny),
         ("vendor", vendor),
-        ("test", || test(&[])),
+        ("image", image),
+        ("deploy-check", deploy_check),
+        ("test", || cargo_test(&[])),
         ("bench-smoke", bench_smoke),
     ];
     let mut took = Vec::new();

@@ -23,6 +23,9 @@
 //!   at most [`LINGER_DEADLINE`] so the client reads the answer instead of a reset.
 #![forbid(unsafe_code)]
 
+mod probe;
+pub use probe::{probe, ProbeError, PROBE_DEADLINE};
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -53,6 +56,22 @@ pub trait AdminSource: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// The active route table as JSON.
     fn routes_json(&self) -> String;
+}
+
+/// The readiness gauge every process with an admin endpoint exports, so an alert can tell "up but not
+/// ready" (draining, no table yet) from "down", which the scrape's own `up` says.
+pub const READY_METRIC: &str = "meshgate_ready";
+
+/// `metrics` (the source's exposition) with [`READY_METRIC`] appended: what `/metrics` answers.
+fn with_ready(mut metrics: String, ready: bool) -> String {
+    if !metrics.is_empty() && !metrics.ends_with('\n') {
+        metrics.push('\n');
+    }
+    metrics.push_str(&format!(
+        "# HELP {READY_METRIC} 1 while /ready answers 200 (serving, not draining), else 0.\n# TYPE {READY_METRIC} gauge\n{READY_METRIC} {}\n",
+        u8::from(ready)
+    ));
+    metrics
 }
 
 /// A running admin endpoint.
@@ -399,7 +418,7 @@ fn handle(
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            render(&|| source.metrics())?,
+            render(&|| with_ready(source.metrics(), source.ready()))?,
         ),
         ("GET" | "HEAD", "/ready") => {
             if source.ready() {
@@ -463,10 +482,12 @@ mod tests {
         let addr = server.local_addr();
         let m = get(addr, "/metrics");
         assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
-        assert!(m.ends_with("meshgate_up 1\n"), "{m}");
+        assert!(m.contains("\r\n\r\nmeshgate_up 1\n"), "{m}");
+        assert!(m.ends_with("\nmeshgate_ready 1\n"), "{m}");
         assert!(get(addr, "/ready").starts_with("HTTP/1.1 200"));
         fake.0.store(false, Ordering::Relaxed);
         assert!(get(addr, "/ready").starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/metrics").ends_with("\nmeshgate_ready 0\n"));
         assert!(get(addr, "/routes").contains("{\"routes\":[]}"));
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
     }

@@ -59,16 +59,42 @@ pub fn probe_io_uring() -> Result<(), CoreError> {
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok())
         .unwrap_or(0);
-    let hint = match source.raw_os_error() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "set-up before any core starts: explains why executors cannot be created"
+    )]
+    let filtered = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .is_some_and(|s| seccomp_filtered(&s));
+    let hint = io_uring_hint(source.raw_os_error(), disabled, filtered);
+    Err(CoreError::IoUring { source, hint })
+}
+
+/// What to tell an operator whose `io_uring_setup` failed with `errno`, given the sysctl
+/// `kernel.io_uring_disabled` and whether a seccomp filter confines the process. A filter answers
+/// EPERM (Docker's, containerd's) or ENOSYS (podman's, from containers/common, and any profile whose
+/// default action is `SCMP_ACT_ERRNO` with errno 38), so ENOSYS under a filter is the filter, not the
+/// kernel.
+fn io_uring_hint(errno: Option<i32>, disabled: u8, filtered: bool) -> String {
+    const SECCOMP: &str = "blocked, most likely by a seccomp profile: container runtimes block io_uring by default (Docker since 25.0, containerd since 2.0, podman); run with a profile that allows io_uring_setup, io_uring_enter and io_uring_register, such as deploy/seccomp/meshgate.json (see docs/container.md)";
+    match errno {
         Some(libc::EPERM) if disabled > 0 => format!(
             "the sysctl kernel.io_uring_disabled is {disabled}; set it to 0 (or, at 1, run as a member of kernel.io_uring_group)"
         ),
-        Some(libc::EPERM) => "blocked, most likely by a seccomp profile: container runtimes block io_uring by default (Docker since 25.0, containerd since 2.0); run with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (see docs/container.md)".to_owned(),
+        Some(libc::EPERM) => SECCOMP.to_owned(),
+        Some(libc::ENOSYS) if filtered => SECCOMP.to_owned(),
         Some(libc::ENOSYS) => "this kernel has no io_uring; meshgate needs Linux 5.8 or newer with CONFIG_IO_URING".to_owned(),
         Some(libc::ENOMEM) => "not enough lockable memory; raise RLIMIT_MEMLOCK (docker run --ulimit memlock=-1)".to_owned(),
         _ => "meshgate's executors run on io_uring and cannot start without it".to_owned(),
-    };
-    Err(CoreError::IoUring { source, hint })
+    }
+}
+
+/// Whether `/proc/self/status` (its text) says a seccomp filter confines the process (`Seccomp: 2`).
+fn seccomp_filtered(status: &str) -> bool {
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Seccomp:"))
+        .any(|v| v.trim() == "2")
 }
 
 /// `f`'s output, or `None` once `limit` has passed (on the current executor's timer).
@@ -334,4 +360,31 @@ impl AcceptBackoff {
 /// of a relayed connection is passed on to the other.
 pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
     sys::set_linger_zero_raw(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enosys_under_a_seccomp_filter_names_the_profile_not_the_kernel() {
+        let podman = io_uring_hint(Some(libc::ENOSYS), 0, true);
+        assert!(
+            podman.contains("seccomp") && podman.contains("deploy/seccomp/meshgate.json"),
+            "{podman}"
+        );
+        let old_kernel = io_uring_hint(Some(libc::ENOSYS), 0, false);
+        assert!(old_kernel.contains("no io_uring"), "{old_kernel}");
+        assert!(io_uring_hint(Some(libc::EPERM), 0, true).contains("seccomp"));
+        assert!(io_uring_hint(Some(libc::EPERM), 2, false).contains("io_uring_disabled is 2"));
+    }
+
+    #[test]
+    fn seccomp_mode_is_read_from_the_status_line() {
+        assert!(seccomp_filtered(
+            "Name:\tmeshgate\nSeccomp:\t2\nSeccomp_filters:\t1\n"
+        ));
+        assert!(!seccomp_filtered("Name:\tmeshgate\nSeccomp:\t0\n"));
+        assert!(!seccomp_filtered(""));
+    }
 }

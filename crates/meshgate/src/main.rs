@@ -68,6 +68,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Probe a running gateway's or sidecar's admin endpoint: exit 0 when `GET /ready` answers 200
+    /// within the deadline, else 1 with the reason. The image's HEALTHCHECK runs it (no curl needed).
+    Health {
+        /// The admin endpoint (`[gateway] admin` or `[sidecar] admin` of the config it runs).
+        #[arg(long, env = "MESHGATE_ADMIN", default_value = "127.0.0.1:19000")]
+        admin: std::net::SocketAddr,
+        /// The path to ask for.
+        #[arg(long, default_value = "/ready")]
+        path: String,
+        /// Seconds the whole exchange may take.
+        #[arg(long, default_value_t = meshgate_admin::PROBE_DEADLINE.as_secs_f64())]
+        timeout: f64,
+    },
     /// The mesh certificate authority: create a root, sign a datacenter intermediate, issue leaves.
     Ca {
         #[command(subcommand)]
@@ -121,6 +134,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca { command } => return ca::run(command),
+        Command::Health {
+            admin,
+            path,
+            timeout,
+        } => {
+            let deadline = std::time::Duration::try_from_secs_f64(timeout)
+                .unwrap_or(meshgate_admin::PROBE_DEADLINE);
+            return match meshgate_admin::probe(admin, &path, deadline) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshgate health: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Sidecar { config } => meshgate_control::sidecar::run(&config),
     };
     match result {

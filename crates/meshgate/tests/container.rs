@@ -57,9 +57,10 @@ fn image_command(root: &Path) -> Vec<String> {
             "CMD" => argv.extend(exec_form(&args)),
             "COPY" if !args.starts_with("--") => {
                 let parts: Vec<&str> = args.split_whitespace().collect();
-                // Into the final image (absolute destinations), not the build stage's `COPY . .`.
+                // Directories into the final image (absolute destinations), not the build stage's
+                // `COPY . .` nor the binary staged for the prebuilt target.
                 if let [src, dst] = parts[..] {
-                    if dst.starts_with('/') {
+                    if dst.starts_with('/') && src.ends_with('/') {
                         copies.push((src.to_owned(), dst.to_owned()));
                     }
                 }
@@ -107,29 +108,51 @@ fn dockerfile_matches_the_repository() {
         .map(str::to_owned)
         .collect();
     let all = instructions();
+    // What the build stage produces (`install ... /out/meshgate`, `objcopy ... /out/meshgate.debug`),
+    // and the stages declared so far.
     let mut installed = Vec::new();
+    let mut stages: Vec<String> = Vec::new();
     for (keyword, args) in &all {
-        if keyword == "RUN" {
-            // `install -D -m 0755 target/release/meshgate /out/meshgate`: what the build stage produces.
-            if let Some(at) = args.find("install -D") {
-                installed.extend(args[at..].split_whitespace().last().map(str::to_owned));
+        if keyword == "FROM" {
+            if let Some((_, name)) = args.split_once(" AS ") {
+                stages.push(name.trim().to_owned());
             }
+        }
+        if keyword == "RUN" {
+            installed.extend(
+                args.split_whitespace()
+                    .filter(|w| w.starts_with("/out/"))
+                    .map(str::to_owned),
+            );
         }
         if keyword != "COPY" {
             continue;
         }
         let parts: Vec<&str> = args.split_whitespace().collect();
         if let Some(from) = parts.first().and_then(|p| p.strip_prefix("--from=")) {
-            assert_eq!(from, "build", "{args}");
             assert!(
-                installed.iter().any(|i| i == parts[1]),
-                "COPY --from=build {} is not what the build stage installs ({installed:?})",
-                parts[1]
+                stages.iter().any(|s| s == from),
+                "COPY --from={from}: no such earlier stage"
             );
+            if from == "build" {
+                assert!(
+                    installed.iter().any(|i| i == parts[1]),
+                    "COPY --from=build {} is not what the build stage installs ({installed:?})",
+                    parts[1]
+                );
+            }
             continue;
         }
         for src in &parts[..parts.len() - 1] {
             if *src == "." {
+                continue;
+            }
+            // The prebuilt binary is staged by `cargo xtask image`; the context must let it in.
+            if src.starts_with("target/image/") {
+                assert!(
+                    ignored.iter().any(|i| i.strip_prefix('!') == Some(*src)),
+                    "COPY {src}: .dockerignore excludes target/ and has no `!{src}`"
+                );
                 continue;
             }
             assert!(
@@ -382,4 +405,40 @@ fn locked_memory_limit_below_glommios_floor_is_reported_plainly() {
         stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("--ulimit memlock"),
         "{stderr}"
     );
+}
+
+/// The seccomp profile we ship (deploy/seccomp/meshgate.json; the Kubernetes manifests use it as a
+/// `Localhost` profile) is a default-deny profile that allows the three io_uring calls: nothing wider.
+#[test]
+fn shipped_seccomp_profile_allows_io_uring_and_denies_by_default() {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/seccomp/meshgate.json")).expect("profile");
+    let profile: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        profile["defaultAction"], "SCMP_ACT_ERRNO",
+        "not default-deny"
+    );
+    let allowed: Vec<&str> = profile["syscalls"]
+        .as_array()
+        .expect("syscalls")
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW")
+        .flat_map(|r| r["names"].as_array().into_iter().flatten())
+        .filter_map(|n| n.as_str())
+        .collect();
+    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(allowed.contains(&call), "{call} not allowed");
+    }
+    // What the data plane uses besides: splice for the relay, the usual socket calls.
+    for call in [
+        "splice",
+        "pipe2",
+        "accept4",
+        "connect",
+        "epoll_wait",
+        "mlock",
+        "sched_setaffinity",
+    ] {
+        assert!(allowed.contains(&call), "{call} not allowed");
+    }
 }
