@@ -118,7 +118,9 @@ fn probes_answer_within_a_second_while_more_slow_clients_than_the_cap_drip() {
         }
         assert!(took < Duration::from_secs(1), "probe {i} took {took:?}");
         let m = exchange(addr, "GET /metrics HTTP/1.1\r\n\r\n").expect("metrics");
-        assert!(m.ends_with("meshgate_up 1\n"), "{m}");
+        // The source's metrics, then the server's own readiness gauge.
+        assert!(m.contains("\r\n\r\nmeshgate_up 1\n"), "{m}");
+        assert!(m.ends_with("\nmeshgate_ready 1\n"), "{m}");
         std::thread::sleep(Duration::from_millis(300)); // probe pace
     }
     drop(drippers);
@@ -173,7 +175,13 @@ fn ordinary_requests_are_answered_as_before() {
     );
     let head = exchange(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").expect("head");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("Content-Length: 14\r\n"), "{head}");
+    let body = exchange(addr, "GET /metrics HTTP/1.1\r\n\r\n").expect("metrics");
+    let body_len = body.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+    assert!(body_len > "meshgate_up 1\n".len(), "{body}");
+    assert!(
+        head.contains(&format!("Content-Length: {body_len}\r\n")),
+        "{head}"
+    );
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
     let query = exchange(addr, "GET /routes?x=1 HTTP/1.0\r\n\r\n").expect("routes");
     assert!(query.ends_with("{\"routes\":[]}"), "{query}");

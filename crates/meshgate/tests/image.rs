@@ -16,8 +16,8 @@
 mod common;
 
 use common::{
-    http_get, in_ns, issue_leaf, line_app, meshgate_ok, poll_until, sidecar_toml, wait_for, Netns,
-    Proc, TempDir, TD,
+    http_get, in_ns, issue_leaf, line_app, meshgate_ok, poll_until, sidecar_toml, wait_for,
+    write_web_api_catalog, Netns, Proc, TempDir, TD,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -360,22 +360,7 @@ fn sidecar_runs_from_the_same_image() {
     }
     let app = in_ns(&ns.name, || line_app("api: "));
     let (api_public, web_public, upstream) = (21000, 21001, 21002);
-    std::fs::create_dir_all(dir.0.join("catalog")).expect("mkdir");
-    std::fs::write(
-        dir.0.join("catalog/web.hcl"),
-        format!("service {{\n  name = \"web\"\n  port = 1\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {web_public}\n    proxy {{ upstreams = [{{ destination_name = \"api\", local_bind_port = {upstream} }}] }}\n  }} }}\n}}\n"),
-    )
-    .expect("web");
-    std::fs::write(
-        dir.0.join("catalog/api.hcl"),
-        format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
-    )
-    .expect("api");
-    std::fs::write(
-        dir.0.join("catalog/intentions.hcl"),
-        "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n",
-    )
-    .expect("intentions");
+    write_web_api_catalog(&dir.0, web_public, upstream, app, api_public);
     // api's admin on the address the image's HEALTHCHECK probes.
     for (svc, admin) in [("api", "127.0.0.1:19000"), ("web", "127.0.0.1:19001")] {
         std::fs::write(

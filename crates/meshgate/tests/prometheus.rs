@@ -13,7 +13,7 @@ mod common;
 
 use common::{
     free_port, http_get, issue_leaf, line_app, meshgate_ok, poll_until, sidecar_toml, wait_for,
-    Gateway, Proc, TempDir, TD,
+    write_web_api_catalog, Gateway, Proc, TempDir, TD,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -430,22 +430,7 @@ fn prometheus_scrapes_a_gateway_and_sidecars_under_traffic() {
     let (web_public, api_public, upstream) = (free_port(), free_port(), free_port());
     let web_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let api_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::create_dir_all(dir.0.join("catalog")).expect("mkdir");
-    std::fs::write(
-        dir.0.join("catalog/web.hcl"),
-        format!("service {{\n  name = \"web\"\n  port = 1\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {web_public}\n    proxy {{ upstreams = [{{ destination_name = \"api\", local_bind_port = {upstream} }}] }}\n  }} }}\n}}\n"),
-    )
-    .expect("web");
-    std::fs::write(
-        dir.0.join("catalog/api.hcl"),
-        format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
-    )
-    .expect("api");
-    std::fs::write(
-        dir.0.join("catalog/intentions.hcl"),
-        "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n",
-    )
-    .expect("intentions");
+    write_web_api_catalog(&dir.0, web_public, upstream, app, api_public);
     let mut sidecars = Vec::new();
     for (svc, admin) in [("web", web_admin), ("api", api_admin)] {
         std::fs::write(

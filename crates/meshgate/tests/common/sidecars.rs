@@ -2,6 +2,7 @@
 //! config reading its catalog from a directory.
 
 use super::process::meshgate_ok;
+use std::path::Path;
 
 /// `meshgate ca issue`: a leaf for `service` in `datacenter` from the authority in `ca`, into `out`.
 pub fn issue_leaf(ca: &str, service: &str, datacenter: &str, out: &str) {
@@ -49,4 +50,31 @@ allow_dirs = ["{catalog}"]
 poll_ms = 100
 "#
     )
+}
+
+/// The web → api mesh in `dir/catalog`: web's sidecar on `web_public` with an upstream to api on
+/// `upstream`, api's sidecar on `api_public` in front of the app on `app`, and an intention letting web in.
+pub fn write_web_api_catalog(
+    dir: &Path,
+    web_public: u16,
+    upstream: u16,
+    app: u16,
+    api_public: u16,
+) {
+    std::fs::create_dir_all(dir.join("catalog")).expect("mkdir");
+    std::fs::write(
+        dir.join("catalog/web.hcl"),
+        format!("service {{\n  name = \"web\"\n  port = 1\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {web_public}\n    proxy {{ upstreams = [{{ destination_name = \"api\", local_bind_port = {upstream} }}] }}\n  }} }}\n}}\n"),
+    )
+    .expect("web");
+    std::fs::write(
+        dir.join("catalog/api.hcl"),
+        format!("service {{\n  name = \"api\"\n  port = {app}\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {api_public}\n  }} }}\n}}\n"),
+    )
+    .expect("api");
+    std::fs::write(
+        dir.join("catalog/intentions.hcl"),
+        "Kind = \"service-intentions\"\nName = \"api\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n",
+    )
+    .expect("intentions");
 }
