@@ -60,7 +60,7 @@ const BENCH_PACKAGES: [&str; 3] = ["meshgate-sni", "meshgate-route", "meshgate-p
 /// The glommio patch-series check and glommio's own tests (see vendor/README.md).
 const VENDOR_SCRIPTS: [&str; 2] = ["vendor/check.sh", "vendor/test-glommio.sh"];
 
-const RECIPES: [(&str, &str); 10] = [
+const RECIPES: [(&str, &str); 11] = [
     (
         "install",
         "what the tests need, as CI installs it: apt packages, the Wasm target, Consul 1.8.7",
@@ -94,8 +94,12 @@ const RECIPES: [(&str, &str); 10] = [
         "one pass of each micro-benchmark (sni, route, plugin)",
     ),
     (
+        "prepare",
+        "what later steps fetch or build besides our code: the image's base, deploy-check's venv, cargo-deny",
+    ),
+    (
         "ci",
-        "everything CI runs, in order: install, lint, deny, vendor, image, deploy-check, test, bench-smoke",
+        "everything CI runs, in order: install, lint (with `prepare` beside it), deny, vendor, image, deploy-check, test, bench-smoke",
     ),
     ("help", "this list"),
 ];
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
         Some("vendor") => vendor(),
         Some("bench-smoke") => bench_smoke(),
         Some("ci") => ci(),
+        Some("prepare") => prepare(),
         Some(other) => Err(Error::Usage(format!("unknown recipe `{other}`"))),
     };
     match result {
@@ -292,35 +297,7 @@ fn image() -> Result<(), Error> {
             .arg(&built)
             .arg(STAGED_BINARY))
     })?;
-    step("base", &mut || {
-        let present = Command::new("podman")
-            .args(["image", "exists", BASE_IMAGE])
-            .status()
-            .is_ok_and(|s| s.success());
-        if present {
-            println!("{BASE_IMAGE} present");
-            return Ok(());
-        }
-        section("image: the base, from Debian's packages");
-        if !Path::new(BASE_TARBALL).is_file() {
-            let partial = format!("{BASE_TARBALL}.partial");
-            std::fs::create_dir_all("target/tools/image").map_err(|source| Error::Io {
-                path: "target/tools/image".into(),
-                source,
-            })?;
-            run(Command::new("mmdebstrap").args([
-                "--variant=minbase",
-                "--format=tar",
-                BASE_RELEASE,
-                &partial,
-            ]))?;
-            std::fs::rename(&partial, BASE_TARBALL).map_err(|source| Error::Io {
-                path: BASE_TARBALL.into(),
-                source,
-            })?;
-        }
-        run(Command::new("podman").args(["import", BASE_TARBALL, BASE_IMAGE]))
-    })?;
+    step("base", &mut base_image)?;
     step("podman build", &mut || {
         section("image: podman build --target prebuilt");
         run(Command::new("podman").args([
@@ -355,11 +332,58 @@ fn image() -> Result<(), Error> {
     Ok(())
 }
 
+/// The image's base, `localhost/meshgate-base:trixie`, made from Debian's packages by mmdebstrap (no
+/// registry needed) and imported into podman; the tarball is cached in target/tools/image/.
+fn base_image() -> Result<(), Error> {
+    let present = Command::new("podman")
+        .args(["image", "exists", BASE_IMAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        println!("{BASE_IMAGE} present");
+        return Ok(());
+    }
+    section("image: the base, from Debian's packages");
+    if !Path::new(BASE_TARBALL).is_file() {
+        let partial = format!("{BASE_TARBALL}.partial");
+        std::fs::create_dir_all("target/tools/image").map_err(|source| Error::Io {
+            path: "target/tools/image".into(),
+            source,
+        })?;
+        run(Command::new("mmdebstrap").args([
+            "--variant=minbase",
+            "--format=tar",
+            BASE_RELEASE,
+            &partial,
+        ]))?;
+        std::fs::rename(&partial, BASE_TARBALL).map_err(|source| Error::Io {
+            path: BASE_TARBALL.into(),
+            source,
+        })?;
+    }
+    run(Command::new("podman").args(["import", BASE_TARBALL, BASE_IMAGE]))
+}
+
 /// deploy/check.py in a venv with the pinned validators from PyPI: the Kubernetes manifests against
 /// the API's schemas, the Nomad job parsed, both held to the image's contract, and their gateway
 /// configs through `meshgate check` when the release binary is built.
 fn deploy_check() -> Result<(), Error> {
     section("deploy-check: deploy/ (kubernetes-validate, python-hcl2)");
+    let python = deploy_venv()?;
+    let mut cmd = Command::new(&python);
+    cmd.arg("deploy/check.py");
+    let binary = target_dir().join("release/meshgate");
+    if binary.is_file() {
+        cmd.arg(binary);
+    } else {
+        println!("(no release binary: the manifests' gateway configs are not run through `meshgate check`)");
+    }
+    run(&mut cmd)
+}
+
+/// deploy/check.py's venv with the pinned validators (made again when deploy/requirements.txt changes);
+/// returns its Python.
+fn deploy_venv() -> Result<PathBuf, Error> {
     let python = Path::new(DEPLOY_VENV).join("bin/python");
     let stamp = Path::new(DEPLOY_VENV).join("requirements.txt");
     let wanted = std::fs::read_to_string(DEPLOY_REQUIREMENTS).map_err(|source| Error::Io {
@@ -391,15 +415,7 @@ fn deploy_check() -> Result<(), Error> {
             source,
         })?;
     }
-    let mut cmd = Command::new(&python);
-    cmd.arg("deploy/check.py");
-    let binary = target_dir().join("release/meshgate");
-    if binary.is_file() {
-        cmd.arg(binary);
-    } else {
-        println!("(no release binary: the manifests' gateway configs are not run through `meshgate check`)");
-    }
-    run(&mut cmd)
+    Ok(python)
 }
 
 /// Where cargo puts its outputs: `CARGO_TARGET_DIR` when set, else `target`.
@@ -545,17 +561,83 @@ fn ci() -> Result<(), Error> {
         ("bench-smoke", bench_smoke),
     ];
     let mut took = Vec::new();
+    let mut preparing = None;
     let result = steps.into_iter().try_for_each(|(name, step)| {
+        if name == "deny" {
+            // cargo-deny is needed from here on; the rest of what `prepare` makes, later.
+            let start = Instant::now();
+            if let Some(child) = preparing.take() {
+                join_prepare(child);
+            }
+            took.push(("(prepare)", start.elapsed().as_secs()));
+        }
         let start = Instant::now();
         let r = step();
         took.push((name, start.elapsed().as_secs()));
+        if name == "install" && r.is_ok() {
+            preparing = spawn_prepare();
+        }
         r
     });
-    println!("\n== ci: seconds per step");
+    println!("\n== ci: seconds per step (`(prepare)`: waiting for it after lint)");
     for (name, secs) in &took {
         println!("  {name:<12} {secs:>5}");
     }
     result
+}
+
+/// What the later steps need that waits on the network or builds a tool, not on our code: the image's
+/// base (mmdebstrap fetches Debian's packages), deploy-check's venv (pip) and cargo-deny (`cargo
+/// install`). `ci` runs it in a child process beside `lint`, whose compilation leaves a core idle at
+/// times; each piece is also made on demand by the step that needs it, so a failure here only costs time.
+fn prepare() -> Result<(), Error> {
+    let mut result = Ok(());
+    let mut keep = |r: Result<(), Error>| {
+        if let Err(e) = r {
+            eprintln!("xtask: prepare: {e}");
+            result = Err(e);
+        }
+    };
+    if env::var_os("MESHGATE_SKIP_IMAGE").is_none() && on_path("podman") && on_path("mmdebstrap") {
+        keep(base_image());
+    }
+    keep(deploy_venv().map(drop));
+    keep(ensure_cargo_deny());
+    result
+}
+
+/// Where `ci` keeps the background `prepare`'s output.
+const PREPARE_LOG: &str = "target/tools/prepare.log";
+
+/// Starts `cargo xtask prepare` as a child writing to [`PREPARE_LOG`]; `None` when it cannot start (the
+/// steps then make what they need themselves).
+fn spawn_prepare() -> Option<std::process::Child> {
+    let exe = env::current_exe().ok()?;
+    std::fs::create_dir_all("target/tools").ok()?;
+    let log = std::fs::File::create(PREPARE_LOG).ok()?;
+    let err = log.try_clone().ok()?;
+    println!("\n== prepare: started beside lint (output in {PREPARE_LOG})");
+    Command::new(exe)
+        .arg("prepare")
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .ok()
+}
+
+/// Waits for the background `prepare` and shows its output.
+fn join_prepare(mut child: std::process::Child) {
+    let status = child.wait();
+    section("prepare (ran beside lint)");
+    print!(
+        "{}",
+        std::fs::read_to_string(PREPARE_LOG).unwrap_or_default()
+    );
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => println!("prepare failed ({s}): the steps that need its pieces make them again"),
+        Err(e) => println!("prepare: {e}: the steps that need its pieces make them"),
+    }
 }
 
 /// The plugins cannot take `unsafe_code = "forbid"` as the other crates do: wit-bindgen's `export!` macro
