@@ -3,6 +3,7 @@
 //! count); and the tallies they keep. Everything is loopback and real sockets; the clients speak TLS to the
 //! tlskit backend through the gateway and check every byte they get back.
 
+use crate::common::{admin_get, free_addr, meshgate_bin};
 use meshgate_tlskit::{ClientConfig, Pki};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,22 +18,6 @@ pub const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 /// Upper bound on operations of any one client loop, whatever the duration.
 pub const MAX_OPS: u64 = 50_000_000;
-
-/// A free loopback address.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-/// The release binary (`MESHGATE_BIN` overrides).
-pub fn meshgate_bin() -> PathBuf {
-    std::env::var_os("MESHGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/meshgate")
-        })
-}
 
 /// A running gateway, configured through `dir/gateway.toml`.
 pub struct Gateway {
@@ -107,15 +92,7 @@ impl Gateway {
 
     /// One admin request; the whole response.
     pub fn get(&self, path: &str) -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        Ok(response)
+        admin_get(self.admin, path)
     }
 
     /// Sum of the samples whose series starts with `series` (name plus, optionally, a label prefix).

@@ -14,6 +14,7 @@
 //!
 //! Usage: `benches/run.sh [--quick]` (see `docs/performance.md`).
 
+mod common;
 mod routers;
 
 use meshgate_tlskit::{Backend, ClientConfig, Pki};

@@ -3,8 +3,8 @@
 //! path. Every process is killed by PID on drop; CPU and memory are read from /proc for the whole process
 //! tree (nginx and HAProxy fork workers).
 
+use crate::common::{admin_get, free_addr, meshgate_bin};
 use std::fmt::Write as _;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -169,16 +169,6 @@ impl Probe {
     }
 }
 
-/// One request to meshgate's admin endpoint; the whole response, status line first (bounded waits).
-fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut s, &mut response)?;
-    Ok(response)
-}
-
 impl Drop for Router {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
@@ -196,21 +186,6 @@ impl Drop for Router {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-}
-
-/// A free loopback address.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn meshgate_bin() -> PathBuf {
-    std::env::var_os("MESHGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/meshgate")
-        })
 }
 
 /// Options for starting a router.

@@ -14,6 +14,7 @@
 //!
 //! Usage: `benches/reliability.sh soak|faults [options]` (builds the release binary first).
 
+mod common;
 mod load;
 
 use load::{sni, Gateway, Stop, Tally, TD};
