@@ -123,6 +123,16 @@ fn check_gateway(file: &Path, text: &str) -> Result<String, ControlError> {
                     r.settings()
                 );
             }
+            if let Some(h) = &config.hook {
+                let _ = writeln!(
+                    out,
+                    "  hook plugin {} (settings {:?}, on failure {:?})",
+                    h.plugin,
+                    h.settings(),
+                    h.on_failure
+                );
+            }
+            out.push_str(&check_plugins(file, text, &config)?);
             match config.route_table() {
                 Ok(table) => {
                     for r in table.routes() {
@@ -148,6 +158,84 @@ fn check_gateway(file: &Path, text: &str) -> Result<String, ControlError> {
         }
         Err(e) => Err(ControlError::Config(e.to_string())),
     }
+}
+
+/// Loads every plugin a gateway config names, as the gateway would, and says what each is; a plugin
+/// that is missing, is not a component, or is of the wrong kind for its section is an error naming the
+/// file, the line and the field.
+fn check_plugins(file: &Path, text: &str, config: &Config) -> Result<String, ControlError> {
+    use meshgate_plugin::PluginKind;
+    let mut sections: Vec<(&str, meshgate_config::PluginSection, &[PluginKind])> = Vec::new();
+    if let Some(c) = &config.catalog {
+        sections.push((
+            "catalog",
+            c.clone(),
+            &[PluginKind::Catalog, PluginKind::WatchCatalog],
+        ));
+    }
+    if let Some(r) = config.router_section() {
+        sections.push(("router", r, &[PluginKind::Router]));
+    }
+    if let Some(h) = &config.hook {
+        sections.push(("hook", h.clone(), &[PluginKind::Hook]));
+    }
+    if sections.is_empty() {
+        return Ok(String::new());
+    }
+    let host = crate::plugins::host()?;
+    let mut out = String::new();
+    for (section, p, want) in sections {
+        let fail = |message: String| {
+            let at = line_of(text, section, "plugin")
+                .map_or_else(String::new, |line| format!(":{line}"));
+            ControlError::Config(format!(
+                "{}{at}: [{section}] plugin = {:?}: {message}",
+                file.display(),
+                p.plugin
+            ))
+        };
+        let (name, component) = host
+            .component(&p.plugin, &config.base_dir)
+            .map_err(|e| fail(e.to_string()))?;
+        let kind = host.kind_of(&component).ok_or_else(|| {
+            fail("a component, but of no plugin world (catalog, router, connection hook)".into())
+        })?;
+        if !want.contains(&kind) {
+            return Err(fail(format!(
+                "a {} plugin, not a {section} plugin",
+                kind.label()
+            )));
+        }
+        let from = if meshgate_plugin::SHIPPED.iter().any(|(n, _)| *n == p.plugin) {
+            "shipped".to_owned()
+        } else {
+            config.base_dir.join(&p.plugin).display().to_string()
+        };
+        let _ = writeln!(
+            out,
+            "  {section} plugin {name}: loads, a {} plugin ({from})",
+            kind.label()
+        );
+    }
+    Ok(out)
+}
+
+/// The 1-based line of `key = ...` inside `[section]` of a TOML text, if written there.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == header;
+        } else if inside
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// What meshgate understood of a Consul file, for humans.

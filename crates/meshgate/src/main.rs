@@ -4,6 +4,7 @@
 mod ca;
 mod demo;
 mod demo_consul;
+mod plugin_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -81,6 +82,11 @@ enum Command {
         #[arg(long, default_value_t = meshgate_admin::PROBE_DEADLINE.as_secs_f64())]
         timeout: f64,
     },
+    /// Write plugins: make a new plugin crate, build it into a component.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin_cmd::PluginCommand,
+    },
     /// The mesh certificate authority: create a root, sign a datacenter intermediate, issue leaves.
     Ca {
         #[command(subcommand)]
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca { command } => return ca::run(command),
+        Command::Plugin { command } => return plugin_cmd::run(command),
         Command::Health {
             admin,
             path,

@@ -994,3 +994,66 @@ fn admin_probes_answer_within_a_second_while_slow_clients_flood_it() {
     drippers.join().expect("drippers");
     eprintln!("slowest admin probe under the flood: {slowest:?}");
 }
+
+#[test]
+fn check_loads_every_plugin_and_names_what_is_wrong_with_one() {
+    let dir = TempDir::new("check-plugins");
+    let base = "[gateway]\nlisten = [\"127.0.0.1:8443\"]\n\n";
+    let check = |name: &str, text: &str| {
+        let file = dir.0.join(name);
+        std::fs::write(&file, format!("{base}{text}")).expect("write");
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .arg("check")
+            .arg(&file)
+            .output()
+            .expect("run")
+    };
+    // Shipped plugins of the right kinds: each reported by name and kind.
+    let out = check(
+        "good.toml",
+        "[catalog]\nplugin = \"file-catalog\"\nconfig = { dir = \"c\", datacenter = \"dc1\", trust_domain = \"td\" }\n\n[hook]\nplugin = \"sni-denylist\"\nconfig = { deny = \"bad.example\" }\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("hook plugin sni-denylist (settings"),
+        "{text}"
+    );
+    assert!(
+        text.contains("catalog plugin file-catalog: loads, a catalog plugin (shipped)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("router plugin consul-router: loads, a router plugin (shipped)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hook plugin sni-denylist: loads, a hook plugin (shipped)"),
+        "{text}"
+    );
+
+    // A missing hook file, a file that is not a component, a router where a hook belongs.
+    std::fs::write(dir.0.join("junk.wasm"), b"not wasm").expect("junk");
+    for (name, plugin, why) in [
+        ("missing.toml", "nowhere.wasm", "nowhere.wasm: No such file"),
+        ("junk.toml", "junk.wasm", "junk.wasm"),
+        (
+            "kind.toml",
+            "consul-router",
+            "a router plugin, not a hook plugin",
+        ),
+    ] {
+        let out = check(name, &format!("[hook]\nplugin = \"{plugin}\"\n"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{name}:5: [hook] plugin = \"{plugin}\"")),
+            "{err}"
+        );
+        assert!(err.contains(why), "{err}");
+    }
+}

@@ -45,18 +45,77 @@ pub struct State {
     pub(crate) limiter: Limiter,
     /// The current call's deadline; host calls get only what remains of it.
     pub(crate) deadline: Instant,
+    /// The plugin's log budget, shared by its instances.
+    pub(crate) log_budget: std::sync::Arc<std::sync::Mutex<LogBudget>>,
 }
 
 impl types::Host for State {}
 
+/// The log target of every line a plugin writes (`--log-level meshgate::plugin=debug,info` shows a
+/// plugin's debug lines without the gateway's own).
+pub const LOG_TARGET: &str = "meshgate::plugin";
+/// Lines a plugin may write in a burst, and per second after it: a plugin that logs (or panics) on
+/// every call must not flood the gateway's log.
+pub const LOG_BURST: u32 = 20;
+/// See [`LOG_BURST`].
+pub const LOG_PER_SECOND: u32 = 5;
+
+/// A plugin's log budget: a token bucket shared by all its instances (an instance is remade after a
+/// trap, so a per-instance budget would let a plugin that panics on every call log on every call).
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    tokens: f64,
+    last: Instant,
+    dropped: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> LogBudget {
+        LogBudget::new()
+    }
+}
+
+impl LogBudget {
+    pub(crate) fn new() -> LogBudget {
+        LogBudget {
+            tokens: f64::from(LOG_BURST),
+            last: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may go out now; `Some(n)`: yes, and `n` lines were dropped before it.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let refill =
+            now.saturating_duration_since(self.last).as_secs_f64() * f64::from(LOG_PER_SECOND);
+        self.tokens = (self.tokens + refill).min(f64::from(LOG_BURST));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.dropped))
+        } else {
+            self.dropped += 1;
+            None
+        }
+    }
+}
+
 impl catalog_world::meshgate::plugin::host::Host for State {
     fn log(&mut self, level: types::LogLevel, message: String) {
         let plugin = &self.plugin;
+        let dropped = match self.log_budget.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            Err(_) => Some(0),
+        };
+        let Some(dropped) = dropped else { return };
+        if dropped > 0 {
+            tracing::warn!(target: LOG_TARGET, plugin, dropped, "plugin log lines dropped (over {LOG_BURST} lines, then {LOG_PER_SECOND}/s)");
+        }
         match level {
-            types::LogLevel::Error => tracing::error!(plugin, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            types::LogLevel::Info => tracing::info!(plugin, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            types::LogLevel::Error => tracing::error!(target: LOG_TARGET, plugin, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: LOG_TARGET, plugin, "{message}"),
+            types::LogLevel::Info => tracing::info!(target: LOG_TARGET, plugin, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(target: LOG_TARGET, plugin, "{message}"),
         }
     }
 
@@ -442,4 +501,24 @@ fn http_get(url: &Url, deadline: Instant) -> std::io::Result<types::HttpResponse
         headers,
         body: raw[split + 4..].to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_allows_a_burst_then_a_rate_and_counts_what_it_drops() {
+        let mut b = LogBudget::new();
+        let t0 = b.last;
+        for _ in 0..LOG_BURST {
+            assert_eq!(b.take(t0), Some(0));
+        }
+        assert_eq!(b.take(t0), None);
+        assert_eq!(b.take(t0), None);
+        // One line's worth of time later, one line goes out and reports the two dropped.
+        let later = t0 + Duration::from_millis(1000 / u64::from(LOG_PER_SECOND) + 1);
+        assert_eq!(b.take(later), Some(2));
+        assert_eq!(b.take(later), None);
+    }
 }

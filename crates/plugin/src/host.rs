@@ -42,6 +42,32 @@ pub const TESTBED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed.was
 #[doc(hidden)]
 pub const TESTBED_HOOK: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed_hook.wasm"));
 
+/// The world a plugin component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// `catalog-plugin` (polled `fetch`).
+    Catalog,
+    /// `watch-catalog-plugin` (`plan` over watches the host runs).
+    WatchCatalog,
+    /// `router-plugin`.
+    Router,
+    /// `connection-hook`.
+    Hook,
+}
+
+impl PluginKind {
+    /// How the docs and the config name it: the config section that loads it, for the catalogs with how
+    /// they are fed.
+    pub fn label(self) -> &'static str {
+        match self {
+            PluginKind::Catalog => "catalog",
+            PluginKind::WatchCatalog => "catalog (watch-fed)",
+            PluginKind::Router => "router",
+            PluginKind::Hook => "hook",
+        }
+    }
+}
+
 /// Compiles components and ticks the epoch that enforces deadlines. One per process.
 #[derive(Clone)]
 pub struct PluginHost {
@@ -145,6 +171,7 @@ impl PluginHost {
             component,
             linker,
             sandbox,
+            log_budget: Default::default(),
         })
     }
 
@@ -202,6 +229,27 @@ impl PluginHost {
             .component_type()
             .exports(&self.engine)
             .any(|(name, _)| name == "plan")
+    }
+
+    /// Which world a component implements, from its exports (`None`: none of them).
+    pub fn kind_of(&self, component: &Component) -> Option<PluginKind> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let has = |n: &str| exports.iter().any(|e| e == n);
+        if has("plan") {
+            Some(PluginKind::WatchCatalog)
+        } else if has("fetch") {
+            Some(PluginKind::Catalog)
+        } else if has("gateway-routes") && has("sidecar-plan") {
+            Some(PluginKind::Router)
+        } else if has("decide") {
+            Some(PluginKind::Hook)
+        } else {
+            None
+        }
     }
 
     /// A router plugin.

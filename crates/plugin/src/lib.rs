@@ -29,8 +29,10 @@ mod sandbox;
 
 pub use bindings::{catalog_world, hook_world, router_world, watch_world};
 pub use error::PluginError;
-pub use grants::{Grants, State, HTTP_TIMEOUT, MAX_READ, MAX_URL};
-pub use host::{PluginHost, SHIPPED, TESTBED, TESTBED_HOOK};
+pub use grants::{
+    Grants, State, HTTP_TIMEOUT, LOG_BURST, LOG_PER_SECOND, LOG_TARGET, MAX_READ, MAX_URL,
+};
+pub use host::{PluginHost, PluginKind, SHIPPED, TESTBED, TESTBED_HOOK};
 pub use plugins::{CatalogPlugin, HookPlugin, RouterPlugin, WatchCatalogPlugin};
 pub use sandbox::{deadline_ticks, Sandbox, DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, EPOCH_TICK};
 

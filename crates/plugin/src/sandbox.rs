@@ -129,6 +129,8 @@ pub(crate) struct Loaded {
     pub(crate) component: Component,
     pub(crate) linker: Linker<State>,
     pub(crate) sandbox: Sandbox,
+    /// Shared by every instance made from this plugin (see `LogBudget`).
+    pub(crate) log_budget: std::sync::Arc<std::sync::Mutex<crate::grants::LogBudget>>,
 }
 
 impl Loaded {
@@ -140,6 +142,7 @@ impl Loaded {
                 grants: self.sandbox.grants.clone(),
                 limiter: Limiter::new(self.sandbox.memory),
                 deadline: Instant::now() + self.sandbox.deadline,
+                log_budget: self.log_budget.clone(),
             },
         );
         store.limiter(|s| &mut s.limiter);

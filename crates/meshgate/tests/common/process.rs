@@ -57,11 +57,32 @@ impl Gateway {
         Self::start_full(extra_gateway, rest, None, files)
     }
 
+    /// Like [`Gateway::start_with_files`], at log level `info` with stderr kept in `gateway.log` beside
+    /// the config (read it with [`Gateway::log`]).
+    pub fn start_logged(extra_gateway: &str, rest: &str, files: &[(&str, &str)]) -> Gateway {
+        Self::start_inner(extra_gateway, rest, None, files, true)
+    }
+
+    /// What the gateway has logged so far ([`Gateway::start_logged`] only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_file_name("gateway.log")).unwrap_or_default()
+    }
+
     fn start_full(
         extra_gateway: &str,
         rest: &str,
         fds: Option<u32>,
         files: &[(&str, &str)],
+    ) -> Gateway {
+        Self::start_inner(extra_gateway, rest, fds, files, false)
+    }
+
+    fn start_inner(
+        extra_gateway: &str,
+        rest: &str,
+        fds: Option<u32>,
+        files: &[(&str, &str)],
+        logged: bool,
     ) -> Gateway {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -98,8 +119,13 @@ impl Gateway {
                 c
             }
         };
+        if logged {
+            let log = std::fs::File::create(dir.0.join("gateway.log")).expect("log file");
+            command.env("MESHGATE_LOG", "info").stderr(log);
+        } else {
+            command.env("MESHGATE_LOG", "warn");
+        }
         let child = command
-            .env("MESHGATE_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn meshgate");

@@ -1,0 +1,181 @@
+//! A plugin author's path, run as a user would: `meshgate plugin new` makes a crate of each world in a
+//! directory outside the workspace, its own `cargo test` passes, `meshgate plugin build` makes the
+//! component, and a real gateway routes real TLS connections with it. A panic in a plugin reaches the
+//! gateway's log with its message.
+//!
+//! The three plugin crates share one cargo target directory (target/plugin-authoring), so wit-bindgen is
+//! compiled once per run.
+
+mod common;
+
+use common::*;
+use meshgate_tlskit::{Backend, Pki};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn web() -> String {
+    format!("web.default.dc1.internal.{TD}")
+}
+
+/// The cargo target directory the plugin crates share.
+fn shared_target() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugin-authoring")
+}
+
+/// A command as a user's shell would run it: none of the outer cargo's variables (its target dir, flags,
+/// package) leak into the plugin's build.
+fn clean(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key.starts_with("RUST") && key != "RUSTUP_HOME" && key != "RUSTUP_TOOLCHAIN"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", shared_target());
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn meshgate() -> Command {
+    clean(Command::new(env!("CARGO_BIN_EXE_meshgate")))
+}
+
+/// `plugin new` in a fresh directory outside the workspace, then the crate's own tests, then `plugin
+/// build`; `edit` may change src/lib.rs first. Returns the component's path.
+fn make(dir: &Path, world: &str, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let crate_dir = dir.join(name);
+    let text = run(
+        {
+            let mut c = meshgate();
+            c.args(["plugin", "new", "--world", world, name, "--dir"])
+                .arg(&crate_dir);
+            c
+        },
+        "plugin new",
+    );
+    assert!(text.contains("meshgate plugin build"), "{text}");
+    // Refuses to write over it.
+    let mut again = meshgate();
+    again
+        .args(["plugin", "new", "--world", world, name, "--dir"])
+        .arg(&crate_dir);
+    assert!(!again.status().expect("plugin new again").success());
+
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).expect("lib.rs");
+    std::fs::write(&lib, edit(source)).expect("edit lib.rs");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut test = clean(Command::new(cargo));
+    test.arg("test").current_dir(&crate_dir);
+    let text = run(test, &format!("cargo test in the new {world} plugin"));
+    assert!(text.contains("test result: ok"), "{text}");
+
+    let mut build = meshgate();
+    build.args(["plugin", "build"]).arg(&crate_dir);
+    let text = run(build, "plugin build");
+    assert!(text.contains(&format!("a {world} plugin")), "{text}");
+    let component = shared_target().join(format!("{name}.wasm"));
+    assert!(component.is_file(), "{text}");
+    component
+}
+
+#[test]
+fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
+    let dir = TempDir::new("plugin-authoring");
+    let pki = Pki::new("test CA").expect("ca");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let backend = Backend::start("web-1", any, pki.issue(&[&web()]).expect("leaf")).expect("web");
+    let client = pki.client_config(&[]).expect("client");
+
+    // A hook, with a bug planted the way authors plant them: it panics for one name.
+    let hook = make(&dir.0, "hook", "deny-hook", |src| {
+        src.replacen(
+            "        sdk::init();\n",
+            "        sdk::init();\n        if sni.as_deref() == Some(\"boom.example\") {\n            panic!(\"planted bug for {sni:?}\");\n        }\n",
+            1,
+        )
+    });
+    let gw = Gateway::start_logged(
+        "",
+        &format!(
+            "[[routes]]\nsni = \"{web}\"\nendpoints = [\"{addr}\"]\n[[routes]]\nsni = \"bad.example\"\nendpoints = [\"{addr}\"]\n[[routes]]\nsni = \"boom.example\"\nendpoints = [\"{addr}\"]\n\n[hook]\nplugin = \"{hook}\"\nconfig = {{ deny = \"bad.example\" }}\n",
+            web = web(),
+            addr = backend.addr(),
+            hook = hook.display()
+        ),
+        &[],
+    );
+    let answer = meshgate_tlskit::hello(gw.listen, &web(), client.clone()).expect("web via hook");
+    assert!(answer.starts_with("backend=web-1 "), "{answer}");
+    assert!(
+        meshgate_tlskit::hello(gw.listen, "bad.example", client.clone()).is_err(),
+        "the hook denies bad.example"
+    );
+    let _ = meshgate_tlskit::hello(gw.listen, "boom.example", client.clone());
+    let logged = wait_for(
+        Duration::from_secs(10),
+        "the panic in the gateway's log",
+        || {
+            let log = gw.log();
+            log.contains("planted bug for Some(\"boom.example\")")
+                .then_some(log)
+        },
+    );
+    assert!(logged.contains("meshgate::plugin"), "{logged}");
+    assert!(logged.contains("deny-hook"), "{logged}");
+    drop(gw);
+
+    // A router: only allowed services get routes from the catalog's healthy sidecars.
+    let router = make(&dir.0, "router", "allow-router", |s| s);
+    let catalog = format!(
+        "services = [\n  {{ name = \"web-sidecar-proxy\", id = \"web-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"web\" }} }},\n  {{ name = \"db-sidecar-proxy\", id = \"db-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"db\" }} }},\n]\n",
+        port = backend.addr().port()
+    );
+    let gw = Gateway::start_with_files(
+        "",
+        &format!(
+            "[catalog]\nplugin = \"file-catalog\"\nallow_dirs = [\"catalog\"]\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\n[router]\nplugin = \"{}\"\nconfig = {{ allow = \"web\" }}\n",
+            router.display()
+        ),
+        &[("catalog/services.hcl", &catalog)],
+    );
+    let answer = meshgate_tlskit::hello(gw.listen, &web(), client.clone()).expect("web via router");
+    assert!(answer.starts_with("backend=web-1 "), "{answer}");
+    let routes = gw.get("/routes").expect("routes");
+    assert!(routes.contains("allow-router"), "{routes}");
+    assert!(
+        !routes.contains("db.default.dc1"),
+        "db is not allowed: {routes}"
+    );
+    drop(gw);
+
+    // A catalog: the services come from the plugin's settings; the default router routes them.
+    let catalog = make(&dir.0, "catalog", "settings-catalog", |s| s);
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[catalog]\nplugin = \"{}\"\nconfig = {{ datacenter = \"dc1\", trust_domain = \"{TD}\", services = \"web={}\" }}\n",
+            catalog.display(),
+            backend.addr()
+        ),
+    );
+    let answer = meshgate_tlskit::hello(gw.listen, &web(), client).expect("web via catalog");
+    assert!(answer.starts_with("backend=web-1 "), "{answer}");
+}
