@@ -17,7 +17,7 @@
 
 mod plan;
 
-pub use plan::{LbState, Plan, MAX_ATTEMPTS_PER_GROUP};
+pub use plan::{LbState, Liveness, Plan, MAX_ATTEMPTS_PER_GROUP, NEAR_FACTOR, NEAR_SLACK_MICROS};
 
 use serde::Serialize;
 use std::collections::HashMap;
