@@ -720,7 +720,15 @@ mod tests {
         let mut control =
             GatewayControl::new(config(&dir, "config = { datacenter_failover = \"dc2\" }\n"))
                 .expect("plugins load");
+        let metrics = control.metrics();
+        let table = control.initial_table().expect("static routes only");
+        assert!(table.lookup(&api_dc2()).route().is_none());
         assert!(control.compute().is_err());
+        assert!(
+            metrics.failures("consul-router", "error") >= 1,
+            "{}",
+            metrics.render()
+        );
     }
 
     #[test]

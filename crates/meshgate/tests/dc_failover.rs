@@ -271,3 +271,55 @@ fn dc2_lost_fails_over_to_dc3_through_real_tls_and_comes_back() {
     );
     drop(p2);
 }
+
+/// What probing costs a gateway process: 8 remote gateway endpoints probed every 10 ms (100 times the
+/// default rate, so the CPU is measurable in clock ticks) for a bounded run, against the same gateway
+/// with probing off; CPU from /proc (every thread, the short-lived per-probe ones included). Printed for
+/// docs/failover.md; nothing is asserted about it.
+#[test]
+fn probing_load_is_measured() {
+    use common::Gateway;
+    use std::net::TcpListener;
+    let endpoints: Vec<String> = (0..8)
+        .map(|_| {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = l.local_addr().expect("addr");
+            // Accept and close, as a far gateway does with a probe.
+            std::thread::spawn(move || for _ in l.incoming() {});
+            format!("\"{addr}\"")
+        })
+        .collect();
+    let routes = format!(
+        "[[routes]]\nsni = \"*.dc2.internal.{TD}\"\nendpoints = [{}]\n",
+        endpoints.join(", ")
+    );
+    let probes = |gw: &Gateway| {
+        metric(
+            &gw.get("/metrics").unwrap_or_default(),
+            "meshgate_remote_gateway_probes_total",
+            &[],
+        )
+    };
+    let run = Duration::from_secs(3);
+    let mut cpu = Vec::new();
+    for probe in ["enabled = false", "interval_ms = 10"] {
+        let gw = Gateway::start(
+            &format!("workers = 1\ndatacenter = \"dc1\"\n[gateway.probe]\n{probe}\n"),
+            &routes,
+        );
+        let (p0, c0, t0) = (probes(&gw), gw.cpu_seconds(), Instant::now());
+        std::thread::sleep(run);
+        let (p1, c1, secs) = (probes(&gw), gw.cpu_seconds(), t0.elapsed().as_secs_f64());
+        cpu.push((c1 - c0, p1.saturating_sub(p0), secs));
+    }
+    let (idle, _, _) = cpu[0];
+    let (busy, n, secs) = cpu[1];
+    println!(
+        "8 endpoints probed every 10 ms for {secs:.1} s: {:.1} probes/s per endpoint; gateway CPU {:.3} s vs {:.3} s with probing off: {:.0} µs per probe (debug build); at the default 1 s interval that is {:.4} % of a core per remote gateway endpoint",
+        n as f64 / secs / 8.0,
+        busy,
+        idle,
+        (busy - idle) / n.max(1) as f64 * 1e6,
+        (busy - idle) / n.max(1) as f64 * 100.0,
+    );
+}
