@@ -349,6 +349,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_group_is_passed_over() {
+        // A datacenter with no gateway left keeps its (empty) first group; failover groups follow.
+        let r = route(vec![vec![], vec![10, 11]], LbPolicy::RoundRobin);
+        let mut s = LbState::new(1, 1);
+        assert_eq!(all(&r, &mut s).len(), 2);
+        assert_eq!(all_with(&r, &mut s, |_| Liveness::Unknown).len(), 2);
+    }
+
+    #[test]
     fn without_health_nothing_changes() {
         let r = route(vec![vec![1, 2, 3, 4], vec![10, 11]], LbPolicy::RoundRobin);
         let (mut a, mut b) = (LbState::new(1, 3), LbState::new(1, 3));
