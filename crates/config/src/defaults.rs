@@ -34,6 +34,18 @@ pub const DEFAULT_CATALOG_POLL_MS: u64 = 250;
 /// A connection hook's per-call deadline is at most this, in milliseconds, whatever `deadline_ms` says:
 /// it runs on a data-plane core, in the connection's path.
 pub const HOOK_MAX_DEADLINE_MS: u64 = 20;
+/// Default interval between probes of one remote gateway, in milliseconds.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1_000;
+/// Default bound on one probe (a TCP connect), in milliseconds.
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 1_000;
+/// Default delay before probing again while a streak runs against the endpoint's state (a failure while
+/// up, a success while down), in milliseconds: the verdict comes in about `(N-1) x` this, not `N x` the
+/// interval.
+pub const DEFAULT_PROBE_RECHECK_MS: u64 = 200;
+/// Default consecutive failed probes that mark a live (or not yet judged) endpoint down.
+pub const DEFAULT_PROBE_DOWN_AFTER: u32 = 3;
+/// Default consecutive successful probes that mark a down endpoint up again.
+pub const DEFAULT_PROBE_UP_AFTER: u32 = 2;
 /// The router used when `[catalog]` is set and `[router]` is not.
 pub const DEFAULT_ROUTER_PLUGIN: &str = "consul-router";
 

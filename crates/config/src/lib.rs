@@ -26,11 +26,12 @@ pub use defaults::{
     DEFAULT_DATACENTER, DEFAULT_DRAIN_GRACE_MS, DEFAULT_DRAIN_TIMEOUT_SECS,
     DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_NAME, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB,
-    DEFAULT_ROUTER_PLUGIN, HOOK_MAX_DEADLINE_MS,
+    DEFAULT_PROBE_DOWN_AFTER, DEFAULT_PROBE_INTERVAL_MS, DEFAULT_PROBE_RECHECK_MS,
+    DEFAULT_PROBE_TIMEOUT_MS, DEFAULT_PROBE_UP_AFTER, DEFAULT_ROUTER_PLUGIN, HOOK_MAX_DEADLINE_MS,
 };
 pub use error::{ConfigError, LoadError};
 pub use schema::{
-    Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, RelayMode,
-    RouteConfig,
+    Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, ProbeSettings,
+    RelayMode, RouteConfig,
 };
 pub use sidecar::SidecarConfig;

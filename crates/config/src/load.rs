@@ -62,6 +62,25 @@ impl Config {
                 format!("glommio needs at least {DEFAULT_IO_MEMORY_KIB} KiB"),
             ));
         }
+        let p = &g.probe;
+        for (field, value, max) in [
+            ("interval_ms", p.interval_ms, 3_600_000),
+            ("timeout_ms", p.timeout_ms, 60_000),
+            ("recheck_ms", p.recheck_ms, 3_600_000),
+            ("down_after", u64::from(p.down_after), 100),
+            ("up_after", u64::from(p.up_after), 100),
+        ] {
+            if value == 0 || value > max {
+                let span = find_key(text, "gateway.probe", field);
+                return Err(locate(
+                    text,
+                    file,
+                    span,
+                    Some(&format!("gateway.probe.{field}")),
+                    format!("must be between 1 and {max}"),
+                ));
+            }
+        }
         if self.router.is_some() && self.catalog.is_none() {
             let span = find_key(text, "router", "plugin");
             return Err(locate(
@@ -172,6 +191,25 @@ mod tests {
         let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nrelay = \"sendfile\"\n")
             .expect_err("relay");
         assert_eq!((e.line, e.field.as_str()), (3, "gateway.relay"), "{e}");
+    }
+
+    #[test]
+    fn probe_settings_default_safely_and_are_checked() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.gateway.probe, crate::ProbeSettings::default());
+        assert!(c.gateway.probe.enabled);
+        let text = format!("{GOOD}\n[gateway.probe]\ninterval_ms = 100\ndown_after = 1\n");
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.gateway.probe.interval_ms, 100);
+        assert_eq!(c.gateway.probe.down_after, 1);
+        let e = parse(&format!("{GOOD}\n[gateway.probe]\nup_after = 0\n")).expect_err("zero");
+        assert_eq!(e.field, "gateway.probe.up_after", "{e}");
+        assert!(e.line >= 20, "located in the probe table: {e}");
+        let e = parse(&format!("{GOOD}\n[gateway.probe]\ntimeout_ms = 600000\n"))
+            .expect_err("too long");
+        assert_eq!(e.field, "gateway.probe.timeout_ms", "{e}");
+        let e = parse(&format!("{GOOD}\n[gateway.probe]\nintervall_ms = 5\n")).expect_err("typo");
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]

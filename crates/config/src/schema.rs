@@ -7,7 +7,9 @@ use crate::defaults::{
     DEFAULT_BACKLOG, DEFAULT_CATALOG_POLL_MS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DATACENTER,
     DEFAULT_DRAIN_GRACE_MS, DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_HELLO_TIMEOUT_MS,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_CONNECTIONS, DEFAULT_NAME,
-    DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_ROUTER_PLUGIN,
+    DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, DEFAULT_PROBE_DOWN_AFTER,
+    DEFAULT_PROBE_INTERVAL_MS, DEFAULT_PROBE_RECHECK_MS, DEFAULT_PROBE_TIMEOUT_MS,
+    DEFAULT_PROBE_UP_AFTER, DEFAULT_ROUTER_PLUGIN,
 };
 use meshgate_route::LbPolicy;
 use serde::Deserialize;
@@ -181,6 +183,8 @@ pub struct GatewaySettings {
     pub relay: RelayMode,
     /// Memory glommio registers per executor for io_uring buffers, in KiB (minimum 512).
     pub io_memory_kib: usize,
+    /// `[gateway.probe]`: health probes of the other datacenters' gateways this gateway routes to.
+    pub probe: ProbeSettings,
     /// Descriptors the control plane needs beyond the engine's own reserve (a socket per Consul
     /// watch); not a file setting: the control plane sets it before the engine starts.
     #[serde(skip)]
@@ -207,8 +211,58 @@ impl Default for GatewaySettings {
             backlog: DEFAULT_BACKLOG,
             relay: RelayMode::Splice,
             io_memory_kib: DEFAULT_IO_MEMORY_KIB,
+            probe: ProbeSettings::default(),
             control_fds: 0,
         }
+    }
+}
+
+/// `[gateway.probe]`: how the gateway probes the endpoints of routes to other datacenters (a TCP connect,
+/// closed at once: no byte is sent). An endpoint is marked down after `down_after` consecutive failures
+/// and up after `up_after` consecutive successes; connections skip endpoints marked down. Applies on
+/// reload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    /// Probe at all (`false`: every endpoint is tried as if unknown, as before probing existed).
+    pub enabled: bool,
+    /// Interval between probes of one endpoint whose state is settled, in milliseconds.
+    pub interval_ms: u64,
+    /// Bound on one probe, in milliseconds.
+    pub timeout_ms: u64,
+    /// Interval while the last result disagrees with the state (deciding), in milliseconds.
+    pub recheck_ms: u64,
+    /// Consecutive failures that mark an endpoint down.
+    pub down_after: u32,
+    /// Consecutive successes that mark a down endpoint up.
+    pub up_after: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            recheck_ms: DEFAULT_PROBE_RECHECK_MS,
+            down_after: DEFAULT_PROBE_DOWN_AFTER,
+            up_after: DEFAULT_PROBE_UP_AFTER,
+        }
+    }
+}
+
+impl ProbeSettings {
+    /// Interval between probes of a settled endpoint.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+    /// Bound on one probe.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    /// Interval while deciding.
+    pub fn recheck(&self) -> Duration {
+        Duration::from_millis(self.recheck_ms)
     }
 }
 

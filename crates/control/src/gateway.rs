@@ -283,17 +283,22 @@ impl GatewayControl {
                         tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
                         continue;
                     }
-                    let mut endpoints = Vec::new();
-                    for e in &r.endpoints {
-                        let addrs = e.to_socket_addrs().map_err(|err| {
-                            invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
-                        })?;
-                        endpoints.extend(addrs);
+                    // The first group, then the router's failover groups, in order.
+                    let mut groups = Vec::with_capacity(1 + r.failover.len());
+                    for group in std::iter::once(&r.endpoints).chain(&r.failover) {
+                        let mut endpoints = Vec::new();
+                        for e in group {
+                            let addrs = e.to_socket_addrs().map_err(|err| {
+                                invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
+                            })?;
+                            endpoints.extend(addrs);
+                        }
+                        groups.push(endpoints);
                     }
                     builder
                         .add(RouteSpec {
                             pattern: r.pattern.clone(),
-                            groups: vec![endpoints],
+                            groups,
                             lb: LbPolicy::RoundRobin,
                             connect_timeout: None,
                             source: format!("plugin {name}: {}", r.reason),
@@ -687,6 +692,43 @@ mod tests {
         assert_eq!(eps, vec!["127.0.0.1:21000".parse().expect("addr")]);
         assert!(source.starts_with("plugin consul-router"), "{source}");
         assert!(control.metrics().table_ready.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_routers_datacenter_failover_policy_becomes_failover_groups() {
+        let dir = TempDir::with_demo_catalog("dc-failover", "dc1");
+        dir.write(
+            "catalog/dc3/mesh-gateway.json",
+            r#"{"service": {"name": "mesh-gateway", "kind": "mesh-gateway", "port": 8445, "tagged_addresses": {"wan": {"address": "127.0.0.1", "port": 8445}}}}"#,
+        );
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        let table = control.initial_table().expect("table");
+        let (route, _) = table.lookup(&api_dc2()).route().expect("dc2 routed");
+        assert_eq!(route.groups.len(), 1, "opt-in: no failover by default");
+        let mut control = GatewayControl::new(config(
+            &dir,
+            "config = { datacenter_failover = \"dc2=dc3\" }\n",
+        ))
+        .expect("plugins load");
+        let table = control.initial_table().expect("table");
+        let (route, _) = table.lookup(&api_dc2()).route().expect("dc2 routed");
+        let groups: Vec<Vec<SocketAddr>> =
+            route.groups.iter().map(|g| g.endpoints.clone()).collect();
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert_eq!(groups[1], vec!["127.0.0.1:8445".parse().expect("addr")]);
+        // A policy the router cannot read is the router's error: no table from it.
+        let mut control =
+            GatewayControl::new(config(&dir, "config = { datacenter_failover = \"dc2\" }\n"))
+                .expect("plugins load");
+        let metrics = control.metrics();
+        let table = control.initial_table().expect("static routes only");
+        assert!(table.lookup(&api_dc2()).route().is_none());
+        assert!(control.compute().is_err());
+        assert!(
+            metrics.failures("consul-router", "error") >= 1,
+            "{}",
+            metrics.render()
+        );
     }
 
     #[test]

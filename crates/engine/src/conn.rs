@@ -118,9 +118,25 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
     let timeout = route.connect_timeout.unwrap_or(settings.connect_timeout());
     let mut plan = Plan::new(route_id);
     let mut attempts = 0u32;
+    // Routes to probed endpoints (other datacenters' gateways) skip those known down; one view for
+    // the whole connection, so its plan is consistent.
+    let health = (hooked.is_none() && snapshot.is_probed(route_id)).then(|| core.health());
     let (up, upstream) = loop {
-        let next = plan.next(route, &mut core.lb.borrow_mut(), |a| core.active_to(a));
+        let next = match &health {
+            Some(h) => plan.next_with_health(
+                route,
+                &mut core.lb.borrow_mut(),
+                |a| core.active_to(a),
+                |a| h.get(a),
+            ),
+            None => plan.next(route, &mut core.lb.borrow_mut(), |a| core.active_to(a)),
+        };
         let Some(addr) = next else {
+            if attempts == 0 && health.is_some() {
+                stats.known_down.inc();
+                tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), route = %route.pattern, attempts, end = End::UpstreamUnavailable.label(), "every upstream is known down");
+                return End::UpstreamUnavailable;
+            }
             tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), route = %route.pattern, attempts, end = End::UpstreamUnavailable.label(), "all upstreams failed");
             return End::UpstreamUnavailable;
         };

@@ -37,7 +37,8 @@
 //!              │           backoff, idle watch, within, reset_on_close
 //!              └─ stats    per-core counters, typed outcomes, metric families, the scrape
 //! hook (the per-connection policy trait), sys (every system call and all `unsafe`) sit at the bottom;
-//! every module may use them.
+//! every module may use them. probe (the remote gateways' health: its own thread, publishing a
+//! liveness view the way tables are published) sits beside worker and uses only route and config.
 //! ```
 
 pub mod budget;
@@ -46,6 +47,7 @@ pub mod cores;
 pub mod hook;
 mod pipes;
 mod poller;
+pub mod probe;
 
 mod relay;
 mod state;
@@ -70,6 +72,24 @@ pub struct Snapshot {
     pub table: RouteTable,
     /// Timeouts and limits for new connections.
     pub settings: GatewaySettings,
+    /// Per route id: whether its plan consults the probes' liveness view (see [`probe::probed_routes`]).
+    pub probed: Vec<bool>,
+}
+
+impl Snapshot {
+    fn new(table: RouteTable, settings: GatewaySettings, targets: &[probe::Target]) -> Snapshot {
+        let probed = probe::probed_routes(&table, targets);
+        Snapshot {
+            table,
+            settings,
+            probed,
+        }
+    }
+
+    /// Whether route `id`'s plan consults liveness.
+    pub fn is_probed(&self, id: meshgate_route::RouteId) -> bool {
+        self.probed.get(id).copied().unwrap_or(false)
+    }
 }
 
 /// State shared by the cores and the control plane. Cores only read it.
@@ -83,6 +103,10 @@ pub(crate) struct Shared {
     unready: std::sync::atomic::AtomicBool,
     /// Splice pipes each core may hold, leased and idle (from the descriptor budget).
     pipe_pool: usize,
+    /// The probes' liveness view of remote gateways; replaced whole by the prober thread.
+    health: ArcSwap<probe::HealthView>,
+    /// Bumped after each new view; cores compare it with their own copy per probed connection.
+    health_generation: AtomicU64,
 }
 
 /// The engine could not start or failed while running.
@@ -119,6 +143,9 @@ pub enum EngineError {
         /// Why.
         message: String,
     },
+    /// The prober thread could not be started.
+    #[error("cannot start the remote-gateway prober: {0}")]
+    Prober(std::io::Error),
     /// This process cannot run executors (io_uring or locked-memory limit).
     #[error(transparent)]
     Cores(#[from] cores::CoreError),
@@ -131,6 +158,7 @@ pub struct Engine {
     metrics: EngineMetrics,
     workers: usize,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    prober: probe::Prober,
 }
 
 impl Engine {
@@ -188,21 +216,34 @@ impl Engine {
         control
             .connection_limit
             .store(u64::from(settings.max_connections), Ordering::Relaxed);
+        let targets = probe::targets(&table, &settings.datacenter);
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                table,
-                settings: settings.clone(),
-            }),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(table, settings.clone(), &targets)),
             generation: AtomicU64::new(0),
             life: cores::Lifecycle::new(workers),
             unready: std::sync::atomic::AtomicBool::new(false),
             pipe_pool: fit.pipes_per_core,
+            health: ArcSwap::from_pointee(probe::HealthView::default()),
+            health_generation: AtomicU64::new(0),
         });
         let metrics = EngineMetrics {
             cores,
             listeners,
             control,
+            probes: Arc::default(),
         };
+        let to_cores = Arc::downgrade(&shared);
+        let prober = probe::Prober::start(
+            Box::new(move |view| {
+                if let Some(shared) = to_cores.upgrade() {
+                    shared.health.store(Arc::new(view));
+                    shared.health_generation.fetch_add(1, Ordering::Release);
+                }
+            }),
+            metrics.probes.clone(),
+        )
+        .map_err(EngineError::Prober)?;
+        prober.configure(targets, settings.probe.clone());
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
         let mut handles = Vec::with_capacity(workers);
         for core in 0..workers {
@@ -225,6 +266,7 @@ impl Engine {
             metrics,
             workers,
             handles,
+            prober,
         };
         for _ in 0..workers {
             match rx.recv() {
@@ -257,10 +299,13 @@ impl Engine {
             .control
             .routes
             .store(table.len() as u64, Ordering::Relaxed);
+        let targets = probe::targets(&table, &settings.datacenter);
+        let probe_settings = settings.probe.clone();
         self.shared
             .snapshot
-            .store(Arc::new(Snapshot { table, settings }));
+            .store(Arc::new(Snapshot::new(table, settings, &targets)));
         self.shared.generation.fetch_add(1, Ordering::Release);
+        self.prober.configure(targets, probe_settings);
     }
 
     /// The snapshot in force.

@@ -5,6 +5,7 @@
 use crate::hook::{ConnectionHook, HookDecision, HOOK_CACHE_MAX, HOOK_FAILURE_REPEAT};
 use crate::pipes::PipePool;
 use crate::poller::Poller;
+use crate::probe::HealthView;
 use crate::stats::{CoreStats, Labelled};
 use crate::{Shared, Snapshot};
 use meshgate_route::LbState;
@@ -25,6 +26,8 @@ pub(crate) struct Core {
     stats: Arc<[CoreStats]>,
     snapshot: RefCell<Arc<Snapshot>>,
     generation: Cell<u64>,
+    health: RefCell<Arc<HealthView>>,
+    health_generation: Cell<u64>,
     pub(crate) lb: RefCell<LbState>,
     endpoint_active: RefCell<HashMap<SocketAddr, u32>>,
     pub(crate) pipes: PipePool,
@@ -50,6 +53,8 @@ impl Core {
     ) -> Core {
         let snapshot = shared.snapshot.load_full();
         let generation = shared.generation.load(Ordering::Acquire);
+        let health_generation = shared.health_generation.load(Ordering::Acquire);
+        let health = shared.health.load_full();
         let pipe_pool = shared.pipe_pool;
         Core {
             index,
@@ -61,6 +66,8 @@ impl Core {
             )),
             snapshot: RefCell::new(snapshot),
             generation: Cell::new(generation),
+            health: RefCell::new(health),
+            health_generation: Cell::new(health_generation),
             endpoint_active: RefCell::new(HashMap::new()),
             pipes: PipePool::with_cap(pipe_pool),
             scratch: RefCell::new(vec![0; SCRATCH]),
@@ -105,6 +112,17 @@ impl Core {
             self.generation.set(generation);
         }
         self.snapshot.borrow().clone()
+    }
+
+    /// The probes' liveness view for a connection to a probed route: refreshed when the prober has
+    /// published a newer one (one atomic load otherwise).
+    pub(crate) fn health(&self) -> Arc<HealthView> {
+        let generation = self.shared.health_generation.load(Ordering::Acquire);
+        if generation != self.health_generation.get() {
+            *self.health.borrow_mut() = self.shared.health.load_full();
+            self.health_generation.set(generation);
+        }
+        self.health.borrow().clone()
     }
 
     /// The hook's decision for a connection (`None`: no hook). A failed call decides what the hook's

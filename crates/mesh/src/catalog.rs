@@ -120,8 +120,12 @@ pub fn resolve_mode(
 pub struct RouteDef {
     /// Exact name or `*.suffix`.
     pub pattern: String,
-    /// Endpoints, all of equal priority.
+    /// Endpoints, all of equal priority (may be empty when `failover` is not).
     pub endpoints: Vec<String>,
+    /// Further groups, tried in order when every attempt on the previous one failed or is known down
+    /// (see `dc_failover`); empty unless a `datacenter_failover` policy applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<Vec<String>>,
     /// Why this route exists (`local service api`, `datacenter dc2`...).
     pub reason: String,
 }
@@ -212,6 +216,7 @@ impl Catalog {
                     continue;
                 }
                 routes.push(RouteDef {
+                    failover: Vec::new(),
                     pattern: SniName::Service {
                         subset: Some(subset.name.clone()),
                         service: entry.name.clone(),
@@ -233,6 +238,7 @@ impl Catalog {
             }
             let endpoints = sorted_unique(endpoints);
             routes.push(RouteDef {
+                failover: Vec::new(),
                 pattern: SniName::service(svc, ns, local_dc, td).to_string(),
                 endpoints,
                 reason: format!("local service {svc}"),
@@ -259,12 +265,14 @@ impl Catalog {
                 continue;
             }
             routes.push(RouteDef {
+                failover: Vec::new(),
                 pattern: format!("*.{dc}.internal.{td}"),
                 endpoints: endpoints.clone(),
                 reason: format!("datacenter {dc}"),
             });
             if wan_federation {
                 routes.push(RouteDef {
+                    failover: Vec::new(),
                     pattern: format!("*.server.{dc}.{}", names::DEFAULT_DOMAIN),
                     endpoints,
                     reason: format!("consul servers in {dc}"),
@@ -284,6 +292,7 @@ impl Catalog {
                     .cloned()
                     .unwrap_or_else(|| i.service.id.clone());
                 routes.push(RouteDef {
+                    failover: Vec::new(),
                     pattern: SniName::Server {
                         node: Some(node.clone()),
                         datacenter: local_dc.to_owned(),

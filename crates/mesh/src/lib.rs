@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod dc_failover;
 pub mod filter;
 pub mod formats;
 pub mod hcl;
@@ -15,6 +16,7 @@ pub mod names;
 pub mod sidecar;
 
 pub use catalog::{resolve_mode, Catalog, Instance, ModeSource, RouteDef, UpstreamPlan};
+pub use dc_failover::DatacenterFailover;
 pub use formats::Format;
 pub use model::{ConfigEntry, Document, EntryKind, GatewayMode, Service, ServiceKind, Upstream};
 pub use names::SniName;

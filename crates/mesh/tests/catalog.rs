@@ -483,3 +483,72 @@ Sources = [{ Name = "web", Action = "allow" }]"#,
         assert!(text.contains(scope), "{text}");
     }
 }
+
+/// `mesh()` plus dc3: api (+sidecar) and a gateway.
+fn mesh3() -> Catalog {
+    let mut c = mesh();
+    c.instances.extend(instances(
+        "dc3",
+        "10.3.0.9",
+        r#"
+        services = [
+          { name = "api", port = 9090, connect { sidecar_service { port = 21000 } } },
+          { name = "mesh-gateway", kind = "mesh-gateway", port = 8443,
+            tagged_addresses { wan { address = "198.51.100.3", port = 443 } } },
+        ]"#,
+    ));
+    c
+}
+
+fn groups(r: &meshgate_mesh::RouteDef) -> Vec<Vec<&str>> {
+    std::iter::once(&r.endpoints)
+        .chain(&r.failover)
+        .map(|g| g.iter().map(String::as_str).collect())
+        .collect()
+}
+
+#[test]
+fn datacenter_failover_policy_adds_groups_at_the_origin_and_local_instances_at_the_target() {
+    use meshgate_mesh::DatacenterFailover;
+    let c = mesh3();
+    let policy = DatacenterFailover::parse("dc2=dc3").expect("policy");
+    // Without a policy: exactly Consul's routes.
+    assert_eq!(
+        c.gateway_routes_with_failover("dc1", false, &DatacenterFailover::default()),
+        c.gateway_routes("dc1", false)
+    );
+    // dc1 (the origin): dc2's names go to dc2's gateway, then dc3's.
+    let dc2 = format!("*.dc2.internal.{TD}");
+    let routes = c.gateway_routes_with_failover("dc1", false, &policy);
+    let r = routes.iter().find(|r| r.pattern == dc2).expect("dc2 route");
+    assert_eq!(
+        groups(r),
+        vec![vec!["198.51.100.2:443"], vec!["198.51.100.3:443"]]
+    );
+    // dc3 (the target): api's dc2 name goes to dc2's gateway, then to dc3's own api; dc3's `*.dc2`
+    // never goes to a third datacenter (no loops).
+    let routes = c.gateway_routes_with_failover("dc3", false, &policy);
+    let api2 = format!("api.default.dc2.internal.{TD}");
+    let r = routes
+        .iter()
+        .find(|r| r.pattern == api2)
+        .expect("api route");
+    assert_eq!(
+        groups(r),
+        vec![vec!["198.51.100.2:443"], vec!["10.3.0.9:21000"]]
+    );
+    let r = routes.iter().find(|r| r.pattern == dc2).expect("dc2 route");
+    assert_eq!(groups(r), vec![vec!["198.51.100.2:443"]]);
+    // dc2 itself ignores its own entry.
+    assert_eq!(
+        c.gateway_routes_with_failover("dc2", false, &policy),
+        c.gateway_routes("dc2", false)
+    );
+    // dc2 without a healthy gateway: the origin still routes dc2's names, to dc3 only.
+    let mut down = mesh3();
+    down.instances
+        .retain(|i| !(i.datacenter == "dc2" && i.service.name == "mesh-gateway"));
+    let routes = down.gateway_routes_with_failover("dc1", false, &policy);
+    let r = routes.iter().find(|r| r.pattern == dc2).expect("dc2 route");
+    assert_eq!(groups(r), vec![vec![], vec!["198.51.100.3:443"]]);
+}

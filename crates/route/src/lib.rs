@@ -17,7 +17,7 @@
 
 mod plan;
 
-pub use plan::{LbState, Plan, MAX_ATTEMPTS_PER_GROUP};
+pub use plan::{LbState, Liveness, Plan, MAX_ATTEMPTS_PER_GROUP, NEAR_FACTOR, NEAR_SLACK_MICROS};
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -52,6 +52,7 @@ pub struct Route {
     /// The pattern as configured (`name` or `*.suffix`), or `<default>` / `<no-sni>`.
     pub pattern: String,
     /// Groups in priority order: the next is tried only when every attempt in the previous one failed.
+    /// A group may be empty (passed over), but not every group.
     pub groups: Vec<EndpointGroup>,
     /// Load-balancing policy within a group.
     pub lb: LbPolicy,
@@ -280,14 +281,18 @@ impl RouteTableBuilder {
 }
 
 fn make_route(pattern: String, spec: RouteSpec) -> Result<Route, BuildError> {
-    let groups: Vec<EndpointGroup> = spec
+    if spec.groups.iter().all(Vec::is_empty) {
+        return Err(BuildError::NoEndpoints(pattern));
+    }
+    // Empty groups are kept (a plan passes over them): a route whose own datacenter has no gateway left
+    // but which fails over elsewhere still says so, and its first group stays its own datacenter's.
+    let mut groups: Vec<EndpointGroup> = spec
         .groups
         .into_iter()
-        .filter(|g| !g.is_empty())
         .map(|endpoints| EndpointGroup { endpoints })
         .collect();
-    if groups.is_empty() {
-        return Err(BuildError::NoEndpoints(pattern));
+    while groups.last().is_some_and(|g| g.endpoints.is_empty()) {
+        groups.pop();
     }
     Ok(Route {
         pattern,

@@ -1,6 +1,8 @@
 //! `consul-router`: a mesh gateway's routes the way Consul computes them (see `meshgate_mesh::catalog`):
 //! local services' SNIs to their healthy sidecars, `*.<dc>.internal.<td>` to other datacenters' gateways,
-//! and Consul server names when `wan_federation = "true"`; and a sidecar's plan (upstreams by gateway
+//! and Consul server names when `wan_federation = "true"`; with `datacenter_failover = "dc2=dc3"`
+//! (opt-in), failover groups for other datacenters' names (see `meshgate_mesh::dc_failover`); and a
+//! sidecar's plan (upstreams by gateway
 //! mode, intentions), see `meshgate_mesh::sidecar`.
 
 wit_bindgen::generate!({
@@ -21,9 +23,15 @@ impl Guest for ConsulRouter {
         local_datacenter: String,
     ) -> Result<Vec<Route>, String> {
         let wan = meshgate_guest::setting(&settings, "wan_federation") == Some("true");
+        // Opt-in: without the setting, exactly Consul's routes.
+        let policy = meshgate_guest::setting(&settings, meshgate_mesh::dc_failover::SETTING)
+            .map(meshgate_mesh::DatacenterFailover::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
         let catalog = meshgate_guest::catalog_from_wit(catalog);
         Ok(meshgate_guest::routes_to_wit(
-            catalog.gateway_routes(&local_datacenter, wan),
+            catalog.gateway_routes_with_failover(&local_datacenter, wan, &policy),
         ))
     }
 

@@ -256,6 +256,7 @@ pub fn routes_to_wit(routes: Vec<RouteDef>) -> Vec<types::Route> {
             pattern: r.pattern,
             endpoints: r.endpoints,
             reason: r.reason,
+            failover: r.failover,
         })
         .collect()
 }

@@ -31,6 +31,7 @@ impl Guest for Testbed {
                 pattern: get("pattern"),
                 endpoints: vec![get("endpoint")],
                 reason: format!("testbed ({} instances seen)", catalog.instances.len()),
+                failover: Vec::new(),
             }]),
             "trap" => panic!("testbed asked to trap"),
             "loop" => loop {
@@ -47,6 +48,7 @@ impl Guest for Testbed {
                 pattern: "a.*.b".into(),
                 endpoints: vec!["not-an-address".into()],
                 reason: "garbage".into(),
+                failover: Vec::new(),
             }]),
             "read" => host::read_file(&get("path")).map(|_| Vec::new()),
             "http" => host::http_get(&get("url")).map(|_| Vec::new()),

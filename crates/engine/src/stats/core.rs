@@ -93,6 +93,9 @@ pub struct CoreStats {
     pub connect_failures: Counter,
     /// Upstream connect timeouts (also counted as failures).
     pub connect_timeouts: Counter,
+    /// Connections refused with no connect attempt because every endpoint of their route was known
+    /// down (the probes' verdict).
+    pub known_down: Counter,
     /// Bytes from downstream to upstream (ClientHello included).
     pub bytes_to_upstream: Counter,
     /// Bytes from upstream to downstream.
@@ -127,6 +130,7 @@ impl CoreStats {
             connect_attempts: Counter::default(),
             connect_failures: Counter::default(),
             connect_timeouts: Counter::default(),
+            known_down: Counter::default(),
             bytes_to_upstream: Counter::default(),
             bytes_to_downstream: Counter::default(),
             duration: Histogram::new(&DURATION_BUCKETS),

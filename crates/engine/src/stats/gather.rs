@@ -18,6 +18,8 @@ pub struct EngineMetrics {
     pub listeners: Arc<[String]>,
     /// Control-plane values.
     pub control: Arc<ControlStats>,
+    /// The remote gateways' probes, as the prober last published them.
+    pub probes: Arc<arc_swap::ArcSwap<crate::probe::ProbeReport>>,
 }
 
 impl EngineMetrics {
@@ -160,6 +162,11 @@ impl EngineMetrics {
                 &|c: &CoreStats| c.connect_timeouts.get(),
             ),
             (
+                "meshgate_upstream_known_down_total",
+                "Connections refused at once, no connect tried, because every endpoint of their route was known down.",
+                &|c: &CoreStats| c.known_down.get(),
+            ),
+            (
                 "meshgate_accept_errors_total",
                 "accept(2) errors.",
                 &|c: &CoreStats| c.accept_errors.get(),
@@ -264,6 +271,7 @@ impl EngineMetrics {
             GAUGE,
             vec![gauge(vec![], ctl.connection_limit.load(Relaxed) as f64)],
         ));
+        self.gather_probes(&mut out);
         out.push(family(
             "meshgate_draining",
             "1 while the gateway drains before exit.",
@@ -274,6 +282,70 @@ impl EngineMetrics {
             )],
         ));
         out
+    }
+
+    fn gather_probes(&self, out: &mut Vec<MetricFamily>) {
+        use MetricType::{COUNTER, GAUGE};
+        let report = self.probes.load();
+        let labels = |e: &crate::probe::EndpointReport| {
+            vec![
+                label("datacenter", &e.datacenter),
+                label("endpoint", &e.endpoint.to_string()),
+            ]
+        };
+        let judged = || {
+            report
+                .endpoints
+                .iter()
+                .filter(|e| e.state != crate::probe::tracker::State::Unknown)
+        };
+        out.push(family(
+            "meshgate_remote_gateway_up",
+            "1 while probes reach this remote gateway endpoint, 0 once it is marked down (connections skip it); absent before the first verdict.",
+            GAUGE,
+            judged()
+                .map(|e| {
+                    let up = e.state == crate::probe::tracker::State::Up;
+                    gauge(labels(e), if up { 1.0 } else { 0.0 })
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "meshgate_remote_gateway_rtt_seconds",
+            "Smoothed TCP connect time to a remote gateway endpoint (kept while it is down).",
+            GAUGE,
+            report
+                .endpoints
+                .iter()
+                .filter_map(|e| Some(gauge(labels(e), e.rtt?.as_secs_f64())))
+                .collect(),
+        ));
+        out.push(family(
+            "meshgate_remote_gateway_last_change_timestamp_seconds",
+            "When a remote gateway endpoint was last marked up or down, seconds since the Unix epoch.",
+            GAUGE,
+            report
+                .endpoints
+                .iter()
+                .filter_map(|e| Some(gauge(labels(e), e.last_change?)))
+                .collect(),
+        ));
+        out.push(family(
+            "meshgate_remote_gateway_probes_total",
+            "Probes of a remote gateway endpoint, by result (ok, failed).",
+            COUNTER,
+            report
+                .endpoints
+                .iter()
+                .flat_map(|e| {
+                    let mut ok = labels(e);
+                    ok.push(label("result", "ok"));
+                    let mut failed = labels(e);
+                    failed.push(label("result", "failed"));
+                    [counter(ok, e.ok), counter(failed, e.failed)]
+                })
+                .collect(),
+        ));
     }
 
     /// The Prometheus text exposition of [`EngineMetrics::gather`].

@@ -109,6 +109,7 @@ mod tests {
             cores,
             listeners: vec!["127.0.0.1:8443".to_owned()].into(),
             control: Arc::default(),
+            probes: Arc::default(),
         };
         let text = m.render();
         for line in [
