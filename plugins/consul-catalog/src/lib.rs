@@ -39,8 +39,8 @@ wit_bindgen::generate!({
     world: "watch-catalog-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.3.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.3.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
     },
 });
 
@@ -296,6 +296,12 @@ fn resolver_entry(r: &ServiceResolver) -> ConfigEntry {
             .collect(),
         default_subset: Some(r.default_subset.clone()).filter(|d| !d.is_empty()),
         sources: Vec::new(),
+        failover: r
+            .failover
+            .iter()
+            .map(|(key, f)| convert::failover(key, f))
+            .collect(),
+        redirect: r.redirect.as_ref().map(convert::redirect),
     }
 }
 
@@ -397,6 +403,8 @@ fn sidecar(
                     subsets: Vec::new(),
                     default_subset: None,
                     sources: Vec::new(),
+                    failover: Vec::new(),
+                    redirect: None,
                 });
             }
             for (key, entry) in defaults {
@@ -408,6 +416,8 @@ fn sidecar(
                         subsets: Vec::new(),
                         default_subset: None,
                         sources: Vec::new(),
+                        failover: Vec::new(),
+                        redirect: None,
                     });
                 }
             }
@@ -467,6 +477,8 @@ fn intention_entries(
                 subsets: Vec::new(),
                 default_subset: None,
                 sources,
+                failover: Vec::new(),
+                redirect: None,
             });
         }
         if service == "*" {
