@@ -3,7 +3,8 @@
 //! registered in dc1 and dc2, each fronted by a meshgate sidecar in agent mode, through meshgate
 //! gateways in `local` mode. The resolver fails api over to dc2: api's dc1 sidecar check turned critical
 //! → web's next calls reach api in dc2 (the consul-catalog plugin watches api's health in dc2 because
-//! the resolver names it); passing again → back to dc1. Times are printed, never asserted.
+//! the resolver names it); passing again → back to dc1. The path to dc2 is used once first (a second
+//! upstream names dc2), so the switch is timed on a mesh that is up. Times are printed, never asserted.
 
 mod common;
 
@@ -64,8 +65,13 @@ fn a_resolver_written_with_consul_config_write_fails_over_to_dc2_and_back() {
     let lab = TwoDcLab::start().expect("two-datacenter lab");
     let dir = TempDir::new("consul-failover");
     let (api1_app, api2_app) = (line_app("api-dc1: "), line_app("api-dc2: "));
-    let (api1_public, api2_public, web_public, up) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (api1_public, api2_public, web_public, up, up_dc2) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     lab.dc1
         .register(&lab::sidecar_registration(
             "api",
@@ -87,7 +93,10 @@ fn a_resolver_written_with_consul_config_write_fails_over_to_dc2_and_back() {
             "web",
             1,
             web_public,
-            json!([{"DestinationName": "api", "LocalBindPort": up}]),
+            // The second upstream names dc2 itself: it proves the path through both gateways (and
+            // api's dc2 sidecar's first authorize) before the switch is timed.
+            json!([{"DestinationName": "api", "LocalBindPort": up},
+                   {"DestinationName": "api", "Datacenter": "dc2", "LocalBindPort": up_dc2}]),
         ))
         .expect("register web");
     lab.dc1
@@ -140,13 +149,35 @@ fn a_resolver_written_with_consul_config_write_fails_over_to_dc2_and_back() {
         http_get(web_admin, "/routes").filter(|r| r.contains(dc2_target))
     });
     assert!(routes.contains("failover[*]"), "{routes}");
+    wait_for(SETTLE, "api in dc2 through both gateways", || {
+        ask(up_dc2, "warm").filter(|a| a.starts_with("api-dc2: "))
+    });
 
     lab.dc1
         .check_fail("api-sidecar-ttl")
         .expect("fail api in dc1");
     let t0 = Instant::now();
+    // Where the time goes: the agent's own answer, web's plan, and the first call answered in dc2.
+    let (mut agent_saw, mut plan_saw) = (None, None);
+    // Calls made after web's plan changed that were closed instead of answered.
+    let mut closed = 0;
     let switched = poll_until(SETTLE, || {
-        ask(up, "two").filter(|a| a.starts_with("api-dc2: "))
+        if agent_saw.is_none() {
+            let health: serde_json::Value = lab.dc1.get("/v1/health/connect/api").ok()?;
+            if health.to_string().contains("\"critical\"") {
+                agent_saw = Some(t0.elapsed());
+            }
+        }
+        if plan_saw.is_none()
+            && http_get(web_admin, "/routes").is_some_and(|r| r.contains("no healthy instance"))
+        {
+            plan_saw = Some(t0.elapsed());
+        }
+        let answer = ask(up, "two");
+        if plan_saw.is_some() && answer.is_none() {
+            closed += 1;
+        }
+        answer.filter(|a| a.starts_with("api-dc2: "))
     });
     assert!(
         switched.is_some(),
@@ -154,7 +185,7 @@ fn a_resolver_written_with_consul_config_write_fails_over_to_dc2_and_back() {
         http_get(web_admin, "/routes")
     );
     eprintln!(
-        "consul: api's dc1 check critical → first call answered in dc2 after {:?}",
+        "consul: api's dc1 check critical → agent's health/connect says critical after {agent_saw:?}, web's plan skips dc1 after {plan_saw:?}, first call answered in dc2 after {:?} ({closed} calls closed in between)",
         t0.elapsed()
     );
 
