@@ -511,11 +511,12 @@ pub struct ServiceResolver {
     pub subsets: BTreeMap<String, ResolverSubset>,
     /// Go duration (`"3s"`); empty = unset.
     pub connect_timeout: String,
-    /// Redirect (kept opaque).
-    pub redirect: Option<serde_json::Value>,
-    /// Failover (kept opaque: the sidecar decides failover, a gateway only sees the final SNI).
+    /// Redirect: the service resolves as another (service, subset, namespace, datacenter).
+    pub redirect: Option<ResolverRedirect>,
+    /// Failover by subset name or `*`: where a sidecar's connections go when the primary target has no
+    /// healthy instance (a gateway only ever sees the final SNI).
     #[serde(deserialize_with = "nullable")]
-    pub failover: BTreeMap<String, serde_json::Value>,
+    pub failover: BTreeMap<String, ResolverFailover>,
     /// Raft index.
     pub modify_index: u64,
 }
@@ -528,6 +529,35 @@ impl ServiceResolver {
         }
         parse_go_duration(&self.connect_timeout).map(Some)
     }
+}
+
+/// A resolver's `Failover` value (`ServiceResolverFailover`); empty fields keep the primary's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ResolverFailover {
+    /// Another service.
+    pub service: String,
+    /// A subset of it.
+    pub service_subset: String,
+    /// Another namespace.
+    pub namespace: String,
+    /// Datacenters, tried in order.
+    #[serde(deserialize_with = "nullable")]
+    pub datacenters: Vec<String>,
+}
+
+/// A resolver's `Redirect` (`ServiceResolverRedirect`); empty fields keep the upstream's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ResolverRedirect {
+    /// Another service.
+    pub service: String,
+    /// A subset of it.
+    pub service_subset: String,
+    /// Another namespace.
+    pub namespace: String,
+    /// Another datacenter.
+    pub datacenter: String,
 }
 
 /// A resolver subset: a bexpr filter over the proxy's `CheckServiceNode`.

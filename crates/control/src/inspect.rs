@@ -41,6 +41,13 @@ pub fn check(file: &Path) -> Result<String, ControlError> {
                     c.catalog.plugin,
                     c.router_section().plugin
                 );
+                // The file is valid whatever its catalog holds; a catalog that cannot be read is said.
+                match crate::sidecar::explain(&c) {
+                    Ok(t) => out.push_str(&t),
+                    Err(e) => {
+                        let _ = writeln!(out, "  upstream targets not computed: {e}");
+                    }
+                }
                 Ok(out)
             }
             Err(e) => Err(ControlError::Config(e.to_string())),
@@ -255,6 +262,35 @@ fn describe(doc: &meshgate_mesh::Document) -> String {
             );
             for subset in &e.subsets {
                 let _ = writeln!(out, "  subset {}: {}", subset.name, subset.filter);
+            }
+            if let Some(d) = &e.default_subset {
+                let _ = writeln!(out, "  default subset {d}");
+            }
+            let or_same = |v: &Option<String>| v.clone().unwrap_or_else(|| "(same)".to_owned());
+            if let Some(r) = &e.redirect {
+                let _ = writeln!(
+                    out,
+                    "  redirect to service {}, subset {}, namespace {}, datacenter {}",
+                    or_same(&r.service),
+                    or_same(&r.service_subset),
+                    or_same(&r.namespace),
+                    or_same(&r.datacenter)
+                );
+            }
+            for f in &e.failover {
+                let dcs = if f.datacenters.is_empty() {
+                    "(same)".to_owned()
+                } else {
+                    f.datacenters.join(" then ")
+                };
+                let _ = writeln!(
+                    out,
+                    "  failover for {}: service {}, subset {}, namespace {}, datacenters {dcs}",
+                    f.key,
+                    or_same(&f.service),
+                    or_same(&f.service_subset),
+                    or_same(&f.namespace)
+                );
             }
             for source in &e.sources {
                 let _ = writeln!(

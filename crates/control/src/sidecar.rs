@@ -14,7 +14,7 @@ use meshgate_config::SidecarConfig;
 use meshgate_mesh::model::{IntentionAction, IntentionSource};
 use meshgate_plugin::types;
 use meshgate_sidecar::tls::{Expected, MeshTls};
-use meshgate_sidecar::{Plan, Settings, Sidecar, Upstream};
+use meshgate_sidecar::{Plan, Settings, Sidecar, Target, Upstream};
 use rustls::pki_types::ServerName;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -314,33 +314,57 @@ fn compile(
         .transpose()?;
     let mut upstreams = Vec::new();
     for u in &wit.upstreams {
-        let expect = Expected::from_spiffe(&u.identity).ok_or_else(|| {
-            format!(
-                "upstream {}: bad identity {}",
-                u.destination_name, u.identity
-            )
-        })?;
-        let client = tls.client_config(expect).map_err(|e| e.to_string())?;
-        let sni = ServerName::try_from(u.sni.clone())
-            .map_err(|e| format!("upstream {}: SNI {}: {e}", u.destination_name, u.sni))?;
-        let next_hops = u
-            .next_hops
-            .iter()
-            .map(|h| resolve("next hop", h))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A router that lists no targets (written before 0.4.0's targets) still means its one SNI.
+        let single = [types::UpstreamTarget {
+            service: u.destination_name.clone(),
+            subset: None,
+            namespace: u.destination_namespace.clone(),
+            datacenter: u.datacenter.clone(),
+            origin: "primary".to_owned(),
+            sni: u.sni.clone(),
+            identity: u.identity.clone(),
+            via_gateway: u.via_gateway,
+            next_hops: u.next_hops.clone(),
+            skipped: None,
+        }];
+        let listed = if u.targets.is_empty() {
+            &single[..]
+        } else {
+            &u.targets[..]
+        };
+        let mut targets = Vec::new();
+        for t in listed.iter().filter(|t| t.skipped.is_none()) {
+            let what = format!("upstream {} target {}", u.destination_name, t.sni);
+            // Each target is verified as its own service: a failover to another service (or a
+            // redirect) must present that service's identity, not the upstream's.
+            let expect = Expected::from_spiffe(&t.identity)
+                .ok_or_else(|| format!("{what}: bad identity {}", t.identity))?;
+            let client = tls.client_config(expect).map_err(|e| e.to_string())?;
+            let sni =
+                ServerName::try_from(t.sni.clone()).map_err(|e| format!("{what}: SNI: {e}"))?;
+            let next_hops = t
+                .next_hops
+                .iter()
+                .map(|h| resolve("next hop", h))
+                .collect::<Result<Vec<_>, _>>()?;
+            targets.push(Target {
+                service: t.service.clone(),
+                datacenter: t.datacenter.clone(),
+                sni,
+                client,
+                next_hops,
+                via_gateway: t.via_gateway,
+            });
+        }
         upstreams.push(Upstream {
             service: u.destination_name.clone(),
-            datacenter: u.datacenter.clone(),
             bind: resolve(
                 "local bind",
                 &format!("{}:{}", u.local_bind_address, u.local_bind_port),
             )?,
-            sni,
-            client,
-            next_hops,
             mode: mode_label(u.mode).to_owned(),
             mode_source: u.mode_source.clone(),
-            via_gateway: u.via_gateway,
+            targets,
         });
     }
     let intentions = wit
@@ -386,6 +410,18 @@ fn plan_json(wit: &types::SidecarPlan) -> String {
                 "mode_source": u.mode_source,
                 "via_gateway": u.via_gateway,
                 "next_hops": u.next_hops,
+                "targets": u.targets.iter().map(|t| serde_json::json!({
+                    "service": t.service,
+                    "subset": t.subset,
+                    "namespace": t.namespace,
+                    "datacenter": t.datacenter,
+                    "origin": t.origin,
+                    "sni": t.sni,
+                    "identity": t.identity,
+                    "via_gateway": t.via_gateway,
+                    "next_hops": t.next_hops,
+                    "skipped": t.skipped,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -412,6 +448,100 @@ fn plan_json(wit: &types::SidecarPlan) -> String {
         "intentions": intentions,
     }))
     .unwrap_or_default()
+}
+
+/// What `meshgate check` says of a sidecar config's upstreams: the plan its router makes from one read
+/// of its catalog, each upstream's targets in the order connections try them, and why a target is left
+/// out. A catalog fed by a Consul agent's watches is not read here (that needs the agent).
+pub fn explain(config: &SidecarConfig) -> Result<String, ControlError> {
+    if config.catalog.plugin == "consul-catalog" {
+        return Ok(
+            "  upstream targets: from the Consul agent's catalog at run time (see /routes)\n"
+                .into(),
+        );
+    }
+    let metrics = PluginMetrics::new()?;
+    let host = plugins::host()?;
+    let (mut catalog, mut router) = plugins::load_catalog_and_router(
+        &host,
+        &config.catalog,
+        &config.router_section(),
+        &config.base_dir,
+        &metrics,
+        &plugins::ConsulLink {
+            section: config.consul.as_ref(),
+            waker: Arc::new(|| {}),
+        },
+    )?;
+    catalog
+        .poll(&metrics)
+        .map_err(|e| ControlError::Config(format!("catalog: {e}")))?;
+    let Some(current) = catalog.current() else {
+        return Ok("  upstream targets: the catalog gave nothing yet\n".into());
+    };
+    let s = &config.sidecar;
+    let wit = router
+        .plugin
+        .sidecar_plan(
+            &router.section.settings(),
+            current,
+            &s.datacenter,
+            &s.service,
+            s.proxy_id.as_deref(),
+        )
+        .map_err(|e| ControlError::Config(format!("router: {e}")))?;
+    Ok(explain_plan(&wit))
+}
+
+/// Each upstream's targets as text: numbered in the order tried, skipped ones marked with why.
+fn explain_plan(wit: &types::SidecarPlan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for u in &wit.upstreams {
+        let _ = writeln!(
+            out,
+            "  upstream {} (listens {}:{}): gateway mode {} (from {})",
+            u.destination_name,
+            u.local_bind_address,
+            u.local_bind_port,
+            mode_label(u.mode),
+            u.mode_source
+        );
+        let mut n = 0;
+        for t in &u.targets {
+            let hops = if t.next_hops.is_empty() {
+                "no next hop".to_owned()
+            } else {
+                format!(
+                    "next hops {} ({})",
+                    t.next_hops.join(", "),
+                    if t.via_gateway {
+                        "gateways"
+                    } else {
+                        "instances"
+                    }
+                )
+            };
+            match &t.skipped {
+                None => {
+                    n += 1;
+                    let _ = writeln!(
+                        out,
+                        "    {n}. {} [{}, {}]: {hops}; identity {}",
+                        t.sni, t.datacenter, t.origin, t.identity
+                    );
+                }
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        "    -  {} [{}, {}]: skipped: {why}",
+                        t.sni, t.datacenter, t.origin
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A running sidecar: data plane, admin endpoint and control thread.

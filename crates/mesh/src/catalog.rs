@@ -1,8 +1,10 @@
 //! The catalog (what a catalog plugin returns), gateway-mode resolution with Consul's precedence, and
-//! the two compilations built on them: a mesh gateway's routes, and a sidecar's upstream plan.
+//! the two compilations built on them: a mesh gateway's routes, and a sidecar's upstream plan (its
+//! targets in [`crate::resolver`]'s order, each with next hops and whether its service is healthy).
 
 use crate::model::{ConfigEntry, EntryKind, GatewayMode, Health, Service, ServiceKind, Upstream};
 use crate::names::{self, SniName};
+pub use crate::resolver::{Origin, TargetId};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -316,8 +318,10 @@ impl Catalog {
         )
     }
 
-    /// The upstream plan of a sidecar registered in `local_dc`: per upstream, the SNI to send, the
-    /// identity to expect, the resolved gateway mode and where to dial.
+    /// The upstream plan of a sidecar registered in `local_dc`: per upstream, the resolved gateway mode
+    /// and the targets its connections try in order (see [`crate::resolver`]), each with its SNI, the
+    /// identity to expect and where to dial. The plan's own `sni`, `identity`, `datacenter`,
+    /// `via_gateway` and `next_hops` are those of the first target tried.
     pub fn upstream_plan(&self, local_dc: &str, sidecar: &Service) -> Vec<UpstreamPlan> {
         let Some(proxy) = &sidecar.proxy else {
             return Vec::new();
@@ -344,28 +348,137 @@ impl Catalog {
                     service_defaults,
                     proxy_defaults,
                 );
-                // Intra-datacenter upstreams never use a gateway, whatever the mode says.
-                let cross = dc != local_dc;
-                let next_hops = match (cross, mode) {
-                    (false, _) | (true, GatewayMode::None) => {
-                        self.service_endpoints(&u.destination_name, &ns, &dc)
-                    }
-                    (true, GatewayMode::Local) => self.gateway_endpoints(local_dc, "lan"),
-                    (true, GatewayMode::Remote) => self.gateway_endpoints(&dc, "wan"),
-                };
+                let targets = self.targets(local_dc, &u.destination_name, &ns, &dc, mode);
+                let first = targets
+                    .iter()
+                    .find(|t| t.skipped.is_none())
+                    .or(targets.first());
                 UpstreamPlan {
                     upstream: u.clone(),
-                    datacenter: dc.clone(),
-                    sni: SniName::service(&u.destination_name, &ns, &dc, &self.trust_domain)
-                        .to_string(),
-                    identity: names::spiffe_id(&self.trust_domain, &ns, &dc, &u.destination_name),
+                    datacenter: first.map_or(dc.clone(), |t| t.id.datacenter.clone()),
+                    sni: first.map(|t| t.sni.clone()).unwrap_or_default(),
+                    identity: first.map(|t| t.identity.clone()).unwrap_or_default(),
                     mode,
                     mode_source,
-                    via_gateway: cross && mode != GatewayMode::None,
-                    next_hops,
+                    via_gateway: first.is_some_and(|t| t.via_gateway),
+                    next_hops: first.map(|t| t.next_hops.clone()).unwrap_or_default(),
+                    targets,
                 }
             })
             .collect()
+    }
+
+    /// The targets of an upstream to `service` in `namespace` and `datacenter`, in the order they are
+    /// tried, with their SNI, identity and next hops by `mode`. A target without a healthy instance is
+    /// marked skipped, unless no target has one: then the first is kept, so connections fail clearly.
+    pub fn targets(
+        &self,
+        local_dc: &str,
+        service: &str,
+        namespace: &str,
+        datacenter: &str,
+        mode: GatewayMode,
+    ) -> Vec<Target> {
+        let resolved = crate::resolver::resolve(
+            |svc| self.entry(EntryKind::ServiceResolver, svc),
+            &TargetId {
+                service: service.to_owned(),
+                subset: None,
+                namespace: namespace.to_owned(),
+                datacenter: datacenter.to_owned(),
+            },
+        );
+        let mut targets: Vec<Target> = resolved
+            .into_iter()
+            .map(|(id, origin)| {
+                let healthy = self.target_endpoints(&id);
+                // Intra-datacenter targets never use a gateway, whatever the mode says.
+                let cross = id.datacenter != local_dc;
+                let next_hops = match (cross, mode, &healthy) {
+                    (_, _, Err(_)) => Vec::new(),
+                    (false, _, Ok(eps)) | (true, GatewayMode::None, Ok(eps)) => eps.clone(),
+                    (true, GatewayMode::Local, Ok(_)) => self.gateway_endpoints(local_dc, "lan"),
+                    (true, GatewayMode::Remote, Ok(_)) => {
+                        self.gateway_endpoints(&id.datacenter, "wan")
+                    }
+                };
+                let skipped = match &healthy {
+                    Err(why) => Some(why.clone()),
+                    Ok(eps) if eps.is_empty() => Some(format!(
+                        "no healthy instance of {} in {}",
+                        id.describe(),
+                        id.datacenter
+                    )),
+                    Ok(_) => None,
+                };
+                Target {
+                    sni: id.sni(&self.trust_domain),
+                    identity: names::spiffe_id(
+                        &self.trust_domain,
+                        &id.namespace,
+                        &id.datacenter,
+                        &id.service,
+                    ),
+                    via_gateway: cross && mode != GatewayMode::None,
+                    next_hops,
+                    skipped,
+                    origin,
+                    id,
+                }
+            })
+            .collect();
+        // Nothing healthy anywhere: keep the primary, so connections go where the service belongs and
+        // fail there (a gateway or sidecar says why) rather than nowhere.
+        if targets.iter().all(|t| t.skipped.is_some()) {
+            if let Some(first) = targets.first_mut() {
+                first.skipped = None;
+                if first.next_hops.is_empty() {
+                    let cross = first.id.datacenter != local_dc;
+                    first.next_hops = match (cross, mode) {
+                        (true, GatewayMode::Local) => self.gateway_endpoints(local_dc, "lan"),
+                        (true, GatewayMode::Remote) => {
+                            self.gateway_endpoints(&first.id.datacenter, "wan")
+                        }
+                        _ => Vec::new(),
+                    };
+                }
+            }
+        }
+        targets
+    }
+
+    /// Healthy mesh endpoints of a target (its subset's filter applied), or why it cannot have any.
+    fn target_endpoints(&self, id: &TargetId) -> Result<Vec<String>, String> {
+        let filter = match &id.subset {
+            None => None,
+            Some(name) => {
+                let subset = self
+                    .entry(EntryKind::ServiceResolver, &id.service)
+                    .and_then(|e| e.subsets.iter().find(|s| &s.name == name));
+                match subset {
+                    Some(s) => Some(&s.parsed),
+                    None => {
+                        return Err(format!(
+                            "subset {name} is not defined by a service-resolver for {}",
+                            id.service
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(sorted_unique(
+            self.instances
+                .iter()
+                .filter(|i| {
+                    i.datacenter == id.datacenter
+                        && i.service.namespace == id.namespace
+                        && i.healthy()
+                        && i.mesh_service() == Some(id.service.as_str())
+                        && filter.is_none_or(|f| f.matches(&i.service))
+                })
+                .map(Instance::endpoint)
+                .collect(),
+        ))
     }
 }
 
@@ -388,4 +501,26 @@ pub struct UpstreamPlan {
     pub via_gateway: bool,
     /// Addresses to dial, in any order (empty: nowhere to go).
     pub next_hops: Vec<String>,
+    /// Every target, in the order connections try them (skipped ones included, marked).
+    pub targets: Vec<Target>,
+}
+
+/// One place an upstream's connections may go: a service (or subset) in a namespace and datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Which service, subset, namespace and datacenter.
+    #[serde(flatten)]
+    pub id: TargetId,
+    /// Why it is in the list.
+    pub origin: Origin,
+    /// SNI the sidecar sends (`<subset>.<svc>.<ns>.<dc>.internal.<td>` when a subset applies).
+    pub sni: String,
+    /// SPIFFE identity the destination must present.
+    pub identity: String,
+    /// Whether the next hop is a mesh gateway.
+    pub via_gateway: bool,
+    /// Addresses to dial, in any order.
+    pub next_hops: Vec<String>,
+    /// Why the plan leaves it out (`None`: tried in order).
+    pub skipped: Option<String>,
 }

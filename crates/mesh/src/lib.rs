@@ -1,7 +1,8 @@
 //! The mesh model, following HashiCorp Consul so that Consul users can read meshgate's inputs without a
 //! manual: SNI names ([`names`]), registrations and config entries ([`model`]) in HCL, JSON, YAML or TOML
 //! ([`formats`], [`hcl`]), gateway-mode precedence, and the compilation of a catalog into a gateway's routes
-//! or a sidecar's upstream plan ([`catalog`]).
+//! or a sidecar's upstream plan ([`catalog`], with a resolver's redirect and failover targets from
+//! [`resolver`]).
 //!
 //! Pure: no IO, no clock. Used natively by the gateway and inside Wasm plugins.
 #![forbid(unsafe_code)]
@@ -13,9 +14,12 @@ pub mod formats;
 pub mod hcl;
 pub mod model;
 pub mod names;
+pub mod resolver;
 pub mod sidecar;
 
-pub use catalog::{resolve_mode, Catalog, Instance, ModeSource, RouteDef, UpstreamPlan};
+pub use catalog::{
+    resolve_mode, Catalog, Instance, ModeSource, RouteDef, Target, TargetId, UpstreamPlan,
+};
 pub use dc_failover::DatacenterFailover;
 pub use formats::Format;
 pub use model::{ConfigEntry, Document, EntryKind, GatewayMode, Service, ServiceKind, Upstream};

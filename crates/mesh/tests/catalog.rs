@@ -34,6 +34,8 @@ fn entry(kind: EntryKind, name: &str, mode: Option<GatewayMode>) -> ConfigEntry 
         subsets: vec![],
         default_subset: None,
         sources: vec![],
+        failover: Vec::new(),
+        redirect: None,
         other: Default::default(),
     }
 }

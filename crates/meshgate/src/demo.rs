@@ -243,7 +243,11 @@ pub(crate) fn call(
         .ok_or("no such upstream")?;
     println!(
         "\nweb -> {} in {} through upstream {}: mode {} (decided by {})",
-        up.service, up.datacenter, up.bind, up.mode, up.mode_source
+        up.service,
+        up.first().map_or("?", |t| t.datacenter.as_str()),
+        up.bind,
+        up.mode,
+        up.mode_source
     );
     let family = "meshgate_destination_connections_total";
     let before: Vec<_> = gateways
@@ -268,7 +272,7 @@ pub(crate) fn call(
                     .map(move |(labels, n)| (*name, *addr, labels, n))
             })
             .collect();
-        let expected = if up.via_gateway && up.mode == "local" {
+        let expected = if up.first().is_some_and(|t| t.via_gateway) && up.mode == "local" {
             2
         } else {
             1

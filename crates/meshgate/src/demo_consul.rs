@@ -174,7 +174,7 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         .plan()
         .upstreams
         .iter()
-        .any(|u| u.next_hops.is_empty())
+        .any(|u| !u.has_next_hop())
         || api.sidecar.plan().intentions.is_empty()
         || !routed(&running1)
     {
@@ -204,7 +204,7 @@ fn demo(bin: &Path, once: bool) -> Result<(), Error> {
         .plan()
         .upstreams
         .iter()
-        .any(|u| u.mode == "remote" && !u.next_hops.is_empty())
+        .any(|u| u.mode == "remote" && u.has_next_hop())
     {
         if Instant::now() > end {
             return Err("web's sidecar did not take the new mode".into());

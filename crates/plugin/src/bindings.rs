@@ -20,8 +20,8 @@ pub mod router_world {
         world: "router-plugin",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.3.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.3.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -33,8 +33,8 @@ pub mod hook_world {
         world: "connection-hook",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.3.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.3.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -46,8 +46,8 @@ pub mod watch_world {
         world: "watch-catalog-plugin",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.3.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.3.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }

@@ -592,6 +592,7 @@ fn sidecar_agent() -> Agent {
     );
     a.not_found("/v1/config/service-defaults/billing");
     a.set(INTENTIONS, fixture("connect-intentions.json"));
+    a.set(RESOLVERS, json!([]));
     // The lab had no api in dc2 (§3.2): an empty answer.
     a.set("/v1/health/connect/api?dc=dc2&cached", json!([]));
     a.set(
@@ -623,10 +624,11 @@ fn sidecar_role_yields_its_proxy_upstreams_and_intentions() {
         "/v1/config/service-defaults/api",
         "/v1/config/service-defaults/billing",
         INTENTIONS,
+        RESOLVERS,
     ] {
         assert!(keys.contains(want), "{want} in {keys:?}");
     }
-    assert_eq!(keys.len(), 10);
+    assert_eq!(keys.len(), 11);
     let catalog = catalog_of(&d);
     let proxy = catalog
         .instances
@@ -707,6 +709,55 @@ fn sidecar_role_yields_its_proxy_upstreams_and_intentions() {
         .expect("sidecar plan");
     assert_eq!(plan.intentions.len(), 2);
     assert_eq!(plan.public, "127.0.0.1:21001");
+}
+
+#[test]
+fn sidecar_role_watches_each_failover_target_and_the_router_orders_them() {
+    let h = host();
+    let mut p = consul_catalog(&h);
+    let mut router = router(&h);
+    let mut agent = sidecar_agent();
+    // web's upstream api is in dc2, which has no api (§3.2); the resolver fails over to dc1.
+    agent.set(
+        RESOLVERS,
+        json!([{"Kind": "service-resolver", "Name": "api",
+                "Failover": {"*": {"Datacenters": ["dc1"]}}, "CreateIndex": 9, "ModifyIndex": 9}]),
+    );
+    let d = drive(&mut p, &settings(&[("service", "web")]), &agent);
+    let keys: BTreeSet<&str> = d.plan.watches.iter().map(|w| w.key.as_str()).collect();
+    // The failover target's health, in its own datacenter (here the local one: no `dc=`).
+    assert!(keys.contains(health("api").as_str()), "{keys:?}");
+    let catalog = catalog_of(&d);
+    let resolver = catalog
+        .config_entries
+        .iter()
+        .find(|e| matches!(e.kind, EntryKind::ServiceResolver))
+        .expect("resolver entry");
+    assert_eq!(resolver.failover[0].datacenters, vec!["dc1".to_string()]);
+    let plan = router
+        .sidecar_plan(&[], catalog, "dc1", "web", None)
+        .expect("sidecar plan");
+    let api = plan
+        .upstreams
+        .iter()
+        .find(|u| u.destination_name == "api")
+        .expect("api upstream");
+    let targets: Vec<(&str, Option<&str>)> = api
+        .targets
+        .iter()
+        .map(|t| (t.datacenter.as_str(), t.skipped.as_deref()))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("dc2", Some("no healthy instance of api in dc2")),
+            ("dc1", None)
+        ]
+    );
+    // The plan's own fields are the first target tried: api in dc1, straight to its sidecars.
+    assert_eq!(api.datacenter, "dc1");
+    assert_eq!(api.sni, format!("api.default.dc1.internal.{TD}"));
+    assert!(!api.via_gateway && !api.next_hops.is_empty());
 }
 
 #[test]

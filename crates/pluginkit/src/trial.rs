@@ -125,6 +125,9 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
             let _ = writeln!(out, "{} routes for {}:", routes.len(), inputs.datacenter);
             for r in &routes {
                 let _ = writeln!(out, "  {} -> {:?} ({})", r.pattern, r.endpoints, r.reason);
+                for group in &r.failover {
+                    let _ = writeln!(out, "      then {group:?}");
+                }
             }
             for sni in &inputs.snis {
                 match best_route(&routes, sni) {
@@ -245,6 +248,7 @@ mod tests {
         Route {
             pattern: p.into(),
             endpoints: vec![p.into()],
+            failover: Vec::new(),
             reason: String::new(),
         }
     }

@@ -65,6 +65,8 @@ pub fn routes(
                 catalog.trust_domain
             ),
             endpoints,
+            // Further endpoint groups, tried when every endpoint before them failed or is known down.
+            failover: Vec::new(),
             reason: format!("local service {service} ({{name}})"),
         })
         .collect())

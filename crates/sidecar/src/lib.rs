@@ -106,22 +106,44 @@ const VERDICTS_MAX: usize = 10_000;
 /// One upstream, compiled.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Destination service.
+    /// Destination service, as the upstream names it.
     pub service: String,
-    /// Destination datacenter.
-    pub datacenter: String,
     /// Where the application connects.
     pub bind: SocketAddr,
-    /// SNI to send.
-    pub sni: ServerName<'static>,
-    /// mTLS towards the destination (identity check included).
-    pub client: Arc<rustls::ClientConfig>,
-    /// Where to dial.
-    pub next_hops: Vec<SocketAddr>,
     /// `none`, `local` or `remote`.
     pub mode: String,
     /// Which level decided the mode.
     pub mode_source: String,
+    /// Where connections go, tried in order (a resolver's redirect and failover); empty: nowhere.
+    pub targets: Vec<Target>,
+}
+
+impl Upstream {
+    /// The first target (where connections go while it answers).
+    pub fn first(&self) -> Option<&Target> {
+        self.targets.first()
+    }
+
+    /// Whether the first target has somewhere to dial.
+    pub fn has_next_hop(&self) -> bool {
+        self.first().is_some_and(|t| !t.next_hops.is_empty())
+    }
+}
+
+/// One place an upstream's connections may go: a service in a datacenter, with its own SNI, identity
+/// check and next hops.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The service (another one after a redirect or a failover to another service).
+    pub service: String,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// SNI to send.
+    pub sni: ServerName<'static>,
+    /// mTLS towards it (the check that the server is this target's service included).
+    pub client: Arc<rustls::ClientConfig>,
+    /// Where to dial.
+    pub next_hops: Vec<SocketAddr>,
     /// Whether the next hop is a gateway.
     pub via_gateway: bool,
 }
@@ -605,66 +627,103 @@ async fn outbound(core: &Core, app: TcpStream, up: &Upstream) {
     let settings = &core.shared.settings;
     core.stats.active(stats::Direction::Outbound, true);
     let _ = app.set_nodelay(true);
-    let outcome = 'conn: {
-        if up.next_hops.is_empty() {
-            tracing::warn!(upstream = %up.service, datacenter = %up.datacenter, mode = %up.mode, "no next hop for upstream; closed");
-            break 'conn Outbound::NoRoute;
-        }
-        let start = core.cursor.get();
-        core.cursor.set(start.wrapping_add(1));
-        let n = up.next_hops.len();
-        let mut dialed = None;
-        for k in 0..n.min(MAX_HOP_ATTEMPTS) {
-            let hop = up.next_hops[(start + k) % n];
-            match within(settings.connect_timeout, TcpStream::connect(hop)).await {
-                Some(Ok(s)) => {
-                    dialed = Some((hop, s));
-                    break;
-                }
-                Some(Err(e)) => tracing::debug!(%hop, error = %e, "next hop refused"),
-                None => tracing::debug!(%hop, "next hop timed out"),
-            }
-        }
-        let Some((hop, stream)) = dialed else {
-            tracing::warn!(upstream = %up.service, mode = %up.mode, hops = ?up.next_hops, "no next hop reachable");
-            break 'conn Outbound::ConnectFailed;
-        };
-        let _ = stream.set_nodelay(true);
-        let connector = futures_rustls::TlsConnector::from(up.client.clone());
-        let tls = match within(
-            settings.handshake_timeout,
-            connector.connect(up.sni.clone(), stream),
-        )
-        .await
-        {
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                tracing::warn!(upstream = %up.service, %hop, error = %e, "upstream handshake failed");
-                break 'conn Outbound::HandshakeFailed;
-            }
-            None => {
-                tracing::warn!(upstream = %up.service, %hop, "upstream handshake timed out");
-                break 'conn Outbound::HandshakeFailed;
-            }
-        };
-        tracing::info!(
-            target: "meshgate::access",
-            upstream = %up.service,
-            datacenter = %up.datacenter,
-            sni = ?up.sni,
-            next_hop = %hop,
-            mode = %up.mode,
-            mode_source = %up.mode_source,
-            via_gateway = up.via_gateway,
-            "upstream connection"
-        );
-        core.stats.outbound(up, Outbound::Ok);
-        relay(tls, app, settings.idle_timeout).await;
+    let Some(first) = up.targets.first() else {
+        tracing::warn!(upstream = %up.service, mode = %up.mode, "no target for upstream; closed");
         core.stats.active(stats::Direction::Outbound, false);
         return;
     };
-    core.stats.outbound(up, outcome);
+    let mut ended = (first, Outbound::NoRoute);
+    for (i, target) in up.targets.iter().enumerate() {
+        match connect_target(core, up, target).await {
+            Ok((hop, tls)) => {
+                tracing::info!(
+                    target: "meshgate::access",
+                    upstream = %up.service,
+                    service = %target.service,
+                    datacenter = %target.datacenter,
+                    sni = ?target.sni,
+                    next_hop = %hop,
+                    mode = %up.mode,
+                    mode_source = %up.mode_source,
+                    via_gateway = target.via_gateway,
+                    target = i,
+                    "upstream connection"
+                );
+                core.stats.outbound(up, target, Outbound::Ok);
+                relay(tls, app, settings.idle_timeout).await;
+                core.stats.active(stats::Direction::Outbound, false);
+                return;
+            }
+            Err(outcome) => {
+                // Nothing of the application's was sent yet (the handshake comes first), so the next
+                // target gets the connection as if it were the first.
+                if let Some(next) = up.targets.get(i + 1) {
+                    tracing::info!(
+                        upstream = %up.service,
+                        from = %target.sni.to_str(),
+                        to = %next.sni.to_str(),
+                        ?outcome,
+                        "failing over to the next target"
+                    );
+                    core.stats.failover(up, target, outcome);
+                }
+                ended = (target, outcome);
+            }
+        }
+    }
+    core.stats.outbound(up, ended.0, ended.1);
     core.stats.active(stats::Direction::Outbound, false);
+}
+
+/// Dials one target's next hops (up to [`MAX_HOP_ATTEMPTS`], starting at this core's cursor) and
+/// completes mTLS with the first that accepts; the outcome says why not.
+async fn connect_target(
+    core: &Core,
+    up: &Upstream,
+    target: &Target,
+) -> Result<(SocketAddr, futures_rustls::client::TlsStream<TcpStream>), Outbound> {
+    let settings = &core.shared.settings;
+    if target.next_hops.is_empty() {
+        tracing::warn!(upstream = %up.service, datacenter = %target.datacenter, mode = %up.mode, "no next hop for target");
+        return Err(Outbound::NoRoute);
+    }
+    let start = core.cursor.get();
+    core.cursor.set(start.wrapping_add(1));
+    let n = target.next_hops.len();
+    let mut dialed = None;
+    for k in 0..n.min(MAX_HOP_ATTEMPTS) {
+        let hop = target.next_hops[(start + k) % n];
+        match within(settings.connect_timeout, TcpStream::connect(hop)).await {
+            Some(Ok(s)) => {
+                dialed = Some((hop, s));
+                break;
+            }
+            Some(Err(e)) => tracing::debug!(%hop, error = %e, "next hop refused"),
+            None => tracing::debug!(%hop, "next hop timed out"),
+        }
+    }
+    let Some((hop, stream)) = dialed else {
+        tracing::warn!(upstream = %up.service, datacenter = %target.datacenter, mode = %up.mode, hops = ?target.next_hops, "no next hop reachable");
+        return Err(Outbound::ConnectFailed);
+    };
+    let _ = stream.set_nodelay(true);
+    let connector = futures_rustls::TlsConnector::from(target.client.clone());
+    match within(
+        settings.handshake_timeout,
+        connector.connect(target.sni.clone(), stream),
+    )
+    .await
+    {
+        Some(Ok(t)) => Ok((hop, t)),
+        Some(Err(e)) => {
+            tracing::warn!(upstream = %up.service, datacenter = %target.datacenter, %hop, error = %e, "upstream handshake failed");
+            Err(Outbound::HandshakeFailed)
+        }
+        None => {
+            tracing::warn!(upstream = %up.service, datacenter = %target.datacenter, %hop, "upstream handshake timed out");
+            Err(Outbound::HandshakeFailed)
+        }
+    }
 }
 
 /// Bytes moved per read while relaying (TLS records are at most 16 KiB of plaintext).

@@ -5,7 +5,7 @@
 //! Counters with open-ended labels (per upstream) live in a map the core republishes only when a new
 //! label set appears; the counts themselves are shared cells, so a scrape sees every connection at once.
 
-use crate::Upstream;
+use crate::{Target, Upstream};
 use arc_swap::ArcSwap;
 use meshgate_engine::stats::{counter, encode, family, gauge, label, Counter};
 use std::collections::{BTreeMap, HashMap};
@@ -79,7 +79,7 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outbound::Ok => "ok",
             Outbound::NoRoute => "no_route",
@@ -99,6 +99,23 @@ pub enum Direction {
 }
 
 type OutboundKey = (String, String, String, String, bool, &'static str);
+/// (upstream, service and datacenter of the target left, why).
+type FailoverKey = (String, String, String, &'static str);
+
+/// A per-label-set counter map, republished by its single writer when a new label set appears.
+fn bump<K: Clone + Eq + std::hash::Hash>(map: &ArcSwap<HashMap<K, Arc<Counter>>>, key: K) {
+    let published = map.load();
+    if let Some(c) = published.get(&key) {
+        c.inc();
+        return;
+    }
+    // A new label set. Single writer: nobody else publishes between this load and store.
+    let first = Arc::new(Counter::default());
+    first.inc();
+    let mut grown = HashMap::clone(&published);
+    grown.insert(key, first);
+    map.store(Arc::new(grown));
+}
 
 /// One core's counters. Written by that core only; read by the scraper.
 #[derive(Default)]
@@ -106,6 +123,8 @@ pub struct CoreStats {
     inbound: [Counter; Inbound::ALL.len()],
     /// Per outbound label set. Republished (a new map) only when the core meets a new label set.
     outbound: ArcSwap<HashMap<OutboundKey, Arc<Counter>>>,
+    /// Connections that left a target for the next one, per label set.
+    failovers: ArcSwap<HashMap<FailoverKey, Arc<Counter>>>,
     /// Opened minus closed, per direction.
     active_inbound: Counter,
     active_outbound: Counter,
@@ -118,26 +137,28 @@ impl CoreStats {
         self.inbound[outcome.index()].inc();
     }
 
-    pub(crate) fn outbound(&self, up: &Upstream, outcome: Outbound) {
+    /// How a connection ended its setup, labelled by the target it ended on.
+    pub(crate) fn outbound(&self, up: &Upstream, target: &Target, outcome: Outbound) {
         let key = (
             up.service.clone(),
-            up.datacenter.clone(),
+            target.datacenter.clone(),
             up.mode.clone(),
             up.mode_source.clone(),
-            up.via_gateway,
+            target.via_gateway,
             outcome.label(),
         );
-        let published = self.outbound.load();
-        if let Some(c) = published.get(&key) {
-            c.inc();
-            return;
-        }
-        // A new label set. Single writer: nobody else publishes between this load and store.
-        let first = Arc::new(Counter::default());
-        first.inc();
-        let mut grown = HashMap::clone(&published);
-        grown.insert(key, first);
-        self.outbound.store(Arc::new(grown));
+        bump(&self.outbound, key);
+    }
+
+    /// A connection left `target` for the next one because of `why`.
+    pub(crate) fn failover(&self, up: &Upstream, target: &Target, why: Outbound) {
+        let key = (
+            up.service.clone(),
+            target.service.clone(),
+            target.datacenter.clone(),
+            why.label(),
+        );
+        bump(&self.failovers, key);
     }
 
     pub(crate) fn active(&self, direction: Direction, opened: bool) {
@@ -203,6 +224,7 @@ impl Metrics {
         use meshgate_engine::stats::MetricType::{COUNTER, GAUGE};
         let mut inbound: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut outbound: BTreeMap<OutboundKey, u64> = BTreeMap::new();
+        let mut failovers: BTreeMap<FailoverKey, u64> = BTreeMap::new();
         let (mut active_in, mut active_out) = (0u64, 0u64);
         for c in self.cores.iter() {
             // Only outcomes seen so far are listed, as before the counters moved off a lock.
@@ -214,6 +236,9 @@ impl Metrics {
             }
             for (k, v) in c.outbound.load().iter() {
                 *outbound.entry(k.clone()).or_default() += v.get();
+            }
+            for (k, v) in c.failovers.load().iter() {
+                *failovers.entry(k.clone()).or_default() += v.get();
             }
             active_in = active_in.wrapping_add(c.active_inbound.get());
             active_out = active_out.wrapping_add(c.active_outbound.get());
@@ -252,6 +277,25 @@ impl Metrics {
                     .collect(),
             ),
             family(
+                "meshgate_sidecar_upstream_failovers_total",
+                "Outbound connections that left a target (service, datacenter) for the upstream's next one, by why (no_route, connect_failed, handshake_failed).",
+                COUNTER,
+                failovers
+                    .into_iter()
+                    .map(|((up, svc, dc, why), n)| {
+                        counter(
+                            vec![
+                                label("upstream", &up),
+                                label("service", &svc),
+                                label("datacenter", &dc),
+                                label("reason", why),
+                            ],
+                            n,
+                        )
+                    })
+                    .collect(),
+            ),
+            family(
                 "meshgate_sidecar_active_connections",
                 "Connections being relayed.",
                 GAUGE,
@@ -278,24 +322,29 @@ mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
 
-    fn upstream(service: &str, via_gateway: bool) -> Upstream {
+    fn upstream(service: &str, via_gateway: bool) -> (Upstream, Target) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        Upstream {
+        let target = Target {
             service: service.to_owned(),
             datacenter: "dc1".to_owned(),
-            bind: ([127, 0, 0, 1], 9000).into(),
             sni: ServerName::try_from("api.default.dc1.internal.td.consul").expect("name"),
             client: Arc::new(client),
             next_hops: vec![],
+            via_gateway,
+        };
+        let up = Upstream {
+            service: service.to_owned(),
+            bind: ([127, 0, 0, 1], 9000).into(),
             mode: "local".to_owned(),
             mode_source: "proxy-defaults".to_owned(),
-            via_gateway,
-        }
+            targets: vec![target.clone()],
+        };
+        (up, target)
     }
 
     #[test]
@@ -305,11 +354,14 @@ mod tests {
         c0.inbound(Inbound::Allowed);
         c1.inbound(Inbound::Allowed);
         c1.inbound(Inbound::Denied);
-        let api = upstream("api", true);
-        c0.outbound(&api, Outbound::Ok);
-        c1.outbound(&api, Outbound::Ok);
-        c1.outbound(&api, Outbound::Ok);
-        c0.outbound(&upstream("web", false), Outbound::ConnectFailed);
+        let (api, api_dc1) = upstream("api", true);
+        c0.outbound(&api, &api_dc1, Outbound::Ok);
+        c1.outbound(&api, &api_dc1, Outbound::Ok);
+        c1.outbound(&api, &api_dc1, Outbound::Ok);
+        c0.failover(&api, &api_dc1, Outbound::HandshakeFailed);
+        c1.failover(&api, &api_dc1, Outbound::HandshakeFailed);
+        let (web, web_dc1) = upstream("web", false);
+        c0.outbound(&web, &web_dc1, Outbound::ConnectFailed);
         c0.active(Direction::Inbound, true);
         c1.active(Direction::Inbound, true);
         c0.active(Direction::Inbound, false);
@@ -323,6 +375,7 @@ mod tests {
             "meshgate_sidecar_inbound_connections_total{outcome=\"denied\"} 1",
             "meshgate_sidecar_upstream_connections_total{upstream=\"api\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"true\",outcome=\"ok\"} 3",
             "meshgate_sidecar_upstream_connections_total{upstream=\"web\",datacenter=\"dc1\",mode=\"local\",mode_source=\"proxy-defaults\",via_gateway=\"false\",outcome=\"connect_failed\"} 1",
+            "meshgate_sidecar_upstream_failovers_total{upstream=\"api\",service=\"api\",datacenter=\"dc1\",reason=\"handshake_failed\"} 2",
             "meshgate_sidecar_active_connections{direction=\"inbound\"} 1",
             "meshgate_sidecar_active_connections{direction=\"outbound\"} 0",
             "meshgate_sidecar_certificate_expiry_timestamp_seconds 1700000000",

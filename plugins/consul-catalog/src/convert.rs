@@ -2,9 +2,10 @@
 //! `BestAddress` (consul-live-api.md §4.3), health from every check (§4.4), the proxy block; and the
 //! plugin's typed errors.
 
-use meshgate_consul::model::{status, CheckServiceNode};
+use meshgate_consul::model::{status, CheckServiceNode, ResolverFailover, ResolverRedirect};
 use meshgate_guest::types::{
-    GatewayMode, Health, HostPort, Instance, Proxy, ServiceKind, Upstream,
+    GatewayMode, Health, HostPort, Instance, Proxy, ResolverFailover as WitFailover,
+    ResolverRedirect as WitRedirect, ServiceKind, Upstream,
 };
 use std::fmt;
 
@@ -183,4 +184,35 @@ fn convert(
         connect_native: native && kind == ServiceKind::Typical,
         health: health(c),
     }))
+}
+
+/// Consul leaves a field empty to mean "the primary's value".
+fn set(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A resolver's failover under `key`, as the catalog carries it.
+pub fn failover(key: &str, f: &ResolverFailover) -> WitFailover {
+    WitFailover {
+        key: key.to_owned(),
+        service: set(&f.service),
+        service_subset: set(&f.service_subset),
+        namespace: set(&f.namespace),
+        datacenters: f
+            .datacenters
+            .iter()
+            .filter(|d| !d.is_empty())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A resolver's redirect, as the catalog carries it.
+pub fn redirect(r: &ResolverRedirect) -> WitRedirect {
+    WitRedirect {
+        service: set(&r.service),
+        service_subset: set(&r.service_subset),
+        namespace: set(&r.namespace),
+        datacenter: set(&r.datacenter),
+    }
 }

@@ -13,8 +13,10 @@
 //! - sidecar (`service = "<name>"`, optional `proxy_id`): CA roots, the service's own connect endpoints
 //!   (its proxy registrations with their upstreams), each upstream's connect endpoints in its datacenter,
 //!   the federation states (gateways for `local`/`remote` modes), `proxy-defaults/global` and
-//!   `service-defaults` of the service and each upstream (404 = not written), and the intentions as
-//!   `service-intentions` entries.
+//!   `service-defaults` of the service and each upstream (404 = not written), the intentions as
+//!   `service-intentions` entries, and the `service-resolver` entries with the connect endpoints of
+//!   every target their `Redirect` and `Failover` give an upstream (`?dc=` for other datacenters), so
+//!   the router can tell which targets have healthy instances.
 //!
 //! Optional `datacenter`: the datacenter of an instance whose node does not say (Consul always says).
 //!
@@ -39,8 +41,8 @@ wit_bindgen::generate!({
     world: "watch-catalog-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.3.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.3.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
     },
 });
 
@@ -296,6 +298,49 @@ fn resolver_entry(r: &ServiceResolver) -> ConfigEntry {
             .collect(),
         default_subset: Some(r.default_subset.clone()).filter(|d| !d.is_empty()),
         sources: Vec::new(),
+        failover: r
+            .failover
+            .iter()
+            .map(|(key, f)| convert::failover(key, f))
+            .collect(),
+        redirect: r.redirect.as_ref().map(convert::redirect),
+    }
+}
+
+/// The part of a resolver that orders an upstream's targets (redirect, default subset, failover).
+fn resolver_model(r: &ServiceResolver) -> meshgate_mesh::model::ConfigEntry {
+    let wit = resolver_entry(r);
+    meshgate_mesh::model::ConfigEntry {
+        kind: meshgate_mesh::EntryKind::ServiceResolver,
+        name: wit.name,
+        mesh_gateway: None,
+        subsets: Vec::new(),
+        default_subset: wit.default_subset,
+        sources: Vec::new(),
+        failover: r
+            .failover
+            .iter()
+            .map(|(key, f)| {
+                let f = convert::failover(key, f);
+                meshgate_mesh::model::Failover {
+                    key: f.key,
+                    service: f.service,
+                    service_subset: f.service_subset,
+                    namespace: f.namespace,
+                    datacenters: f.datacenters,
+                }
+            })
+            .collect(),
+        redirect: r.redirect.as_ref().map(|r| {
+            let r = convert::redirect(r);
+            meshgate_mesh::model::Redirect {
+                service: r.service,
+                service_subset: r.service_subset,
+                namespace: r.namespace,
+                datacenter: r.datacenter,
+            }
+        }),
+        other: Default::default(),
     }
 }
 
@@ -313,8 +358,13 @@ fn sidecar(
     watches.add(PROXY_DEFAULTS.into());
     watches.add(service_defaults(service));
     watches.add(INTENTIONS.into());
+    watches.add(RESOLVERS.into());
 
     let roots = answers.get::<CaRoots>(ROOTS)?;
+    let resolvers = answers.get::<Vec<ServiceResolver>>(RESOLVERS)?;
+    // The model's form of the resolvers, for the targets' order (meshgate_mesh::resolver).
+    let model_resolvers: Vec<meshgate_mesh::model::ConfigEntry> =
+        resolvers.iter().flatten().map(resolver_model).collect();
     let own = answers
         .get::<Vec<CheckServiceNode>>(&own_key)?
         .unwrap_or_default();
@@ -347,6 +397,22 @@ fn sidecar(
             watches.add(key.clone());
             watches.add(service_defaults(&u.destination_name));
             upstream_keys.push((key, u.datacenter.clone()));
+            // Every target a resolver gives this upstream: its health decides whether it is tried.
+            let upstream = meshgate_mesh::TargetId {
+                service: u.destination_name.clone(),
+                subset: None,
+                namespace: meshgate_mesh::names::DEFAULT.to_owned(),
+                datacenter: dc.unwrap_or(local_dc).to_owned(),
+            };
+            let find = |name: &str| model_resolvers.iter().find(|e| e.name == name);
+            for (t, _) in meshgate_mesh::resolver::resolve(find, &upstream) {
+                let dc = Some(t.datacenter.as_str()).filter(|dc| *dc != local_dc);
+                let key = health_connect(&t.service, dc);
+                if !upstream_keys.iter().any(|(k, _)| *k == key) {
+                    watches.add(key.clone());
+                    upstream_keys.push((key, t.datacenter.clone()));
+                }
+            }
         }
     }
 
@@ -397,6 +463,8 @@ fn sidecar(
                     subsets: Vec::new(),
                     default_subset: None,
                     sources: Vec::new(),
+                    failover: Vec::new(),
+                    redirect: None,
                 });
             }
             for (key, entry) in defaults {
@@ -408,10 +476,13 @@ fn sidecar(
                         subsets: Vec::new(),
                         default_subset: None,
                         sources: Vec::new(),
+                        failover: Vec::new(),
+                        redirect: None,
                     });
                 }
             }
             config_entries.extend(intention_entries(service, &intentions.unwrap_or_default())?);
+            config_entries.extend(resolvers.iter().flatten().map(resolver_entry));
             Some(Catalog {
                 trust_domain: trust_domain(&roots)?,
                 instances,
@@ -467,6 +538,8 @@ fn intention_entries(
                 subsets: Vec::new(),
                 default_subset: None,
                 sources,
+                failover: Vec::new(),
+                redirect: None,
             });
         }
         if service == "*" {

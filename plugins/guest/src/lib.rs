@@ -12,8 +12,8 @@ pub use meshgate::plugin::types;
 
 use meshgate_mesh::catalog::{Catalog, Instance, RouteDef};
 use meshgate_mesh::model::{
-    ConfigEntry, EntryKind, GatewayMode, Health, HostPort, IntentionAction, IntentionSource, Proxy,
-    Service, ServiceKind, Upstream,
+    ConfigEntry, EntryKind, Failover, GatewayMode, Health, HostPort, IntentionAction,
+    IntentionSource, Proxy, Redirect, Service, ServiceKind, Upstream,
 };
 use meshgate_mesh::sidecar::SidecarPlan;
 
@@ -138,6 +138,8 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
                     .collect(),
                 default_subset: e.default_subset.clone(),
                 sources: e.sources.iter().map(intention_to).collect(),
+                failover: e.failover.iter().map(failover_to).collect(),
+                redirect: e.redirect.as_ref().map(redirect_to),
             })
             .collect(),
     }
@@ -242,9 +244,66 @@ pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
                         },
                     })
                     .collect(),
+                failover: e.failover.into_iter().map(failover_from).collect(),
+                redirect: e.redirect.map(redirect_from),
                 other: Default::default(),
             })
             .collect(),
+    }
+}
+
+/// The WIT form of a resolver's failover.
+pub fn failover_to(f: &Failover) -> types::ResolverFailover {
+    types::ResolverFailover {
+        key: f.key.clone(),
+        service: f.service.clone(),
+        service_subset: f.service_subset.clone(),
+        namespace: f.namespace.clone(),
+        datacenters: f.datacenters.clone(),
+    }
+}
+
+fn failover_from(f: types::ResolverFailover) -> Failover {
+    Failover {
+        key: f.key,
+        service: f.service,
+        service_subset: f.service_subset,
+        namespace: f.namespace,
+        datacenters: f.datacenters,
+    }
+}
+
+/// The WIT form of a resolver's redirect.
+pub fn redirect_to(r: &Redirect) -> types::ResolverRedirect {
+    types::ResolverRedirect {
+        service: r.service.clone(),
+        service_subset: r.service_subset.clone(),
+        namespace: r.namespace.clone(),
+        datacenter: r.datacenter.clone(),
+    }
+}
+
+fn redirect_from(r: types::ResolverRedirect) -> Redirect {
+    Redirect {
+        service: r.service,
+        service_subset: r.service_subset,
+        namespace: r.namespace,
+        datacenter: r.datacenter,
+    }
+}
+
+fn target_to(t: meshgate_mesh::Target) -> types::UpstreamTarget {
+    types::UpstreamTarget {
+        origin: t.origin.to_string(),
+        service: t.id.service,
+        subset: t.id.subset,
+        namespace: t.id.namespace,
+        datacenter: t.id.datacenter,
+        sni: t.sni,
+        identity: t.identity,
+        via_gateway: t.via_gateway,
+        next_hops: t.next_hops,
+        skipped: t.skipped,
     }
 }
 
@@ -299,6 +358,7 @@ fn sidecar_plan_to_wit(p: SidecarPlan) -> types::SidecarPlan {
                 mode_source: u.mode_source.label().to_owned(),
                 via_gateway: u.via_gateway,
                 next_hops: u.next_hops,
+                targets: u.targets.into_iter().map(target_to).collect(),
             })
             .collect(),
         intentions: p.intentions.iter().map(intention_to).collect(),

@@ -363,3 +363,43 @@ fn acl_answer_without_segment_is_the_prefix_rule() {
         ]
     );
 }
+
+#[test]
+fn resolver_failover_and_redirect_are_typed() {
+    let resolvers: Vec<ServiceResolver> = decode(
+        r#"[
+  {"Kind": "service-resolver", "Name": "api",
+   "Failover": {"*": {"Datacenters": ["dc2", "dc3"]},
+                "v1": {"Service": "api-backup", "ServiceSubset": "blue", "Namespace": "ops"}},
+   "CreateIndex": 7, "ModifyIndex": 7},
+  {"Kind": "service-resolver", "Name": "old", "Redirect": {"Service": "new", "Datacenter": "dc3"},
+   "Failover": null, "CreateIndex": 8, "ModifyIndex": 8}
+]"#,
+    );
+    assert_eq!(
+        resolvers[0].failover["*"],
+        ResolverFailover {
+            datacenters: vec!["dc2".into(), "dc3".into()],
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        resolvers[0].failover["v1"],
+        ResolverFailover {
+            service: "api-backup".into(),
+            service_subset: "blue".into(),
+            namespace: "ops".into(),
+            datacenters: vec![],
+        }
+    );
+    assert_eq!(resolvers[0].redirect, None);
+    assert_eq!(
+        resolvers[1].redirect,
+        Some(ResolverRedirect {
+            service: "new".into(),
+            datacenter: "dc3".into(),
+            ..Default::default()
+        })
+    );
+    assert!(resolvers[1].failover.is_empty());
+}

@@ -3,8 +3,8 @@
 
 use super::keys::{as_object, fail, join, norm, Obj, R};
 use super::{
-    Check, ConfigEntry, DecodeError, Document, EntryKind, Health, HostPort, IntentionAction,
-    IntentionSource, Proxy, Service, ServiceKind, Subset, Upstream,
+    Check, ConfigEntry, DecodeError, Document, EntryKind, Failover, Health, HostPort,
+    IntentionAction, IntentionSource, Proxy, Redirect, Service, ServiceKind, Subset, Upstream,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -226,7 +226,14 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
     for (k, v) in o.map {
         if !matches!(
             norm(k).as_str(),
-            "kind" | "name" | "meshgateway" | "subsets" | "defaultsubset" | "sources"
+            "kind"
+                | "name"
+                | "meshgateway"
+                | "subsets"
+                | "defaultsubset"
+                | "sources"
+                | "failover"
+                | "redirect"
         ) {
             other.insert(k.clone(), v.clone());
         }
@@ -266,6 +273,59 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
         );
     }
     let default_subset = o.string("default_subset")?.filter(|s| !s.is_empty());
+    let failover = o
+        .object("failover", |f| {
+            let mut out = Vec::new();
+            for (key, v) in f.map {
+                let path = join(f.path, key);
+                let Some(map) = as_object(v) else {
+                    return fail(
+                        &path,
+                        "expected a block with Service, ServiceSubset, Namespace or Datacenters",
+                        Some(v),
+                    );
+                };
+                out.push(decode_failover(key, Obj { map, path: &path })?);
+            }
+            Ok(out)
+        })?
+        .unwrap_or_default();
+    let redirect = o.object("redirect", decode_redirect)?;
+    for (field, set) in [
+        ("Failover", !failover.is_empty()),
+        ("Redirect", redirect.is_some()),
+    ] {
+        if set && kind != EntryKind::ServiceResolver {
+            return fail(
+                &join(o.path, field),
+                format!("only service-resolver entries have {field}"),
+                None,
+            );
+        }
+    }
+    // Consul refuses these combinations: a redirected service resolves by the other resolver, so its
+    // own subsets and failover would never apply.
+    if redirect.is_some() && (!failover.is_empty() || !subsets.is_empty()) {
+        let other = if failover.is_empty() {
+            "Subsets"
+        } else {
+            "Failover"
+        };
+        return fail(
+            &join(o.path, "Redirect"),
+            format!("Redirect and {other} cannot both be set"),
+            None,
+        );
+    }
+    for f in &failover {
+        if f.key != "*" && !subsets.iter().any(|s| s.name == f.key) {
+            return fail(
+                &join(&join(o.path, "Failover"), &f.key),
+                format!("`{}` is neither `*` nor a subset of this resolver", f.key),
+                None,
+            );
+        }
+    }
     Ok(ConfigEntry {
         kind,
         name,
@@ -273,8 +333,87 @@ fn decode_entry(o: Obj<'_>, kind: EntryKind) -> R<ConfigEntry> {
         subsets,
         default_subset,
         sources,
+        failover,
+        redirect,
         other,
     })
+}
+
+/// Refuses keys outside `known`: a misspelt `Datacenter` in a failover would otherwise silently mean
+/// "no failover".
+fn only_keys(o: Obj<'_>, known: &[&str], what: &str) -> R<()> {
+    for (k, v) in o.map {
+        if !known.iter().any(|n| norm(n) == norm(k)) {
+            return fail(
+                &join(o.path, k),
+                format!("unknown key in {what} (expected {})", known.join(", ")),
+                Some(v),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A non-empty string, or `None` when absent or empty (Consul treats `""` as unset).
+fn non_empty(o: Obj<'_>, key: &str) -> R<Option<String>> {
+    Ok(o.string(key)?.filter(|s| !s.is_empty()))
+}
+
+fn decode_failover(key: &str, o: Obj<'_>) -> R<Failover> {
+    only_keys(
+        o,
+        &["Service", "ServiceSubset", "Namespace", "Datacenters"],
+        "a Failover",
+    )?;
+    let datacenters = o.strings("datacenters")?;
+    if let Some(i) = datacenters.iter().position(String::is_empty) {
+        return fail(
+            &format!("{}[{i}]", join(o.path, "Datacenters")),
+            "empty datacenter name",
+            None,
+        );
+    }
+    let f = Failover {
+        key: key.to_owned(),
+        service: non_empty(o, "service")?,
+        service_subset: non_empty(o, "service_subset")?,
+        namespace: non_empty(o, "namespace")?,
+        datacenters,
+    };
+    if f.service.is_none()
+        && f.service_subset.is_none()
+        && f.namespace.is_none()
+        && f.datacenters.is_empty()
+    {
+        return fail(
+            o.path,
+            "a Failover needs at least one of Service, ServiceSubset, Namespace or Datacenters",
+            None,
+        );
+    }
+    Ok(f)
+}
+
+fn decode_redirect(o: Obj<'_>) -> R<Redirect> {
+    only_keys(
+        o,
+        &["Service", "ServiceSubset", "Namespace", "Datacenter"],
+        "a Redirect",
+    )?;
+    let r = Redirect {
+        service: non_empty(o, "service")?,
+        service_subset: non_empty(o, "service_subset")?,
+        namespace: non_empty(o, "namespace")?,
+        datacenter: non_empty(o, "datacenter")?,
+    };
+    if r == Redirect::default() {
+        return fail(
+            o.path,
+            "a Redirect needs at least one of Service, ServiceSubset, Namespace or Datacenter",
+            None,
+        );
+    }
+    Ok(r)
 }
 
 fn decode_intention_source(o: Obj<'_>) -> R<IntentionSource> {

@@ -1,5 +1,5 @@
-//! Config entries meshgate reads: `proxy-defaults`, `service-defaults`, `service-resolver` subsets and
-//! `service-intentions` sources.
+//! Config entries meshgate reads: `proxy-defaults`, `service-defaults`, `service-resolver` subsets,
+//! failover and redirect, and `service-intentions` sources.
 
 use super::GatewayMode;
 use serde::Serialize;
@@ -21,6 +21,10 @@ pub struct ConfigEntry {
     pub default_subset: Option<String>,
     /// `Sources` of a service-intentions entry, as written.
     pub sources: Vec<IntentionSource>,
+    /// `Failover` of a service-resolver, one per key (a subset name or `*`), sorted by key.
+    pub failover: Vec<Failover>,
+    /// `Redirect` of a service-resolver: the upstream resolves to this instead.
+    pub redirect: Option<Redirect>,
     /// Every other field, kept as written.
     pub other: BTreeMap<String, Value>,
 }
@@ -33,7 +37,8 @@ pub enum EntryKind {
     ProxyDefaults,
     /// `service-defaults`.
     ServiceDefaults,
-    /// `service-resolver` (its `Subsets` are read; other fields kept).
+    /// `service-resolver` (its `Subsets`, `DefaultSubset`, `Failover` and `Redirect` are read; other
+    /// fields kept).
     ServiceResolver,
     /// `service-intentions` (its `Sources`: who may call the service named by `Name`).
     ServiceIntentions,
@@ -90,4 +95,34 @@ pub struct Subset {
     /// The filter, parsed.
     #[serde(skip)]
     pub parsed: crate::filter::Filter,
+}
+
+/// One `Failover` of a service-resolver: where connections for `key` (a subset, or `*` for any) go when
+/// the primary target has no healthy instance. Empty fields keep the primary's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Failover {
+    /// The subset this applies to, or `*`.
+    pub key: String,
+    /// Another service.
+    pub service: Option<String>,
+    /// A subset of that service.
+    pub service_subset: Option<String>,
+    /// Another namespace.
+    pub namespace: Option<String>,
+    /// Datacenters to try, in order (empty: the primary's datacenter).
+    pub datacenters: Vec<String>,
+}
+
+/// The `Redirect` of a service-resolver: the service is resolved as this one instead. Empty fields keep
+/// the original's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    /// Another service.
+    pub service: Option<String>,
+    /// A subset of it.
+    pub service_subset: Option<String>,
+    /// Another namespace.
+    pub namespace: Option<String>,
+    /// Another datacenter.
+    pub datacenter: Option<String>,
 }

@@ -17,7 +17,9 @@ mod keys;
 mod service;
 
 pub use decode::decode;
-pub use entry::{ConfigEntry, EntryKind, IntentionAction, IntentionSource, Subset};
+pub use entry::{
+    ConfigEntry, EntryKind, Failover, IntentionAction, IntentionSource, Redirect, Subset,
+};
 pub(crate) use keys::norm;
 pub use keys::DecodeError;
 pub use service::{Check, Health, HostPort, Proxy, Service, ServiceKind, Upstream};
