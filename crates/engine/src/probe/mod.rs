@@ -7,10 +7,10 @@
 //!
 //! Why a TCP connect and not a ClientHello: it proves what a connection needs first (the far gateway's
 //! listener takes connections), costs the far gateway nothing (meshgate's listeners use
-//! `TCP_DEFER_ACCEPT`, so a connect that sends nothing never wakes its cores; it is the same check
-//! Consul registers for a gateway), needs no name the far side must answer, and never sends a byte an
-//! upstream could see. A ClientHello would also prove the far process reads, but it must name
-//! something the far gateway either forwards (a connection to one of its services per probe) or
+//! `TCP_DEFER_ACCEPT`, and a connect ended by a reset without a byte never wakes its cores; it is the
+//! same check Consul registers for a gateway), needs no name the far side must answer, and never sends
+//! a byte an upstream could see. A ClientHello would also prove the far process reads, but it must
+//! name something the far gateway either forwards (a connection to one of its services per probe) or
 //! refuses (indistinguishable from a failure).
 #![allow(
     clippy::disallowed_methods,
@@ -268,12 +268,17 @@ fn publish_all(entries: &[Entry], publish: &dyn Fn(HealthView), report: &ArcSwap
     }));
 }
 
-/// One probe: `Some(connect time)` when a TCP connection was established within `timeout`.
+/// One probe: `Some(connect time)` when a TCP connection was established within `timeout`. Closed with a
+/// reset, not a FIN: a far gateway's `TCP_DEFER_ACCEPT` listener hands a connection to its core when
+/// data *or a FIN* arrives (a FIN-closed probe was accepted, counted and read there, seen as an extra
+/// accepted connection per probe in the namespace test); a reset drops it in the kernel unaccepted.
 fn probe(addr: SocketAddr, timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
     let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     let rtt = start.elapsed();
-    drop(stream);
+    let socket = socket2::Socket::from(stream);
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    drop(socket);
     Some(rtt)
 }
 
