@@ -133,9 +133,31 @@ fn target_dir() -> Result<PathBuf> {
         .ok_or_else(|| LabError::Binary(format!("no target directory above {}", exe.display())))
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that binds now, from below the kernel's ephemeral range (32768 and up by default).
+/// A port the kernel hands out for `:0` comes from that range, where any process's outgoing connection
+/// (an agent's, a gateway's upstream, a client) may take it before the listener it was picked for binds —
+/// seen as a sidecar failing to bind its admin port while another test's process answered there. Below
+/// it, only the tests' own listeners pick ports: one counter per process (the lab's agents and the
+/// end-to-end tests' gateways share this one) keeps a port from being picked twice, and the start depends
+/// on the process id so that two test processes start apart.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOW + (start + n) % SPAN) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(LabError::Io(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {LOW}..{}", LOW + SPAN),
+    )))
 }
 
 /// Polls `f` every 50 ms until it gives `Some`, for at most `limit` (and once more at the limit).

@@ -5,6 +5,8 @@
 // Plain threads and std sockets play the client and the backend; the engine under test runs its cores.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+mod common;
+use common::free_port;
 use meshgate_config::Config;
 use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
 use meshgate_engine::{Engine, EngineError};
@@ -32,11 +34,6 @@ impl ConnectionHook for Broken {
     fn on_failure(&self) -> HookDecision {
         self.0.clone().unwrap_or(HookDecision::Deny)
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// A backend that reports each connection's first bytes (or nothing, if none arrives).

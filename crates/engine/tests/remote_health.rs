@@ -6,6 +6,8 @@
 // Plain threads and std sockets play the remote gateways and the client; the engine runs its cores.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+mod common;
+use common::free_port;
 use meshgate_config::Config;
 use meshgate_engine::Engine;
 use std::io::{Read, Write};
@@ -78,11 +80,6 @@ impl Drop for FakeGateway {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn start(routes: &str, probe: &str) -> (Engine, u16) {

@@ -16,7 +16,8 @@
 mod common;
 
 use common::{
-    http_get, line_app, meshgate_ok, metric, poll_until, wait_for, DumpOnPanic, Proc, TempDir, TD,
+    free_port, http_get, line_app, meshgate_ok, metric, poll_until, wait_for, DumpOnPanic, Proc,
+    TempDir, TD,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,26 +27,6 @@ use std::time::{Duration, Instant};
 /// The tests of this file run one at a time: each starts seven processes, and the figures they print
 /// should not measure each other.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A loopback port below the kernel's ephemeral range (32768 and up by default) that binds now. A port
-/// from `free_port` comes from that range, where any process's outgoing connection may take it before
-/// the listener it was picked for binds (seen here: a sidecar's admin port); here nothing but this
-/// file's listeners picks from below it. A counter keeps one process from picking a port twice.
-fn quiet_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {LOW}..{}", LOW + SPAN)
-}
 
 /// Bound on readiness and on each switch (generous: CI machines are shared).
 const WAIT: Duration = Duration::from_secs(60);
@@ -158,11 +139,11 @@ impl Mesh {
             ]);
         }
         let cat = dir.0.join("catalog");
-        let gw_ports: Vec<(u16, u16)> = DCS.iter().map(|_| (quiet_port(), quiet_port())).collect();
+        let gw_ports: Vec<(u16, u16)> = DCS.iter().map(|_| (free_port(), free_port())).collect();
         for (dc, (port, _)) in DCS.iter().zip(&gw_ports) {
             put(&cat.join(dc).join("mesh-gateway.hcl"), &gateway_hcl(*port));
         }
-        let (web_public, up_local, up_remote) = (quiet_port(), quiet_port(), quiet_port());
+        let (web_public, up_local, up_remote) = (free_port(), free_port(), free_port());
         put(
             &cat.join("dc1/web.hcl"),
             &format!("service {{\n  name = \"web\"\n  port = 1\n  connect {{ sidecar_service {{\n    address = \"127.0.0.1\"\n    port = {web_public}\n    proxy {{ upstreams = [\n      {{ destination_name = \"api\", local_bind_port = {up_local}, mesh_gateway {{ mode = \"local\" }} }},\n      {{ destination_name = \"api\", local_bind_port = {up_remote}, mesh_gateway {{ mode = \"remote\" }} }},\n    ] }}\n  }} }}\n}}\n"),
@@ -172,7 +153,7 @@ impl Mesh {
             line_app("api-dc2: "),
             line_app("api-v2-dc3: "),
         );
-        let (api1_public, api2_public, v2_public) = (quiet_port(), quiet_port(), quiet_port());
+        let (api1_public, api2_public, v2_public) = (free_port(), free_port(), free_port());
         put(
             &cat.join("dc1/api.hcl"),
             &service_hcl("api", api1_app, api1_public, "passing"),
@@ -219,7 +200,7 @@ impl Mesh {
         }
         let mut web_admin = None;
         for (name, svc, dc) in sidecars {
-            let admin = SocketAddr::from(([127, 0, 0, 1], quiet_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let path = dir.0.join(format!("{name}.toml"));
             put(
                 &path,
@@ -359,7 +340,7 @@ fn dead_instances_still_passing_fail_over_at_connect_and_at_handshake() {
     // with that target fails and the connection moves on to dc2.
     put(
         &mesh.dir.0.join("catalog/dc3/api.hcl"),
-        &service_hcl("api", quiet_port(), quiet_port(), "passing"),
+        &service_hcl("api", free_port(), free_port(), "passing"),
     );
     put(
         &mesh.dir.0.join("catalog/api-resolver.hcl"),

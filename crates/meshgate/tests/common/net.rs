@@ -2,16 +2,13 @@
 //! that expects to be closed, an HTTP/1.0 GET, and summing Prometheus samples.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that binds now, below the kernel's ephemeral range: the Consul lab's picker, so the
+/// lab's agents and these tests' gateways and sidecars draw from one counter (see `lab::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    meshgate_consul::lab::free_port().expect("a free loopback port")
 }
 
 /// An address on which nothing listens (connections are refused).
