@@ -1,7 +1,7 @@
 //! A plugin author's path, run as a user would: `meshgate plugin new` makes a crate of each world in a
 //! directory outside the workspace, its own `cargo test` passes, `meshgate plugin build` makes the
-//! component, and a real gateway routes real TLS connections with it. A panic in a plugin reaches the
-//! gateway's log with its message.
+//! component, `meshgate plugin test` shows its decisions without a gateway, and a real gateway routes real
+//! TLS connections with it. A panic in a plugin reaches the gateway's log with its message.
 //!
 //! The three plugin crates share one cargo target directory (target/plugin-authoring), so wit-bindgen is
 //! compiled once per run.
@@ -112,6 +112,23 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
             1,
         )
     });
+    // Without a gateway: the hook's verdicts over ten connections, and how they split.
+    let mut trial = meshgate();
+    trial
+        .args(["plugin", "test"])
+        .arg(&hook)
+        .args(["--set", "deny=bad.example", "--sni", "bad.example", "--sni"])
+        .arg(web())
+        .args(["--connections", "10"]);
+    let text = run(trial, "plugin test (hook)");
+    assert!(text.contains("deny-hook: a hook plugin"), "{text}");
+    assert!(
+        text.contains("connection 1: sni Some(\"bad.example\") -> deny"),
+        "{text}"
+    );
+    assert!(text.contains("deny: 5 (50.0 %)"), "{text}");
+    assert!(text.contains("use-table: 5 (50.0 %)"), "{text}");
+
     let gw = Gateway::start_logged(
         "",
         &format!(
@@ -148,6 +165,27 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
         "services = [\n  {{ name = \"web-sidecar-proxy\", id = \"web-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"web\" }} }},\n  {{ name = \"db-sidecar-proxy\", id = \"db-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"db\" }} }},\n]\n",
         port = backend.addr().port()
     );
+    // Without a gateway: the router's routes for the catalog directory, and the route a name gets.
+    std::fs::create_dir_all(dir.0.join("catalog")).expect("catalog dir");
+    std::fs::write(dir.0.join("catalog/services.hcl"), &catalog).expect("catalog file");
+    let mut trial = meshgate();
+    trial
+        .args(["plugin", "test"])
+        .arg(&router)
+        .args(["--set", "allow=web", "--trust-domain", TD, "--catalog"])
+        .arg(dir.0.join("catalog"))
+        .args(["--sni"])
+        .arg(web())
+        .args(["--sni", &format!("db.default.dc1.internal.{TD}")]);
+    let text = run(trial, "plugin test (router)");
+    assert!(text.contains("1 routes for dc1"), "{text}");
+    assert!(
+        text.contains(&format!("sni {} -> [\"{}\"]", web(), backend.addr())),
+        "{text}"
+    );
+    assert!(text.contains("db.default.dc1.internal"), "{text}");
+    assert!(text.contains("-> no route (closed)"), "{text}");
+
     let gw = Gateway::start_with_files(
         "",
         &format!(
