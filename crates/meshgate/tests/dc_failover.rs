@@ -8,11 +8,10 @@
 mod common;
 
 use common::{
-    free_port, http_get, issue_leaf, line_app, meshgate_ok, metric, poll_until, sidecar_toml,
-    wait_for, DumpOnPanic, Proc, TempDir, TD,
+    call_line, free_port, http_get, issue_leaf, line_app, meshgate_ok, metric, poll_until,
+    sidecar_toml, wait_for, DumpOnPanic, Proc, TempDir, TD,
 };
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,17 +50,6 @@ plugin = "consul-router"
 config = {{ datacenter_failover = "dc2=dc3" }}
 "#
     )
-}
-
-/// One call from the web application through its upstream port: the answer line, or `None`.
-fn ask(port: u16, line: &str) -> Option<String> {
-    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut r = BufReader::new(s);
-    r.get_mut().write_all(format!("{line}\n").as_bytes()).ok()?;
-    let mut answer = String::new();
-    r.read_line(&mut answer).ok()?;
-    (!answer.is_empty()).then(|| answer.trim().to_owned())
 }
 
 fn ready(admin: SocketAddr, who: &Proc) {
@@ -189,7 +177,7 @@ fn dc2_lost_fails_over_to_dc3_through_real_tls_and_comes_back() {
     });
     // While dc2's gateway lives, api's dc2 name goes there (dc2 has no api: the call fails, but dc2's
     // gateway saw it).
-    let _ = ask(upstream, "hello");
+    let _ = call_line(upstream, "hello");
     let body = http_get(a2, "/metrics").unwrap_or_default();
     assert!(
         metric(&body, "meshgate_client_hello_total", &["outcome=\"ok\""]) >= 1,
@@ -205,7 +193,7 @@ fn dc2_lost_fails_over_to_dc3_through_real_tls_and_comes_back() {
     // Calls start at once: before the verdict, dc1's gateway tries dc2's (refused) and fails over
     // within the same connection; after it, dc2's is skipped.
     let answer = wait_for(WAIT, "a failed-over answer", || {
-        ask(upstream, "hello from web").map(|a| (a, lost.elapsed()))
+        call_line(upstream, "hello from web").map(|a| (a, lost.elapsed()))
     });
     assert_eq!(answer.0, "api in dc3: hello from web");
     let down = wait_for(WAIT, "dc1's gateway to mark dc2's down", || {
@@ -227,7 +215,7 @@ fn dc2_lost_fails_over_to_dc3_through_real_tls_and_comes_back() {
     let t = Instant::now();
     for i in 0..5 {
         assert_eq!(
-            ask(upstream, &format!("call {i}")).as_deref(),
+            call_line(upstream, &format!("call {i}")).as_deref(),
             Some(format!("api in dc3: call {i}").as_str())
         );
     }
@@ -263,7 +251,7 @@ fn dc2_lost_fails_over_to_dc3_through_real_tls_and_comes_back() {
         (up(a1, "dc2", gw2)? == 1).then(|| back.elapsed())
     });
     println!("dc2's gateway restarted → marked up in {up_again:?}");
-    let _ = ask(upstream, "to dc2 again");
+    let _ = call_line(upstream, "to dc2 again");
     let body = http_get(a2, "/metrics").unwrap_or_default();
     assert!(
         metric(&body, "meshgate_client_hello_total", &["outcome=\"ok\""]) >= 1,

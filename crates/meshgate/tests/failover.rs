@@ -16,11 +16,10 @@
 mod common;
 
 use common::{
-    free_port, http_get, line_app, meshgate_ok, metric, poll_until, wait_for, DumpOnPanic, Proc,
-    TempDir, TD,
+    call_line, free_port, http_get, line_app, meshgate_ok, metric, poll_until, wait_for,
+    DumpOnPanic, Proc, TempDir, TD,
 };
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,22 +39,12 @@ fn put(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-/// One call from web's application through an upstream port: the answering app's line, or `None` when
-/// the mesh closed the connection.
-fn call(port: u16, line: &str) -> Option<String> {
-    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut r = BufReader::new(s);
-    r.get_mut().write_all(format!("{line}\n").as_bytes()).ok()?;
-    let mut answer = String::new();
-    r.read_line(&mut answer).ok()?;
-    (!answer.is_empty()).then(|| answer.trim().to_owned())
-}
-
 /// Calls until one is answered by an app whose line starts with `prefix`; how long that took.
 fn until_answered_by(port: u16, prefix: &str) -> Duration {
     let t0 = Instant::now();
-    let got = poll_until(WAIT, || call(port, "hi").filter(|a| a.starts_with(prefix)));
+    let got = poll_until(WAIT, || {
+        call_line(port, "hi").filter(|a| a.starts_with(prefix))
+    });
     assert!(
         got.is_some(),
         "port {port}: no answer from {prefix} within {WAIT:?}"
@@ -366,7 +355,7 @@ fn dead_instances_still_passing_fail_over_at_connect_and_at_handshake() {
     for port in [mesh.up_local, mesh.up_remote] {
         // The very first call after the kill is answered: no retry by the client.
         let t0 = Instant::now();
-        let answer = call(port, "after kill");
+        let answer = call_line(port, "after kill");
         println!(
             "dc1 sidecar killed (still passing), dc3 unreachable behind its gateway: a call answered by {answer:?} in {:?}",
             t0.elapsed()

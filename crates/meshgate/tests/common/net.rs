@@ -1,7 +1,7 @@
 //! Loopback addresses and the plain clients the tests probe with: free and dead ports, a connection
 //! that expects to be closed, an HTTP/1.0 GET, and summing Prometheus samples.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -51,4 +51,16 @@ pub fn metric(body: &str, family: &str, filters: &[&str]) -> u64 {
         .filter(|l| l.starts_with(family) && filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// One call from an application through a sidecar's upstream port (the line apps of
+/// [`super::line_app`]): the answer line, trimmed, or `None` when the mesh closed the connection.
+pub fn call_line(port: u16, line: &str) -> Option<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut r = BufReader::new(s);
+    r.get_mut().write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    r.read_line(&mut answer).ok()?;
+    (!answer.is_empty()).then(|| answer.trim().to_owned())
 }
