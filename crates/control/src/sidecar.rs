@@ -155,19 +155,7 @@ impl SidecarControl {
     /// Loads the plugins the config names.
     pub fn new(config: SidecarConfig) -> Result<SidecarControl, ControlError> {
         let metrics = Arc::new(PluginMetrics::new()?);
-        let host = plugins::host()?;
-        let (catalog, router) = plugins::load_catalog_and_router(
-            &host,
-            &config.catalog,
-            &config.router_section(),
-            &config.base_dir,
-            &metrics,
-            &plugins::ConsulLink {
-                section: config.consul.as_ref(),
-                // The sidecar polls its catalog every poll_ms; answers wait for the next poll.
-                waker: Arc::new(|| {}),
-            },
-        )?;
+        let (catalog, router) = load_plugins(&config, &metrics)?;
         let certs = match &config.tls {
             Some(tls) => CertFiles::new(&config, tls),
             None => {
@@ -450,6 +438,25 @@ fn plan_json(wit: &types::SidecarPlan) -> String {
     .unwrap_or_default()
 }
 
+/// The catalog and router plugins a sidecar config names, loaded.
+fn load_plugins(
+    config: &SidecarConfig,
+    metrics: &PluginMetrics,
+) -> Result<(plugins::CatalogWatch, plugins::Router), ControlError> {
+    plugins::load_catalog_and_router(
+        &plugins::host()?,
+        &config.catalog,
+        &config.router_section(),
+        &config.base_dir,
+        metrics,
+        &plugins::ConsulLink {
+            section: config.consul.as_ref(),
+            // The sidecar polls its catalog every poll_ms; answers wait for the next poll.
+            waker: Arc::new(|| {}),
+        },
+    )
+}
+
 /// What `meshgate check` says of a sidecar config's upstreams: the plan its router makes from one read
 /// of its catalog, each upstream's targets in the order connections try them, and why a target is left
 /// out. A catalog fed by a Consul agent's watches is not read here (that needs the agent).
@@ -461,18 +468,7 @@ pub fn explain(config: &SidecarConfig) -> Result<String, ControlError> {
         );
     }
     let metrics = PluginMetrics::new()?;
-    let host = plugins::host()?;
-    let (mut catalog, mut router) = plugins::load_catalog_and_router(
-        &host,
-        &config.catalog,
-        &config.router_section(),
-        &config.base_dir,
-        &metrics,
-        &plugins::ConsulLink {
-            section: config.consul.as_ref(),
-            waker: Arc::new(|| {}),
-        },
-    )?;
+    let (mut catalog, mut router) = load_plugins(config, &metrics)?;
     catalog
         .poll(&metrics)
         .map_err(|e| ControlError::Config(format!("catalog: {e}")))?;
