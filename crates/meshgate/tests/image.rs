@@ -171,8 +171,9 @@ impl Container {
         (0..3).any(|_| podman(&["healthcheck", "run", &self.name]).status.success())
     }
 
-    /// Waits until `/ready` at `admin` (inside `ns`) answers 200; how long that took from `since`.
-    fn wait_ready(&self, ns: &str, admin: &'static str, since: Instant) -> Duration {
+    /// Waits until `/ready` at `admin` (inside `ns`) answers 200, and prints how long that took from
+    /// `since` as the `what` container's start-to-ready figure.
+    fn wait_ready(&self, ns: &str, admin: &'static str, since: Instant, what: &str) {
         let ns2 = ns.to_owned();
         let ready = poll_until(READY_WAIT, || {
             let ns = ns2.clone();
@@ -186,7 +187,12 @@ impl Container {
             assert_ne!(status, "exited", "container exited:\n{}", self.logs());
             None
         });
-        ready.unwrap_or_else(|| panic!("{} never ready; its log:\n{}", self.name, self.logs()))
+        let took =
+            ready.unwrap_or_else(|| panic!("{} never ready; its log:\n{}", self.name, self.logs()));
+        eprintln!(
+            "figure: {what} container start-to-ready {} ms",
+            took.as_millis()
+        );
     }
 }
 
@@ -234,11 +240,7 @@ fn gateway_image_routes_by_sni_passes_its_healthcheck_and_drains_on_sigterm() {
         &[(catalog.0.as_path(), "/etc/meshgate/catalog")],
         &[],
     );
-    let took = gw.wait_ready(&ns.name, "127.0.0.1:19000", started);
-    eprintln!(
-        "figure: gateway container start-to-ready {} ms",
-        took.as_millis()
-    );
+    gw.wait_ready(&ns.name, "127.0.0.1:19000", started, "gateway");
     assert!(gw.healthcheck(), "HEALTHCHECK failed while ready");
     common::wait_admin(&ns.name, "127.0.0.1:19000", "/routes", "a route for api", {
         let name = name.clone();
@@ -377,11 +379,7 @@ fn sidecar_runs_from_the_same_image() {
         &[(dir.0.as_path(), "/conf")],
         &["sidecar", "--config", "/conf/api.toml"],
     );
-    let took = api.wait_ready(&ns.name, "127.0.0.1:19000", started);
-    eprintln!(
-        "figure: sidecar container start-to-ready {} ms",
-        took.as_millis()
-    );
+    api.wait_ready(&ns.name, "127.0.0.1:19000", started, "sidecar");
     assert!(api.healthcheck(), "HEALTHCHECK failed on a ready sidecar");
     let web = Proc::start_in(
         "web sidecar",
