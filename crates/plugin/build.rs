@@ -8,6 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The same target check and componentizing as `meshgate plugin build`: the shipped plugins are built
+// the way a user's plugin is.
+#[path = "../pluginkit/src/toolchain.rs"]
+mod toolchain;
+
 /// Shipped plugins: (crate name, file stem of the built module).
 const PLUGINS: [(&str, &str); 7] = [
     ("file-catalog", "file_catalog"),
@@ -26,6 +31,10 @@ fn main() {
     let root = manifest.join("../..");
     let plugins = root.join("plugins");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../pluginkit/src/toolchain.rs").display()
+    );
     for p in ["wit", "guest/src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }
@@ -40,6 +49,11 @@ fn main() {
         );
     }
     // Path crates the plugins build from (consul-catalog uses meshgate-consul's pure half).
+    // ... and the guest SDK, which `plugins/guest` takes from pluginkit's templates.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("crates/pluginkit/templates/sdk.rs").display()
+    );
     for krate in ["crates/mesh", "crates/consul"] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -57,7 +71,7 @@ fn main() {
         .nth(4)
         .map(|t| t.join("wasm-plugins"))
         .unwrap_or_else(|| out.join("wasm-plugins"));
-    ensure_wasm_target();
+    toolchain::ensure_wasm_target(|m| println!("cargo:warning={m}"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -94,34 +108,7 @@ fn main() {
     }
 }
 
-/// Installs the Wasm target with rustup when it is missing, so a fresh clone builds with plain `cargo`.
-fn ensure_wasm_target() {
-    let libdir = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args([
-            "--print",
-            "target-libdir",
-            "--target",
-            "wasm32-unknown-unknown",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if libdir.is_some_and(|d| d.exists()) {
-        return;
-    }
-    println!("cargo:warning=installing the wasm32-unknown-unknown target (rustup target add)");
-    let _ = Command::new("rustup")
-        .args(["target", "add", "wasm32-unknown-unknown"])
-        .status();
-}
-
 fn componentize(module: &Path) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(module).map_err(|e| format!("{}: {e}", module.display()))?;
-    wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .map_err(|e| format!("{e:#}"))?
-        .validate(true)
-        .encode()
-        .map_err(|e| format!("{e:#}"))
+    toolchain::componentize(&bytes)
 }

@@ -38,6 +38,24 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
 }
 
+/// The static routes could not be compiled ([`crate::Config::route_table`]); a configuration read by
+/// [`crate::Config::parse`] has been checked for both, with the error located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RoutesError {
+    /// The route table refused a route (bad pattern, duplicate, no endpoints, bad weights).
+    #[error(transparent)]
+    Build(#[from] meshgate_route::BuildError),
+    /// A route's first group is not in one of its two forms (`endpoints`, or `split`).
+    #[error("{field}: {message}")]
+    Shape {
+        /// Dotted path of the field (`routes[2].split`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 /// Builds an error at a byte span; without a known field, the field is read off the file: the key on
 /// that line, under the nearest `[table]` header above it.
 pub(crate) fn locate(
@@ -54,7 +72,7 @@ pub(crate) fn locate(
     let column = before[line_start..].chars().count() + 1;
     let field = match field {
         Some(f) => f.to_owned(),
-        None => field_at(text, line_start),
+        None => field_at(text, line_start, start),
     };
     ConfigError {
         file: file.to_owned(),
@@ -65,13 +83,32 @@ pub(crate) fn locate(
     }
 }
 
-/// `table.key` for the line starting at `line_start`.
-pub(crate) fn field_at(text: &str, line_start: usize) -> String {
+/// `table.key` for the value at byte `at` of the line starting at `line_start`: the keys that lead
+/// to it through arrays and inline tables (`routes.split.weight`), a key at `at` itself (an unknown
+/// field) included; otherwise the key on that line, under the nearest `[table]` header above it.
+pub(crate) fn field_at(text: &str, line_start: usize, at: usize) -> String {
     let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"'))
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let header = line.trim_start().starts_with('[');
+    let mut body = 0;
+    let mut offset = 0;
+    for l in text[..line_start].split_inclusive('\n') {
+        offset += l.len();
+        if l.trim_start().starts_with('[') {
+            body = offset;
+        }
+    }
+    let path = if header || at < body || at > text.len() {
+        Vec::new()
+    } else {
+        value_keys(&text[body..at], &text[at..])
+    };
+    let key = if path.is_empty() {
+        line.split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+            .filter(|k| !k.is_empty() && !k.starts_with('['))
+    } else {
+        Some(path.join("."))
+    };
     let table = text[..line_start]
         .lines()
         .rev()
@@ -80,10 +117,79 @@ pub(crate) fn field_at(text: &str, line_start: usize) -> String {
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
     match (table, key) {
         (Some(t), Some(k)) => format!("{t}.{k}"),
-        (None, Some(k)) => k.to_owned(),
+        (None, Some(k)) => k,
         (Some(t), None) => t,
         (None, None) => "-".to_owned(),
     }
+}
+
+/// The keys leading to the end of `body` (a table's text up to a value): those of the arrays and inline
+/// tables still open there, then the key being assigned, then the key `rest` starts with, if any.
+/// A light scan (strings and comments skipped), enough to name a field in an error.
+fn value_keys(body: &str, rest: &str) -> Vec<String> {
+    let mut open: Vec<Option<String>> = Vec::new();
+    let mut key: Option<String> = None;
+    let mut word = String::new();
+    let mut word_ended = false;
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                word.clear();
+                while let Some(d) = chars.next() {
+                    match d {
+                        _ if d == c => break,
+                        '\\' if c == '"' => word.extend(chars.next()),
+                        _ => word.push(d),
+                    }
+                }
+                word_ended = true;
+            }
+            '#' => {
+                chars.by_ref().find(|&d| d == '\n');
+                if open.is_empty() {
+                    key = None;
+                }
+            }
+            '=' => key = Some(std::mem::take(&mut word)),
+            '[' | '{' => {
+                open.push(key.take());
+                word.clear();
+            }
+            ']' | '}' => {
+                open.pop();
+                key = None;
+                word.clear();
+            }
+            ',' => {
+                key = None;
+                word.clear();
+            }
+            '\n' if open.is_empty() => {
+                key = None;
+                word.clear();
+            }
+            c if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') => {
+                if word_ended {
+                    word.clear();
+                    word_ended = false;
+                }
+                word.push(c);
+            }
+            _ => word_ended = true,
+        }
+    }
+    let mut keys: Vec<String> = open.into_iter().flatten().chain(key).collect();
+    // An unknown field is reported at its key.
+    let name: String = rest
+        .chars()
+        .take_while(|&c| c.is_alphanumeric() || matches!(c, '_' | '-'))
+        .collect();
+    if !name.is_empty() && rest[name.len()..].trim_start().starts_with('=') {
+        keys.push(name);
+    }
+    keys.retain(|k| !k.is_empty());
+    keys
 }
 
 /// Span of `key = ...` inside `[table]`, or of the table header, or the start of the file.

@@ -29,9 +29,9 @@ pub use defaults::{
     DEFAULT_PROBE_DOWN_AFTER, DEFAULT_PROBE_INTERVAL_MS, DEFAULT_PROBE_RECHECK_MS,
     DEFAULT_PROBE_TIMEOUT_MS, DEFAULT_PROBE_UP_AFTER, DEFAULT_ROUTER_PLUGIN, HOOK_MAX_DEADLINE_MS,
 };
-pub use error::{ConfigError, LoadError};
+pub use error::{ConfigError, LoadError, RoutesError};
 pub use schema::{
     Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, ProbeSettings,
-    RelayMode, RouteConfig,
+    RelayMode, RouteConfig, SplitPart,
 };
 pub use sidecar::SidecarConfig;

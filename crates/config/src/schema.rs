@@ -295,13 +295,24 @@ impl GatewaySettings {
 }
 
 /// `[[routes]]`: one SNI pattern and where it goes.
+///
+/// The first group is given in one of two forms: `endpoints` (with optional `weights`, one per
+/// endpoint), or `split`, a weighted split between sets of endpoints (a canary). Either form may be
+/// followed by `failover` groups.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `name` or `*.suffix` (any number of labels before the suffix).
     pub sni: Spanned<String>,
-    /// The first-priority endpoints.
-    pub endpoints: Spanned<Vec<SocketAddr>>,
+    /// The first-priority endpoints (or `split`).
+    #[serde(default)]
+    pub endpoints: Option<Spanned<Vec<SocketAddr>>>,
+    /// Share of new connections each of `endpoints` gets, in the same order; absent: all equal.
+    #[serde(default)]
+    pub weights: Option<Spanned<Vec<u32>>>,
+    /// The first-priority endpoints as weighted parts (instead of `endpoints`).
+    #[serde(default)]
+    pub split: Option<Spanned<Vec<SplitPart>>>,
     /// Further groups, tried in order when every attempt on the previous group failed.
     #[serde(default)]
     pub failover: Vec<Vec<SocketAddr>>,
@@ -313,18 +324,37 @@ pub struct RouteConfig {
     pub connect_timeout_ms: Option<u64>,
 }
 
-/// `[default]` / `[no_sni]`: a fallback destination.
+/// `[default]` / `[no_sni]`: a fallback destination; its first group takes the same two forms as a
+/// route's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackConfig {
-    /// Endpoints in priority order of groups (first group).
-    pub endpoints: Spanned<Vec<SocketAddr>>,
+    /// Endpoints of the first group (or `split`).
+    #[serde(default)]
+    pub endpoints: Option<Spanned<Vec<SocketAddr>>>,
+    /// Weights of `endpoints`, in the same order; absent: all equal.
+    #[serde(default)]
+    pub weights: Option<Spanned<Vec<u32>>>,
+    /// The first group as weighted parts (instead of `endpoints`).
+    #[serde(default)]
+    pub split: Option<Spanned<Vec<SplitPart>>>,
     /// Further groups.
     #[serde(default)]
     pub failover: Vec<Vec<SocketAddr>>,
     /// Load-balancing policy.
     #[serde(default)]
     pub lb: LbConfig,
+}
+
+/// One part of a `split`: its share of new connections, shared equally by its endpoints. A part of
+/// weight 0 is a standby (tried only on a retry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPart {
+    /// The part's share, relative to the other parts' (90 and 10 send 90% and 10%).
+    pub weight: u32,
+    /// The part's endpoints (at least one).
+    pub endpoints: Spanned<Vec<SocketAddr>>,
 }
 
 /// Load-balancing policy names in the file.

@@ -18,25 +18,34 @@ use crate::plugins::{self, CatalogWatch, ConsulLink, PluginMetrics, Reporter, Ro
 use crate::signals::{Signal, Signals};
 use meshgate_admin::AdminSource;
 use meshgate_config::{Config, GatewaySettings, PluginSection};
+use meshgate_engine::hook::HookFactory;
 use meshgate_engine::Engine;
 use meshgate_plugin::{PluginError, PluginHost};
 use meshgate_route::{LbPolicy, RouteSpec, RouteTable};
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where new route tables go.
+/// Where new route tables (and a replaced connection hook) go.
 pub trait Publish {
     /// Installs `table` (and the settings that apply to new connections) for new connections.
     fn install(&self, table: RouteTable, settings: GatewaySettings);
+
+    /// Replaces the connection hook for new connections (`None`: no hook). A sink without a data
+    /// plane (a test's) ignores it.
+    fn set_hook(&self, _hook: Option<HookFactory>) {}
 }
 
 impl Publish for Engine {
     fn install(&self, table: RouteTable, settings: GatewaySettings) {
         Engine::install(self, table, settings);
+    }
+
+    fn set_hook(&self, hook: Option<HookFactory>) {
+        Engine::set_hook(self, hook);
     }
 }
 
@@ -50,6 +59,9 @@ pub struct GatewayControl {
     errors: Reporter,
     metrics: Arc<PluginMetrics>,
     waker: Waker,
+    /// What the plugin files held when loaded (catalog, router, hook), so a SIGHUP notices a file
+    /// rebuilt under the same name.
+    files: PluginFiles,
 }
 
 /// How long a reload that changes the catalog source waits for the new one's first catalog.
@@ -73,7 +85,9 @@ impl GatewayControl {
             errors: Reporter::new("plugin failure; the last good route table keeps serving"),
             metrics,
             waker,
+            files: PluginFiles::default(),
         };
+        control.files = PluginFiles::of(&control.config);
         control.plugins = control.load_plugins(&control.config.clone())?;
         if control.plugins.is_some() {
             control.metrics.table_ready.store(false, Ordering::Relaxed);
@@ -153,10 +167,26 @@ impl GatewayControl {
     /// only once the new catalog plugin has answered and the new table compiles: a catalog that cannot
     /// be read must not replace the last good one with static routes alone.
     pub fn reload(&mut self, config: Config, sink: &dyn Publish) -> bool {
+        let files = PluginFiles::of(&config);
         let sections_changed = config.catalog != self.config.catalog
             || config.router_section() != self.config.router_section()
             || config.base_dir != self.config.base_dir
-            || config.consul != self.config.consul;
+            || config.consul != self.config.consul
+            || files.catalog != self.files.catalog
+            || files.router != self.files.router;
+        // A changed `[hook]` or hook file: made, instantiated and configured here first, so a hook
+        // that cannot load or refuses its settings refuses the reload and the running one stays.
+        let hook = if config.hook != self.config.hook || files.hook != self.files.hook {
+            match crate::hook::factory(&config) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: the connection hook cannot load; the running configuration stays");
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let mut staged = None;
         if sections_changed {
             let mut plugins = match self.load_plugins(&config) {
@@ -189,6 +219,14 @@ impl GatewayControl {
         match self.compute() {
             Ok(table) => {
                 self.publish(table, sink);
+                if let Some(hook) = hook {
+                    tracing::info!(
+                        hook = config_hook_name(&self.config),
+                        "connection hook replaced"
+                    );
+                    sink.set_hook(hook);
+                }
+                self.files = files;
                 true
             }
             Err(e) => {
@@ -283,14 +321,32 @@ impl GatewayControl {
                         tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
                         continue;
                     }
+                    if !r.weights.is_empty() && r.weights.len() != r.endpoints.len() {
+                        return Err(invalid(format!(
+                            "route {}: {} weights for {} endpoints",
+                            r.pattern,
+                            r.weights.len(),
+                            r.endpoints.len()
+                        )));
+                    }
                     // The first group, then the router's failover groups, in order.
                     let mut groups = Vec::with_capacity(1 + r.failover.len());
-                    for group in std::iter::once(&r.endpoints).chain(&r.failover) {
+                    let mut weights = Vec::new();
+                    for (g, group) in std::iter::once(&r.endpoints).chain(&r.failover).enumerate() {
                         let mut endpoints = Vec::new();
-                        for e in group {
-                            let addrs = e.to_socket_addrs().map_err(|err| {
-                                invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
-                            })?;
+                        for (i, e) in group.iter().enumerate() {
+                            let addrs: Vec<SocketAddr> = e
+                                .to_socket_addrs()
+                                .map_err(|err| {
+                                    invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
+                                })?
+                                .collect();
+                            // A name with several addresses: each carries the endpoint's weight.
+                            if g == 0 {
+                                if let Some(w) = r.weights.get(i) {
+                                    weights.extend(std::iter::repeat_n(*w, addrs.len()));
+                                }
+                            }
                             endpoints.extend(addrs);
                         }
                         groups.push(endpoints);
@@ -299,6 +355,12 @@ impl GatewayControl {
                         .add(RouteSpec {
                             pattern: r.pattern.clone(),
                             groups,
+                            // Only the first group is weighted (empty: all equal).
+                            weights: if weights.is_empty() {
+                                Vec::new()
+                            } else {
+                                vec![weights]
+                            },
                             lb: LbPolicy::RoundRobin,
                             connect_timeout: None,
                             source: format!("plugin {name}: {}", r.reason),
@@ -311,6 +373,39 @@ impl GatewayControl {
         self.metrics.plugin_routes.set(from_plugin);
         Ok(builder.build())
     }
+}
+
+/// A digest of each plugin file a config names (`None` for a shipped plugin, or a file that cannot be
+/// read: loading it says why).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct PluginFiles {
+    catalog: Option<u64>,
+    router: Option<u64>,
+    hook: Option<u64>,
+}
+
+impl PluginFiles {
+    fn of(config: &Config) -> PluginFiles {
+        let digest = |section: Option<&PluginSection>| {
+            let plugin = &section?.plugin;
+            if meshgate_plugin::SHIPPED.iter().any(|(n, _)| n == plugin) {
+                return None;
+            }
+            let bytes = std::fs::read(config.base_dir.join(plugin)).ok()?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut h);
+            Some(std::hash::Hasher::finish(&h))
+        };
+        PluginFiles {
+            catalog: digest(config.catalog.as_ref()),
+            router: digest(config.router_section().as_ref()),
+            hook: digest(config.hook.as_ref()),
+        }
+    }
+}
+
+fn config_hook_name(config: &Config) -> &str {
+    config.hook.as_ref().map_or("(none)", |h| h.plugin.as_str())
 }
 
 /// The catalog and router sections as the plugins see them. A gateway registered with
@@ -553,7 +648,7 @@ impl Gateway {
 }
 
 /// The settings whose change a reload cannot apply: the listeners, the admin endpoint, the cores and
-/// what each core fixed at start (its connection limits, its hook instance).
+/// what each core fixed at start (its connection limits). A changed `[hook]` is applied.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.gateway, &new.gateway);
     [
@@ -567,7 +662,6 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "max_connections_per_listener",
             o.max_connections_per_listener != n.max_connections_per_listener,
         ),
-        ("[hook]", old.hook != new.hook),
         // The watches follow a changed agent at once; the registration stays with the first one.
         ("[consul] (the registration)", old.consul != new.consul),
     ]
@@ -629,13 +723,18 @@ mod tests {
     use std::cell::RefCell;
     use std::net::SocketAddr;
 
-    /// Records what would have been installed in an engine.
+    /// Records what would have been installed in an engine (tables, and each hook replacement:
+    /// whether it had a hook).
     #[derive(Default)]
-    struct Recorder(RefCell<Vec<RouteTable>>);
+    struct Recorder(RefCell<Vec<RouteTable>>, RefCell<Vec<bool>>);
 
     impl Publish for Recorder {
         fn install(&self, table: RouteTable, _: GatewaySettings) {
             self.0.borrow_mut().push(table);
+        }
+
+        fn set_hook(&self, hook: Option<HookFactory>) {
+            self.1.borrow_mut().push(hook.is_some());
         }
     }
 
@@ -716,18 +815,14 @@ mod tests {
             route.groups.iter().map(|g| g.endpoints.clone()).collect();
         assert_eq!(groups.len(), 2, "{groups:?}");
         assert_eq!(groups[1], vec!["127.0.0.1:8445".parse().expect("addr")]);
-        // A policy the router cannot read is the router's error: no table from it.
-        let mut control =
-            GatewayControl::new(config(&dir, "config = { datacenter_failover = \"dc2\" }\n"))
-                .expect("plugins load");
-        let metrics = control.metrics();
-        let table = control.initial_table().expect("static routes only");
-        assert!(table.lookup(&api_dc2()).route().is_none());
-        assert!(control.compute().is_err());
+        // A policy the router cannot read is refused by its `configure`, before it serves.
+        let err = GatewayControl::new(config(&dir, "config = { datacenter_failover = \"dc2\" }\n"))
+            .err()
+            .expect("refused at load")
+            .to_string();
         assert!(
-            metrics.failures("consul-router", "error") >= 1,
-            "{}",
-            metrics.render()
+            err.contains("[router]") && err.contains("datacenter_failover"),
+            "{err}"
         );
     }
 
@@ -805,6 +900,71 @@ mod tests {
     }
 
     #[test]
+    fn a_router_that_refuses_its_settings_is_refused_at_start_and_on_reload() {
+        let dir = TempDir::with_demo_catalog("configure", "dc1");
+        let err = GatewayControl::new(config(&dir, "config = { wan_federaton = \"true\" }\n"))
+            .err()
+            .expect("a misspelt key is refused at load");
+        let text = err.to_string();
+        assert!(
+            text.contains("[router]") && text.contains("wan_federaton"),
+            "{text}"
+        );
+        assert!(text.contains("unknown key"), "{text}");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        let bad = config(&dir, "config = { datacenter_failover = \"dc2\" }\n");
+        assert!(
+            !control.reload(bad, &sink),
+            "a bad policy refuses the reload"
+        );
+        assert_eq!(sink.installs(), 0);
+    }
+
+    #[test]
+    fn a_reload_replaces_a_changed_hook_and_refuses_a_bad_one() {
+        let dir = TempDir::with_demo_catalog("hook-swap", "dc1");
+        let hook =
+            |deny: &str| format!("\n[hook]\nplugin = \"sni-denylist\"\nconfig = {{ {deny} }}\n");
+        let mut control =
+            GatewayControl::new(config(&dir, &hook("deny = \"a.example\""))).expect("load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        // Same hook: nothing replaced.
+        assert!(control.reload(config(&dir, &hook("deny = \"a.example\"")), &sink));
+        assert!(sink.1.borrow().is_empty());
+        // A hook refusing its settings refuses the whole reload; nothing is installed.
+        assert!(!control.reload(config(&dir, &hook("denny = \"b.example\"")), &sink));
+        assert!(sink.1.borrow().is_empty());
+        assert_eq!(sink.installs(), 1);
+        // Changed settings: replaced; removed: replaced by none.
+        assert!(control.reload(config(&dir, &hook("deny = \"b.example\"")), &sink));
+        assert_eq!(*sink.1.borrow(), [true]);
+        assert!(control.reload(config(&dir, ""), &sink));
+        assert_eq!(*sink.1.borrow(), [true, false]);
+    }
+
+    #[test]
+    fn a_reload_notices_a_plugin_file_rebuilt_under_the_same_name() {
+        let dir = TempDir::with_demo_catalog("hook-file", "dc1");
+        std::fs::write(dir.0.join("hook.wasm"), meshgate_plugin::SHIPPED[4].1).expect("copy");
+        let extra = "\n[hook]\nplugin = \"hook.wasm\"\n";
+        let mut control = GatewayControl::new(config(&dir, extra)).expect("load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        assert!(control.reload(config(&dir, extra), &sink));
+        assert!(sink.1.borrow().is_empty(), "same file, same hook");
+        // A file that is no component: the reload is refused and the running hook stays.
+        std::fs::write(dir.0.join("hook.wasm"), b"not wasm").expect("overwrite");
+        assert!(!control.reload(config(&dir, extra), &sink));
+        assert!(sink.1.borrow().is_empty());
+        std::fs::write(dir.0.join("hook.wasm"), meshgate_plugin::TESTBED_HOOK).expect("rebuild");
+        assert!(control.reload(config(&dir, extra), &sink));
+        assert_eq!(*sink.1.borrow(), [true]);
+    }
+
+    #[test]
     fn a_reload_whose_new_catalog_cannot_be_read_keeps_the_last_good_table() {
         let dir = TempDir::with_demo_catalog("reload-badcat", "dc1");
         let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
@@ -854,10 +1014,8 @@ mod tests {
         let new = parse(
             "[gateway]\nlisten = [\"127.0.0.1:8443\"]\nmax_connections = 10\n[hook]\nplugin = \"sni-denylist\"\n",
         );
-        assert_eq!(
-            restart_only_changes(&old, &new),
-            vec!["max_connections", "[hook]"]
-        );
+        // A changed `[hook]` is applied by the reload itself.
+        assert_eq!(restart_only_changes(&old, &new), vec!["max_connections"]);
     }
 
     #[test]

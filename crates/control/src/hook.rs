@@ -79,14 +79,17 @@ pub fn factory(config: &Config) -> Result<Option<HookFactory>, ControlError> {
         &config.base_dir,
         Some(Duration::from_millis(HOOK_MAX_DEADLINE_MS)),
     );
-    // Instantiate once here so a plugin that does not fit the world is refused at start.
-    host.hook_from(name.clone(), component.clone(), sandbox.clone())
-        .map_err(hook_error)?;
     let settings = section.settings();
+    // Instantiated and configured once here, so a plugin that does not fit the world or refuses its
+    // settings is refused before any core starts.
+    host.hook_from(name.clone(), component.clone(), sandbox.clone())
+        .and_then(|mut p| p.configure(&settings))
+        .map_err(hook_error)?;
     let on_failure = section.on_failure.unwrap_or_default();
     Ok(Some(Arc::new(move |core| {
         // A core without its hook would route around the policy: the engine refuses to start instead.
         host.hook_from(name.clone(), component.clone(), sandbox.clone())
+            .and_then(|mut plugin| plugin.configure(&settings).map(|()| plugin))
             .map(|plugin| {
                 Box::new(WasmHook {
                     plugin,

@@ -146,7 +146,13 @@ fn check_gateway(file: &Path, text: &str) -> Result<String, ControlError> {
                         let groups: Vec<String> = r
                             .groups
                             .iter()
-                            .map(|g| format!("{:?}", g.endpoints))
+                            .map(|g| {
+                                if g.weights.is_empty() {
+                                    format!("{:?}", g.endpoints)
+                                } else {
+                                    format!("{:?} weights {:?}", g.endpoints, g.weights)
+                                }
+                            })
                             .collect();
                         let _ = writeln!(
                             out,
@@ -167,21 +173,27 @@ fn check_gateway(file: &Path, text: &str) -> Result<String, ControlError> {
     }
 }
 
-/// Loads every plugin a gateway config names, as the gateway would, and says what each is; a plugin
-/// that is missing, is not a component, or is of the wrong kind for its section is an error naming the
-/// file, the line and the field.
+/// Loads every plugin a gateway config names, as the gateway would, runs each one's `configure` with its
+/// settings, and says what each is; a plugin that is missing, is not a component, is of the wrong kind
+/// for its section or refuses its settings is an error naming the file, the line and the field.
 fn check_plugins(file: &Path, text: &str, config: &Config) -> Result<String, ControlError> {
     use meshgate_plugin::PluginKind;
     let mut sections: Vec<(&str, meshgate_config::PluginSection, &[PluginKind])> = Vec::new();
-    if let Some(c) = &config.catalog {
-        sections.push((
-            "catalog",
-            c.clone(),
-            &[PluginKind::Catalog, PluginKind::WatchCatalog],
-        ));
-    }
-    if let Some(r) = config.router_section() {
-        sections.push(("router", r, &[PluginKind::Router]));
+    // With the settings the gateway adds (`wan_federation` when it exposes servers).
+    match crate::gateway::plugin_sections(config) {
+        Some((c, r)) => {
+            sections.push((
+                "catalog",
+                c,
+                &[PluginKind::Catalog, PluginKind::WatchCatalog],
+            ));
+            sections.push(("router", r, &[PluginKind::Router]));
+        }
+        None => {
+            if let Some(r) = config.router_section() {
+                sections.push(("router", r, &[PluginKind::Router]));
+            }
+        }
     }
     if let Some(h) = &config.hook {
         sections.push(("hook", h.clone(), &[PluginKind::Hook]));
@@ -213,6 +225,32 @@ fn check_plugins(file: &Path, text: &str, config: &Config) -> Result<String, Con
                 kind.label()
             )));
         }
+        // Made and configured as the gateway would: a refused setting fails here, not at start.
+        let sandbox = crate::plugins::sandbox(&p, &config.base_dir, None);
+        let settings = p.settings();
+        let configured = match kind {
+            PluginKind::Catalog => host
+                .catalog_from(name.clone(), component, sandbox)
+                .and_then(|mut x| x.configure(&settings)),
+            PluginKind::WatchCatalog => host
+                .watch_catalog_from(name.clone(), component, sandbox)
+                .and_then(|mut x| x.configure(&settings)),
+            PluginKind::Router => host
+                .router_from(name.clone(), component, sandbox)
+                .and_then(|mut x| x.configure(&settings)),
+            PluginKind::Hook => host
+                .hook_from(name.clone(), component, sandbox)
+                .and_then(|mut x| x.configure(&settings)),
+        };
+        if let Err(e) = configured {
+            let at = line_of(text, section, "config")
+                .or_else(|| line_of(text, section, "plugin"))
+                .map_or_else(String::new, |line| format!(":{line}"));
+            return Err(ControlError::Config(format!(
+                "{}{at}: [{section}] config: {e}",
+                file.display()
+            )));
+        }
         let from = if meshgate_plugin::SHIPPED.iter().any(|(n, _)| *n == p.plugin) {
             "shipped".to_owned()
         } else {
@@ -220,7 +258,7 @@ fn check_plugins(file: &Path, text: &str, config: &Config) -> Result<String, Con
         };
         let _ = writeln!(
             out,
-            "  {section} plugin {name}: loads, a {} plugin ({from})",
+            "  {section} plugin {name}: loads, a {} plugin ({from}), settings accepted",
             kind.label()
         );
     }

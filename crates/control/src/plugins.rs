@@ -40,7 +40,7 @@ impl PluginMetrics {
         let failures = IntCounterVec::new(
             Opts::new(
                 "meshgate_plugin_failures_total",
-                "Plugin calls that failed, by plugin and reason (load, trap, deadline, memory, error, invalid).",
+                "Plugin calls that failed, by plugin and reason (load, config, trap, deadline, memory, error, invalid).",
             ),
             &["plugin", "reason"],
         )?;
@@ -317,7 +317,8 @@ pub struct Router {
     pub section: PluginSection,
 }
 
-/// Loads a catalog and a router plugin in their sandboxes; an error names the section. A catalog
+/// Loads a catalog and a router plugin in their sandboxes and runs each one's `configure` with its
+/// section's settings; an error names the section. A catalog
 /// component exporting `plan` is a watch-catalog plugin: its watches go to the agent `consul` names.
 pub fn load_catalog_and_router(
     host: &PluginHost,
@@ -335,10 +336,12 @@ pub fn load_catalog_and_router(
     let (name, component) = host
         .component(&catalog.plugin, &sandbox.grants.base)
         .map_err(in_catalog)?;
+    let settings = catalog.settings();
     let source = if host.is_watch_catalog(&component) {
-        let plugin = host
+        let mut plugin = host
             .watch_catalog_from(name, component, sandbox)
             .map_err(in_catalog)?;
+        plugin.configure(&settings).map_err(in_catalog)?;
         let consul_metrics = metrics.consul()?;
         let client = Arc::new(crate::consul::client(consul.section, base_dir)?);
         Source::Watched {
@@ -349,17 +352,22 @@ pub fn load_catalog_and_router(
             version: 0,
         }
     } else {
-        Source::Polled(
-            host.catalog_from(name, component, sandbox)
-                .map_err(in_catalog)?,
-        )
+        let mut plugin = host
+            .catalog_from(name, component, sandbox)
+            .map_err(in_catalog)?;
+        plugin.configure(&settings).map_err(in_catalog)?;
+        Source::Polled(plugin)
     };
-    let router_plugin = host
+    let in_router = |source| ControlError::Plugin {
+        section: "[router]",
+        source,
+    };
+    let mut router_plugin = host
         .router(&router.plugin, self::sandbox(router, base_dir, None))
-        .map_err(|source| ControlError::Plugin {
-            section: "[router]",
-            source,
-        })?;
+        .map_err(in_router)?;
+    router_plugin
+        .configure(&router.settings())
+        .map_err(in_router)?;
     Ok((
         CatalogWatch {
             source,

@@ -95,7 +95,7 @@ async fn serve(core: &Core, down: &Side<'_>, peer: Option<SocketAddr>, started: 
         }
         Some(HookDecision::Forward(endpoints)) if !endpoints.is_empty() => Some(Route {
             pattern: "<hook>".to_owned(),
-            groups: vec![EndpointGroup { endpoints }],
+            groups: vec![EndpointGroup::new(endpoints)],
             lb: LbPolicy::RoundRobin,
             connect_timeout: None,
             source: "connection hook".to_owned(),

@@ -59,6 +59,16 @@ pub trait ConnectionHook {
     }
 }
 
+/// The hook factory in force, as the cores find it (`None`: no hook).
+#[derive(Clone, Default)]
+pub(crate) struct Installed(pub(crate) Option<HookFactory>);
+
+impl std::fmt::Debug for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "hook" } else { "no hook" })
+    }
+}
+
 /// Makes core `n`'s hook, on core `n`'s thread. An error stops the engine's start (the message says
 /// why the hook could not be made).
 pub type HookFactory = Arc<dyn Fn(usize) -> Result<Box<dyn ConnectionHook>, String> + Send + Sync>;

@@ -107,6 +107,10 @@ pub(crate) struct Shared {
     health: ArcSwap<probe::HealthView>,
     /// Bumped after each new view; cores compare it with their own copy per probed connection.
     health_generation: AtomicU64,
+    /// The hook factory in force (`None`: no hook), replaced by [`Engine::set_hook`].
+    hook: ArcSwap<hook::Installed>,
+    /// Bumped after each [`Engine::set_hook`]; a core makes its new instance at its next connection.
+    hook_generation: AtomicU64,
 }
 
 /// The engine could not start or failed while running.
@@ -225,6 +229,8 @@ impl Engine {
             pipe_pool: fit.pipes_per_core,
             health: ArcSwap::from_pointee(probe::HealthView::default()),
             health_generation: AtomicU64::new(0),
+            hook: ArcSwap::from_pointee(hook::Installed(hook.clone())),
+            hook_generation: AtomicU64::new(0),
         });
         let metrics = EngineMetrics {
             cores,
@@ -306,6 +312,16 @@ impl Engine {
             .store(Arc::new(Snapshot::new(table, settings, &targets)));
         self.shared.generation.fetch_add(1, Ordering::Release);
         self.prober.configure(targets, probe_settings);
+    }
+
+    /// Replaces the connection hook (SIGHUP with a changed `[hook]` or hook file; `None` removes it).
+    /// Each core makes its own instance from `hook` at its next connection, on its own thread, and
+    /// drops the old one and its cached verdicts; live connections are not affected. A core that cannot
+    /// make the new instance keeps its old hook and says so in the log: the caller has made and
+    /// configured one instance already, so this is a resource failure, not a bad plugin.
+    pub fn set_hook(&self, hook: Option<hook::HookFactory>) {
+        self.shared.hook.store(Arc::new(hook::Installed(hook)));
+        self.shared.hook_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The snapshot in force.

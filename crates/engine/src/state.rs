@@ -36,6 +36,8 @@ pub(crate) struct Core {
     labelled_dirty: Cell<bool>,
     pub(crate) live: Cell<usize>,
     hook: RefCell<Option<Box<dyn ConnectionHook>>>,
+    /// The `Shared::hook_generation` this core's hook was made for.
+    hook_generation: Cell<u64>,
     hook_cache: RefCell<HashMap<String, HookDecision>>,
     /// Names whose last hook call failed: how many more connections `on_failure` decides without a call.
     hook_failed: RefCell<HashMap<String, u32>>,
@@ -55,6 +57,7 @@ impl Core {
         let generation = shared.generation.load(Ordering::Acquire);
         let health_generation = shared.health_generation.load(Ordering::Acquire);
         let health = shared.health.load_full();
+        let hook_generation = shared.hook_generation.load(Ordering::Acquire);
         let pipe_pool = shared.pipe_pool;
         Core {
             index,
@@ -75,6 +78,7 @@ impl Core {
             labelled_dirty: Cell::new(false),
             live: Cell::new(0),
             hook: RefCell::new(hook),
+            hook_generation: Cell::new(hook_generation),
             hook_cache: RefCell::new(HashMap::new()),
             hook_failed: RefCell::new(HashMap::new()),
             poller: match Poller::new() {
@@ -133,6 +137,7 @@ impl Core {
         alpn: &[Vec<u8>],
         peer: Option<SocketAddr>,
     ) -> Option<HookDecision> {
+        self.swap_hook_if_replaced();
         let mut hook = self.hook.borrow_mut();
         let hook = hook.as_mut()?;
         let stats = self.stats();
@@ -175,6 +180,34 @@ impl Core {
                     failed.insert(name.to_owned(), HOOK_FAILURE_REPEAT);
                 }
                 Some(decision)
+            }
+        }
+    }
+
+    /// Makes this core's instance of a hook the control plane replaced (one atomic load otherwise).
+    fn swap_hook_if_replaced(&self) {
+        let generation = self.shared.hook_generation.load(Ordering::Acquire);
+        if generation == self.hook_generation.get() {
+            return;
+        }
+        self.hook_generation.set(generation);
+        let made = match &self.shared.hook.load_full().0 {
+            None => Ok(None),
+            Some(make) => make(self.index).map(Some),
+        };
+        match made {
+            Ok(hook) => {
+                tracing::info!(
+                    core = self.index,
+                    hook = hook.is_some(),
+                    "connection hook replaced"
+                );
+                *self.hook.borrow_mut() = hook;
+                self.hook_cache.borrow_mut().clear();
+                self.hook_failed.borrow_mut().clear();
+            }
+            Err(e) => {
+                tracing::error!(core = self.index, error = %e, "the new connection hook cannot be made on this core; the old one stays");
             }
         }
     }

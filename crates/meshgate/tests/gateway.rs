@@ -806,6 +806,97 @@ fn connection_hook_denies_listed_names_and_caches_verdicts() {
     assert_eq!(gw.metric("meshgate_hook_cache_hits_total"), 2.0);
 }
 
+/// A canary split in configuration: `split` between two groups of endpoints, exact over every cycle
+/// of connections on a core, and a failing canary falls back to the stable group.
+#[test]
+fn a_split_route_sends_the_configured_share_to_the_canary() {
+    let pki = Pki::new("test CA").expect("ca");
+    let api = sni("api", "dc1");
+    let stable = [
+        backend(&pki, "stable-1", &[&api]),
+        backend(&pki, "stable-2", &[&api]),
+    ];
+    let canary = backend(&pki, "canary", &[&api]);
+    let split = |canary_addr: SocketAddr| {
+        format!(
+            "[[routes]]\nsni = \"{api}\"\nsplit = [\n  {{ weight = 80, endpoints = [\"{}\", \"{}\"] }},\n  {{ weight = 20, endpoints = [\"{canary_addr}\"] }},\n]\n",
+            stable[0].addr(),
+            stable[1].addr()
+        )
+    };
+    // One core: its cursor alone decides, so 10 connections are one whole cycle (4:4:2).
+    let gw = Gateway::start("workers = 1", &split(canary.addr()));
+    let client = pki.client_config(&[]).expect("client");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let answer = meshgate_tlskit::hello(gw.listen, &api, client.clone()).expect("served");
+        let name = answer.split_whitespace().next().unwrap_or("").to_owned();
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen,
+        [
+            ("backend=canary".to_owned(), 2),
+            ("backend=stable-1".to_owned(), 4),
+            ("backend=stable-2".to_owned(), 4),
+        ]
+        .into()
+    );
+    let routes = gw.get("/routes").expect("routes");
+    let compact: String = routes.split_whitespace().collect();
+    assert!(compact.contains("\"weights\":[2,2,1]"), "{routes}");
+
+    // The canary's address refuses connections: its share goes to the stable group, nothing fails.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    gw.rewrite("workers = 1", &split(dead));
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"ok\"}", 1.0);
+    for _ in 0..10 {
+        let answer = meshgate_tlskit::hello(gw.listen, &api, client.clone()).expect("served");
+        assert!(answer.starts_with("backend=stable-"), "{answer}");
+    }
+}
+
+/// SIGHUP applies a changed `[hook]` on every core (no restart), and a hook whose `configure` refuses
+/// its settings refuses the reload: the running hook keeps deciding.
+#[test]
+fn sighup_swaps_the_connection_hook_and_refuses_one_that_rejects_its_settings() {
+    let pki = Pki::new("test CA").expect("ca");
+    let api = sni("api", "dc1");
+    let web = sni("web", "dc1");
+    let a = backend(&pki, "api", &[&api]);
+    let w = backend(&pki, "web", &[&web]);
+    let routes = format!("{}{}", route(&api, &[a.addr()]), route(&web, &[w.addr()]));
+    let hook = |settings: &str| {
+        format!("{routes}[hook]\nplugin = \"sni-denylist\"\nconfig = {{ {settings} }}\n")
+    };
+    // Two cores: each must make its own instance of the new hook.
+    let gw = Gateway::start("workers = 2", &hook(&format!("deny = \"{api}\"")));
+    let client = pki.client_config(&[]).expect("client");
+    let served = |name: &str| meshgate_tlskit::hello(gw.listen, name, client.clone()).is_ok();
+    // Enough connections that both cores have decided (and cached) each name.
+    let all = |name: &str, want: bool| (0..8).all(|_| served(name) == want);
+    assert!(all(&api, false) && all(&web, true));
+
+    // A misspelt key: refused by the plugin's `configure`, the running hook stays.
+    gw.rewrite("workers = 2", &hook(&format!("denny = \"{web}\"")));
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"failed\"}", 1.0);
+    assert!(all(&api, false) && all(&web, true));
+
+    // The deny-list moves to web: applied on both cores, cached verdicts dropped.
+    gw.rewrite("workers = 2", &hook(&format!("deny = \"{web}\"")));
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"ok\"}", 1.0);
+    assert!(all(&api, true) && all(&web, false));
+
+    // No `[hook]` any more: nothing is denied.
+    gw.rewrite("workers = 2", &routes);
+    gw.signal("HUP");
+    gw.wait_metric("meshgate_config_reloads_total{result=\"ok\"}", 2.0);
+    assert!(all(&api, true) && all(&web, true));
+}
+
 /// Runs `f` on its own thread and hands back its result on a channel, so a test can check whether a
 /// blocked client has finished without waiting for it.
 fn on_thread<T: Send + 'static>(
@@ -1032,8 +1123,21 @@ fn check_loads_every_plugin_and_names_what_is_wrong_with_one() {
         "{text}"
     );
     assert!(
-        text.contains("hook plugin sni-denylist: loads, a hook plugin (shipped)"),
+        text.contains(
+            "hook plugin sni-denylist: loads, a hook plugin (shipped), settings accepted"
+        ),
         "{text}"
+    );
+    // Settings a plugin's `configure` refuses: the file, the line of `config` and the plugin's words.
+    let out = check(
+        "settings.toml",
+        "[hook]\nplugin = \"sni-denylist\"\nconfig = { deny_no_sni = \"yes\" }\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("settings.toml:6: [hook] config: plugin sni-denylist: refused its settings: setting `deny_no_sni`"),
+        "{err}"
     );
 
     // A missing hook file, a file that is not a component, a router where a hook belongs.

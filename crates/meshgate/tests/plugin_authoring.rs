@@ -106,11 +106,17 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
 
     // A hook, with a bug planted the way authors plant them: it panics for one name.
     let hook = make(&dir.0, "hook", "deny-hook", |src| {
-        src.replacen(
-            "        sdk::init();\n",
-            "        sdk::init();\n        if sni.as_deref() == Some(\"boom.example\") {\n            panic!(\"planted bug for {sni:?}\");\n        }\n",
+        // In `decide` (the first `sdk::init()` is `configure`'s).
+        let planted = src.replacen(
+            "        sdk::init();\n        match decision",
+            "        sdk::init();\n        if sni.as_deref() == Some(\"boom.example\") {\n            panic!(\"planted bug for {sni:?}\");\n        }\n        match decision",
             1,
-        )
+        );
+        assert_ne!(
+            planted, src,
+            "the template's `decide` changed: plant the bug elsewhere"
+        );
+        planted
     });
     // Without a gateway: the hook's verdicts over ten connections, and how they split.
     let mut trial = meshgate();
@@ -128,6 +134,20 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
     );
     assert!(text.contains("deny: 5 (50.0 %)"), "{text}");
     assert!(text.contains("use-table: 5 (50.0 %)"), "{text}");
+    assert!(text.contains("configure: settings accepted"), "{text}");
+    // A misspelt key: the plugin's `configure` refuses it, naming the key, before any decision.
+    let out = meshgate()
+        .args(["plugin", "test"])
+        .arg(&hook)
+        .args(["--set", "denny=bad.example", "--sni", "bad.example"])
+        .output()
+        .expect("plugin test");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused its settings: setting `denny`: unknown key"),
+        "{err}"
+    );
 
     let gw = Gateway::start_logged(
         "",
@@ -159,11 +179,14 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
     assert!(logged.contains("deny-hook"), "{logged}");
     drop(gw);
 
-    // A router: only allowed services get routes from the catalog's healthy sidecars.
+    // A router: only allowed services get routes from the catalog's healthy sidecars, weighted by
+    // their `weight` meta (web-1 3, its canary web-2 1).
     let router = make(&dir.0, "router", "allow-router", |s| s);
+    let canary = Backend::start("web-2", any, pki.issue(&[&web()]).expect("leaf")).expect("web-2");
     let catalog = format!(
-        "services = [\n  {{ name = \"web-sidecar-proxy\", id = \"web-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"web\" }} }},\n  {{ name = \"db-sidecar-proxy\", id = \"db-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"db\" }} }},\n]\n",
-        port = backend.addr().port()
+        "services = [\n  {{ name = \"web-sidecar-proxy\", id = \"web-1\", kind = \"connect-proxy\", port = {port}, meta = {{ weight = \"3\" }}\n     proxy {{ destination_service_name = \"web\" }} }},\n  {{ name = \"web-sidecar-proxy\", id = \"web-2\", kind = \"connect-proxy\", port = {canary_port}, meta = {{ weight = \"1\" }}\n     proxy {{ destination_service_name = \"web\" }} }},\n  {{ name = \"db-sidecar-proxy\", id = \"db-1\", kind = \"connect-proxy\", port = {port}\n     proxy {{ destination_service_name = \"db\" }} }},\n]\n",
+        port = backend.addr().port(),
+        canary_port = canary.addr().port(),
     );
     // Without a gateway: the router's routes for the catalog directory, and the route a name gets.
     std::fs::create_dir_all(dir.0.join("catalog")).expect("catalog dir");
@@ -180,23 +203,45 @@ fn a_plugin_of_each_world_from_an_empty_directory_to_routed_connections() {
     let text = run(trial, "plugin test (router)");
     assert!(text.contains("1 routes for dc1"), "{text}");
     assert!(
-        text.contains(&format!("sni {} -> [\"{}\"]", web(), backend.addr())),
+        text.contains(&format!(
+            "sni {} -> [\"{}\", \"{}\"]",
+            web(),
+            backend.addr(),
+            canary.addr()
+        )),
         "{text}"
     );
+    assert!(text.contains("weights [3, 1]"), "{text}");
     assert!(text.contains("db.default.dc1.internal"), "{text}");
     assert!(text.contains("-> no route (closed)"), "{text}");
 
+    // One core, so the split is exact: every 4 consecutive connections, 3 to web-1 and 1 to web-2.
     let gw = Gateway::start_with_files(
-        "",
+        "workers = 1",
         &format!(
             "[catalog]\nplugin = \"file-catalog\"\nallow_dirs = [\"catalog\"]\nconfig = {{ dir = \"catalog\", datacenter = \"dc1\", trust_domain = \"{TD}\" }}\n[router]\nplugin = \"{}\"\nconfig = {{ allow = \"web\" }}\n",
             router.display()
         ),
         &[("catalog/services.hcl", &catalog)],
     );
-    let answer = meshgate_tlskit::hello(gw.listen, &web(), client.clone()).expect("web via router");
-    assert!(answer.starts_with("backend=web-1 "), "{answer}");
+    let mut split = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let answer =
+            meshgate_tlskit::hello(gw.listen, &web(), client.clone()).expect("web via router");
+        let backend = answer.split_whitespace().next().unwrap_or("").to_owned();
+        *split.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(
+        split,
+        [
+            ("backend=web-1".to_owned(), 6),
+            ("backend=web-2".to_owned(), 2)
+        ]
+        .into(),
+        "the router's 3:1 weights over 8 connections"
+    );
     let routes = gw.get("/routes").expect("routes");
+    assert!(routes.contains("\"weights\""), "{routes}");
     assert!(routes.contains("allow-router"), "{routes}");
     assert!(
         !routes.contains("db.default.dc1"),

@@ -20,8 +20,8 @@ pub mod router_world {
         world: "router-plugin",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.5.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.5.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -33,8 +33,8 @@ pub mod hook_world {
         world: "connection-hook",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.5.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.5.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
@@ -46,8 +46,55 @@ pub mod watch_world {
         world: "watch-catalog-plugin",
         path: "../../plugins/wit",
         with: {
-            "meshgate:plugin/types@0.4.0": crate::catalog_world::meshgate::plugin::types,
-            "meshgate:plugin/host@0.4.0": crate::catalog_world::meshgate::plugin::host,
+            "meshgate:plugin/types@0.5.0": crate::catalog_world::meshgate::plugin::types,
+            "meshgate:plugin/host@0.5.0": crate::catalog_world::meshgate::plugin::host,
         },
     });
 }
+
+use crate::State;
+use wasmtime::component::{Component, Linker};
+use wasmtime::Store;
+
+/// What the sandbox needs of each world's generated bindings: how to make an instance, and its
+/// `configure` export (called on every new instance before anything else).
+pub(crate) trait World: Sized {
+    fn instantiate(
+        store: &mut Store<State>,
+        component: &Component,
+        linker: &Linker<State>,
+    ) -> wasmtime::Result<Self>;
+
+    fn configure(
+        &self,
+        store: &mut Store<State>,
+        settings: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>>;
+}
+
+macro_rules! world {
+    ($ty:ty) => {
+        impl World for $ty {
+            fn instantiate(
+                store: &mut Store<State>,
+                component: &Component,
+                linker: &Linker<State>,
+            ) -> wasmtime::Result<Self> {
+                <$ty>::instantiate(store, component, linker)
+            }
+
+            fn configure(
+                &self,
+                store: &mut Store<State>,
+                settings: &[(String, String)],
+            ) -> wasmtime::Result<Result<(), String>> {
+                self.call_configure(store, &settings.to_vec())
+            }
+        }
+    };
+}
+
+world!(catalog_world::CatalogPlugin);
+world!(watch_world::WatchCatalogPlugin);
+world!(router_world::RouterPlugin);
+world!(hook_world::ConnectionHook);

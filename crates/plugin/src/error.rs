@@ -46,6 +46,14 @@ pub enum PluginError {
         /// Its message.
         message: String,
     },
+    /// The plugin's `configure` refused its settings.
+    #[error("plugin {plugin}: refused its settings: {message}")]
+    Config {
+        /// Plugin name.
+        plugin: String,
+        /// Its message.
+        message: String,
+    },
     /// The plugin's answer is not acceptable (e.g. an invalid route table).
     #[error("plugin {plugin}: invalid answer: {message}")]
     Invalid {
@@ -66,6 +74,7 @@ impl PluginError {
             PluginError::Memory { .. } => "memory",
             PluginError::Refused { .. } => "error",
             PluginError::Invalid { .. } => "invalid",
+            PluginError::Config { .. } => "config",
         }
     }
 }

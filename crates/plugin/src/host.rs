@@ -1,7 +1,7 @@
 //! The plugin host: one wasmtime engine per process with the epoch ticker that enforces deadlines, the
 //! plugins embedded in meshgate, and loading a plugin (shipped or from a path) into a typed handle.
 
-use crate::bindings::{catalog_world, hook_world};
+use crate::bindings::catalog_world;
 use crate::sandbox::{live, Loaded, EPOCH_TICK};
 use crate::{CatalogPlugin, HookPlugin, PluginError, RouterPlugin, Sandbox, WatchCatalogPlugin};
 use std::path::Path;
@@ -172,6 +172,7 @@ impl PluginHost {
             linker,
             sandbox,
             log_budget: Default::default(),
+            settings: None,
         })
     }
 
@@ -284,9 +285,7 @@ impl PluginHost {
     ) -> Result<HookPlugin, PluginError> {
         let loaded = self.loaded(name, component, sandbox)?;
         let mut p = HookPlugin { loaded, live: None };
-        live(&p.loaded, &mut p.live, |s, c, l| {
-            hook_world::ConnectionHook::instantiate(s, c, l)
-        })?;
+        live(&p.loaded, &mut p.live)?;
         Ok(p)
     }
 

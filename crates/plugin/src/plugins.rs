@@ -2,7 +2,7 @@
 //! world's exports, each called under the sandbox's rules.
 
 use crate::bindings::{catalog_world, hook_world, router_world, watch_world};
-use crate::sandbox::{call, live, Loaded};
+use crate::sandbox::{call, configure, live, Loaded};
 use crate::{types, PluginError, State};
 use wasmtime::Store;
 
@@ -18,12 +18,16 @@ impl CatalogPlugin {
         &self.loaded.name
     }
 
+    /// Runs the plugin's `configure` on a fresh instance with `settings`, which every later instance
+    /// gets too. Refused settings leave the plugin as it was.
+    pub fn configure(&mut self, settings: &[(String, String)]) -> Result<(), PluginError> {
+        configure(&mut self.loaded, &mut self.live, settings)
+    }
+
     pub(crate) fn instance(
         &mut self,
     ) -> Result<&mut (Store<State>, catalog_world::CatalogPlugin), PluginError> {
-        live(&self.loaded, &mut self.live, |s, c, l| {
-            catalog_world::CatalogPlugin::instantiate(s, c, l)
-        })
+        live(&self.loaded, &mut self.live)
     }
 
     /// Asks for the catalog; `since` is the version the caller has (0: none).
@@ -32,12 +36,9 @@ impl CatalogPlugin {
         settings: &[(String, String)],
         since: u64,
     ) -> Result<types::CatalogUpdate, PluginError> {
-        call(
-            &self.loaded,
-            &mut self.live,
-            |s, c, l| catalog_world::CatalogPlugin::instantiate(s, c, l),
-            |store, inst| inst.call_fetch(store, &settings.to_vec(), since),
-        )
+        call(&self.loaded, &mut self.live, |store, inst| {
+            inst.call_fetch(store, &settings.to_vec(), since)
+        })
     }
 }
 
@@ -54,12 +55,16 @@ impl WatchCatalogPlugin {
         &self.loaded.name
     }
 
+    /// Runs the plugin's `configure` on a fresh instance with `settings`, which every later instance
+    /// gets too. Refused settings leave the plugin as it was.
+    pub fn configure(&mut self, settings: &[(String, String)]) -> Result<(), PluginError> {
+        configure(&mut self.loaded, &mut self.live, settings)
+    }
+
     pub(crate) fn instance(
         &mut self,
     ) -> Result<&mut (Store<State>, watch_world::WatchCatalogPlugin), PluginError> {
-        live(&self.loaded, &mut self.live, |s, c, l| {
-            watch_world::WatchCatalogPlugin::instantiate(s, c, l)
-        })
+        live(&self.loaded, &mut self.live)
     }
 
     /// The watches to run and, once the answers suffice, the catalog.
@@ -68,12 +73,9 @@ impl WatchCatalogPlugin {
         settings: &[(String, String)],
         answers: &[types::WatchAnswer],
     ) -> Result<types::WatchPlan, PluginError> {
-        call(
-            &self.loaded,
-            &mut self.live,
-            |s, c, l| watch_world::WatchCatalogPlugin::instantiate(s, c, l),
-            |store, inst| inst.call_plan(store, &settings.to_vec(), answers),
-        )
+        call(&self.loaded, &mut self.live, |store, inst| {
+            inst.call_plan(store, &settings.to_vec(), answers)
+        })
     }
 }
 
@@ -89,12 +91,16 @@ impl RouterPlugin {
         &self.loaded.name
     }
 
+    /// Runs the plugin's `configure` on a fresh instance with `settings`, which every later instance
+    /// gets too. Refused settings leave the plugin as it was.
+    pub fn configure(&mut self, settings: &[(String, String)]) -> Result<(), PluginError> {
+        configure(&mut self.loaded, &mut self.live, settings)
+    }
+
     pub(crate) fn instance(
         &mut self,
     ) -> Result<&mut (Store<State>, router_world::RouterPlugin), PluginError> {
-        live(&self.loaded, &mut self.live, |s, c, l| {
-            router_world::RouterPlugin::instantiate(s, c, l)
-        })
+        live(&self.loaded, &mut self.live)
     }
 
     /// A gateway's routes for `catalog` in `local_dc`.
@@ -104,12 +110,9 @@ impl RouterPlugin {
         catalog: &types::Catalog,
         local_dc: &str,
     ) -> Result<Vec<types::Route>, PluginError> {
-        call(
-            &self.loaded,
-            &mut self.live,
-            |s, c, l| router_world::RouterPlugin::instantiate(s, c, l),
-            |store, inst| inst.call_gateway_routes(store, &settings.to_vec(), catalog, local_dc),
-        )
+        call(&self.loaded, &mut self.live, |store, inst| {
+            inst.call_gateway_routes(store, &settings.to_vec(), catalog, local_dc)
+        })
     }
 
     /// The plan of the sidecar fronting `service` in `local_dc`.
@@ -121,21 +124,16 @@ impl RouterPlugin {
         service: &str,
         proxy_id: Option<&str>,
     ) -> Result<types::SidecarPlan, PluginError> {
-        call(
-            &self.loaded,
-            &mut self.live,
-            |s, c, l| router_world::RouterPlugin::instantiate(s, c, l),
-            |store, inst| {
-                inst.call_sidecar_plan(
-                    store,
-                    &settings.to_vec(),
-                    catalog,
-                    local_dc,
-                    service,
-                    proxy_id,
-                )
-            },
-        )
+        call(&self.loaded, &mut self.live, |store, inst| {
+            inst.call_sidecar_plan(
+                store,
+                &settings.to_vec(),
+                catalog,
+                local_dc,
+                service,
+                proxy_id,
+            )
+        })
     }
 }
 
@@ -151,6 +149,12 @@ impl HookPlugin {
         &self.loaded.name
     }
 
+    /// Runs the plugin's `configure` on a fresh instance with `settings`, which every later instance
+    /// gets too. Refused settings leave the plugin as it was.
+    pub fn configure(&mut self, settings: &[(String, String)]) -> Result<(), PluginError> {
+        configure(&mut self.loaded, &mut self.live, settings)
+    }
+
     /// One connection's verdict.
     pub fn decide(
         &mut self,
@@ -160,14 +164,9 @@ impl HookPlugin {
         source: &str,
     ) -> Result<types::Verdict, PluginError> {
         // A hook cannot refuse: its answer is a verdict.
-        call(
-            &self.loaded,
-            &mut self.live,
-            |s, c, l| hook_world::ConnectionHook::instantiate(s, c, l),
-            |store, inst| {
-                inst.call_decide(store, &settings.to_vec(), sni, alpn, source)
-                    .map(Ok)
-            },
-        )
+        call(&self.loaded, &mut self.live, |store, inst| {
+            inst.call_decide(store, &settings.to_vec(), sni, alpn, source)
+                .map(Ok)
+        })
     }
 }

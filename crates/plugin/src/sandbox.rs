@@ -2,6 +2,7 @@
 //! the discipline of one call — deadline armed, failure classified into a [`PluginError`], a failed
 //! instance dropped so the next call gets a fresh one.
 
+use crate::bindings::World;
 use crate::{Grants, PluginError, State};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
@@ -131,6 +132,9 @@ pub(crate) struct Loaded {
     pub(crate) sandbox: Sandbox,
     /// Shared by every instance made from this plugin (see `LogBudget`).
     pub(crate) log_budget: std::sync::Arc<std::sync::Mutex<crate::grants::LogBudget>>,
+    /// The settings `configure` accepted; every instance made later (after a trap) is configured with
+    /// them before its first call. `None`: never configured (tests that call the exports directly).
+    pub(crate) settings: Option<Vec<(String, String)>>,
 }
 
 impl Loaded {
@@ -198,32 +202,25 @@ impl Loaded {
 /// tick, which a busy machine could overrun while instantiating, failing the start for nothing.
 pub const LOAD_BUDGET: Duration = Duration::from_millis(500);
 
-/// The live instance, instantiated at load time if there is none (within [`LOAD_BUDGET`], or the
-/// call deadline when that is longer).
-pub(crate) fn live<'a, W>(
+/// The live instance, instantiated (and configured) at load time if there is none (within
+/// [`LOAD_BUDGET`], or the call deadline when that is longer).
+pub(crate) fn live<'a, W: World>(
     loaded: &Loaded,
     slot: &'a mut Option<(Store<State>, W)>,
-    instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
 ) -> Result<&'a mut (Store<State>, W), PluginError> {
-    live_within(
-        loaded,
-        slot,
-        LOAD_BUDGET.max(loaded.sandbox.deadline),
-        instantiate,
-    )
+    live_within(loaded, slot, LOAD_BUDGET.max(loaded.sandbox.deadline))
 }
 
-/// As [`live`], instantiating within `budget`.
-fn live_within<'a, W>(
+/// As [`live`], instantiating and configuring within `budget`.
+fn live_within<'a, W: World>(
     loaded: &Loaded,
     slot: &'a mut Option<(Store<State>, W)>,
     budget: Duration,
-    instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
 ) -> Result<&'a mut (Store<State>, W), PluginError> {
     if slot.is_none() {
         let mut store = loaded.store();
         loaded.arm_for(&mut store, budget);
-        let inst = instantiate(&mut store, &loaded.component, &loaded.linker).map_err(|e| {
+        let inst = W::instantiate(&mut store, &loaded.component, &loaded.linker).map_err(|e| {
             // Memories are made at instantiation: a cap hit there is a memory error, not a bad component.
             if store.data().limiter.denied {
                 PluginError::Memory {
@@ -234,6 +231,19 @@ fn live_within<'a, W>(
                 loaded.load_error(e)
             }
         })?;
+        if let Some(settings) = &loaded.settings {
+            loaded.arm_for(&mut store, budget);
+            match inst.configure(&mut store, settings) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    return Err(PluginError::Config {
+                        plugin: loaded.name.clone(),
+                        message,
+                    })
+                }
+                Err(e) => return Err(loaded.classify(&store, e)),
+            }
+        }
         *slot = Some((store, inst));
     }
     slot.as_mut().ok_or_else(|| PluginError::Load {
@@ -242,18 +252,38 @@ fn live_within<'a, W>(
     })
 }
 
+/// Sets the settings every instance is configured with and configures a fresh instance now (the old
+/// one, if any, stays only if the new settings are accepted).
+pub(crate) fn configure<W: World>(
+    loaded: &mut Loaded,
+    slot: &mut Option<(Store<State>, W)>,
+    settings: &[(String, String)],
+) -> Result<(), PluginError> {
+    let previous = loaded.settings.replace(settings.to_vec());
+    let mut fresh = None;
+    match live(loaded, &mut fresh) {
+        Ok(_) => {
+            *slot = fresh;
+            Ok(())
+        }
+        Err(e) => {
+            loaded.settings = previous;
+            Err(e)
+        }
+    }
+}
+
 /// One call on the live instance (made if needed). The plugin's own `err` is `Refused`; a trap, a
 /// deadline or a memory-cap hit is classified, and the instance is dropped so the next call gets a
 /// fresh one.
-pub(crate) fn call<W, T>(
+pub(crate) fn call<W: World, T>(
     loaded: &Loaded,
     slot: &mut Option<(Store<State>, W)>,
-    instantiate: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<W>,
     f: impl FnOnce(&mut Store<State>, &W) -> wasmtime::Result<Result<T, String>>,
 ) -> Result<T, PluginError> {
     // Instantiating again after a failure happens in the call's path (a hook's: a data-plane core's),
     // so it gets the call's deadline, not the load budget.
-    let (store, inst) = live_within(loaded, slot, loaded.sandbox.deadline, instantiate)?;
+    let (store, inst) = live_within(loaded, slot, loaded.sandbox.deadline)?;
     loaded.arm(store);
     match f(store, inst) {
         Ok(Ok(value)) => Ok(value),

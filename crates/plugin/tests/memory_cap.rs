@@ -27,8 +27,9 @@ fn component(pages: &[u64], grow: u64) -> Vec<u8> {
     types.ty().function(vec![ValType::I32; 10], [ValType::I32]);
     types.ty().function(vec![ValType::I32; 15], [ValType::I32]);
     types.ty().function(vec![ValType::I32; 4], [ValType::I32]); // cabi_realloc
+    types.ty().function(vec![ValType::I32; 2], [ValType::I32]); // configure: settings 2
     let mut functions = FunctionSection::new();
-    functions.function(0).function(1).function(2);
+    functions.function(0).function(1).function(2).function(3);
     let mut memories = MemorySection::new();
     for p in pages {
         memories.memory(MemoryType {
@@ -44,6 +45,8 @@ fn component(pages: &[u64], grow: u64) -> Vec<u8> {
         .export("gateway-routes", ExportKind::Func, 0)
         .export("sidecar-plan", ExportKind::Func, 1)
         .export("cabi_realloc", ExportKind::Func, 2)
+        // Never called here: these tests load the plugin without configuring it.
+        .export("configure", ExportKind::Func, 3)
         .export("memory", ExportKind::Memory, 0);
     let mut code = CodeSection::new();
     let mut routes = Function::new([]);
@@ -61,7 +64,10 @@ fn component(pages: &[u64], grow: u64) -> Vec<u8> {
     realloc
         .instruction(&Instruction::I32Const(1024))
         .instruction(&Instruction::End);
-    code.function(&routes).function(&trap).function(&realloc);
+    code.function(&routes)
+        .function(&trap)
+        .function(&realloc)
+        .function(&trap);
     let mut module = Module::new();
     module
         .section(&types)

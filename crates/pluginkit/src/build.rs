@@ -101,15 +101,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built, AuthorError> {
     })
 }
 
-/// A core module (with the component-type section wit-bindgen embeds) as a component.
-pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
-    wit_component::ComponentEncoder::default()
-        .module(module)
-        .map_err(|e| format!("not a module wit-bindgen made: {e:#}"))?
-        .validate(true)
-        .encode()
-        .map_err(|e| format!("{e:#}"))
-}
+pub use crate::toolchain::componentize;
 
 /// Which world a component implements, by compiling it as the gateway does.
 pub fn kind_of(component: &[u8]) -> Result<PluginKind, String> {
@@ -122,27 +114,7 @@ pub fn kind_of(component: &[u8]) -> Result<PluginKind, String> {
 
 /// Adds the Wasm target with rustup when this toolchain lacks it.
 fn ensure_wasm_target() -> Result<(), AuthorError> {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
-    let present = Command::new(rustc)
-        .args([
-            "--print",
-            "target-libdir",
-            "--target",
-            "wasm32-unknown-unknown",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .is_some_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).exists());
-    if present {
-        return Ok(());
-    }
-    eprintln!("adding the wasm32-unknown-unknown target (rustup target add)");
-    let ok = Command::new("rustup")
-        .args(["target", "add", "wasm32-unknown-unknown"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
+    if crate::toolchain::ensure_wasm_target(|m| eprintln!("{m}")) {
         Ok(())
     } else {
         Err(AuthorError::Tool {

@@ -39,6 +39,9 @@ pub struct Inputs {
     pub allow_dirs: Vec<PathBuf>,
 }
 
+/// Printed once `configure` accepted the settings (a refusal fails the run with the plugin's message).
+const CONFIGURED: &str = "configure: settings accepted\n";
+
 fn fail(path: &Path, message: impl std::fmt::Display) -> AuthorError {
     AuthorError::Component {
         path: path.to_path_buf(),
@@ -75,6 +78,9 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
             let mut hook = host
                 .hook_from(name, component, sandbox)
                 .map_err(|e| fail(file, e))?;
+            hook.configure(&inputs.settings)
+                .map_err(|e| fail(file, e))?;
+            out.push_str(CONFIGURED);
             let n = inputs
                 .connections
                 .max(inputs.snis.len() as u64)
@@ -119,12 +125,19 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
             let mut router = host
                 .router_from(name, component, sandbox)
                 .map_err(|e| fail(file, e))?;
+            router
+                .configure(&inputs.settings)
+                .map_err(|e| fail(file, e))?;
+            out.push_str(CONFIGURED);
             let routes = router
                 .gateway_routes(&inputs.settings, &catalog, &inputs.datacenter)
                 .map_err(|e| fail(file, e))?;
             let _ = writeln!(out, "{} routes for {}:", routes.len(), inputs.datacenter);
             for r in &routes {
                 let _ = writeln!(out, "  {} -> {:?} ({})", r.pattern, r.endpoints, r.reason);
+                if !r.weights.is_empty() {
+                    let _ = writeln!(out, "      weights {:?}", r.weights);
+                }
                 for group in &r.failover {
                     let _ = writeln!(out, "      then {group:?}");
                 }
@@ -145,6 +158,10 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
             let mut catalog = host
                 .catalog_from(name, component, sandbox)
                 .map_err(|e| fail(file, e))?;
+            catalog
+                .configure(&inputs.settings)
+                .map_err(|e| fail(file, e))?;
+            out.push_str(CONFIGURED);
             match catalog
                 .fetch(&inputs.settings, 0)
                 .map_err(|e| fail(file, e))?
@@ -162,6 +179,10 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
             }
         }
         PluginKind::WatchCatalog => {
+            host.watch_catalog_from(name, component, sandbox)
+                .and_then(|mut p| p.configure(&inputs.settings))
+                .map_err(|e| fail(file, e))?;
+            out.push_str(CONFIGURED);
             let _ = writeln!(
                 out,
                 "a watch-fed catalog runs against a Consul agent; test it with a gateway (docs/plugins.md)"
@@ -189,6 +210,7 @@ fn read_catalog(host: &PluginHost, dir: &Path, inputs: &Inputs) -> Result<Catalo
     let mut files = host
         .catalog("file-catalog", sandbox)
         .map_err(|e| fail(dir, e))?;
+    files.configure(&settings).map_err(|e| fail(dir, e))?;
     match files.fetch(&settings, 0).map_err(|e| fail(dir, e))? {
         CatalogUpdate::Changed((_, c)) => Ok(c),
         CatalogUpdate::Unchanged => {
@@ -250,6 +272,7 @@ mod tests {
             endpoints: vec![p.into()],
             failover: Vec::new(),
             reason: String::new(),
+            weights: Vec::new(),
         }
     }
 

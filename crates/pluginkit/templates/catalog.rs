@@ -86,6 +86,13 @@ fn version(settings: &[(String, String)]) -> u64 {
 struct Plugin;
 
 impl Guest for Plugin {
+    /// Called on each new instance before `fetch`: the whole catalog is made once from the settings,
+    /// so a bad one refuses the config before the gateway serves.
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        sdk::init();
+        catalog(&Config::new(&settings))?;
+        Ok(())
+    }
     fn fetch(settings: Vec<(String, String)>, since: u64) -> Result<CatalogUpdate, String> {
         sdk::init();
         let v = version(&settings);

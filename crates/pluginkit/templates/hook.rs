@@ -1,6 +1,8 @@
 //! `{{name}}`: a meshgate connection hook (world `connection-hook`). The gateway calls `decide` for each
 //! new connection, on the connection's own core, before its route table; the verdict routes it by the
-//! table, closes it, or forwards it to endpoints of the hook's choosing.
+//! table, closes it, or forwards it to endpoints of the hook's choosing. Before any of that, each new
+//! instance gets `configure` with the settings: an error there refuses the config (the gateway does not
+//! start, `meshgate check` fails, a reload is refused) instead of failing connections later.
 //!
 //! Settings (`[hook] config = { ... }` in the gateway's config):
 //! - `deny = "bad.example, *.quarantine.example"`: close connections for these names;
@@ -33,6 +35,12 @@ pub fn decision(settings: &Config<'_>, sni: Option<&str>) -> Result<Decision, Se
 struct Plugin;
 
 impl Guest for Plugin {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        sdk::init();
+        // Checks every key and value once, now, with the same code `decide` runs.
+        decision(&Config::new(&settings), None)?;
+        Ok(())
+    }
     fn decide(
         settings: Vec<(String, String)>,
         sni: Option<String>,

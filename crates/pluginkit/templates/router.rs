@@ -4,7 +4,11 @@
 //! This one routes each local service's SNI (`<service>.<namespace>.<dc>.internal.<trust-domain>`) to
 //! its healthy sidecars (passing or warning), like Consul's gateway does for local services.
 //!
-//! Settings (`[router] config = { ... }`):
+//! An instance whose service meta has `weight = "N"` gets that share of new connections against its
+//! service's other instances (default 1; `0`: a standby, used only when the others fail): give a canary
+//! instance `weight = "1"` and the stable ones `"9"` for a 10 % split.
+//!
+//! Settings (`[router] config = { ... }`), checked by `configure` before the router serves:
 //! - `allow = "web, api"`: only these services get routes (unset: every local service).
 
 mod sdk;
@@ -30,6 +34,17 @@ fn endpoint(i: &Instance) -> String {
     }
 }
 
+/// An instance's `weight` service meta (1 when absent).
+fn weight(i: &Instance) -> Result<u32, SettingError> {
+    match i.meta.iter().find(|(k, _)| k == "weight") {
+        None => Ok(1),
+        Some((_, v)) => v.trim().parse().map_err(|_| SettingError {
+            key: format!("meta.weight of instance {}", i.id),
+            problem: format!("{v:?} is not an unsigned integer"),
+        }),
+    }
+}
+
 /// The routes for `local_dc`: a pure function, so `cargo test` checks it without a gateway.
 pub fn routes(
     settings: &Config<'_>,
@@ -38,7 +53,7 @@ pub fn routes(
 ) -> Result<Vec<Route>, SettingError> {
     settings.only(KNOWN)?;
     let allow = settings.list("allow");
-    let mut services: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut services: BTreeMap<(String, String), Vec<(String, u32)>> = BTreeMap::new();
     for i in &catalog.instances {
         let Some(proxy) = i.proxy.as_ref().filter(|_| i.kind == ServiceKind::ConnectProxy) else {
             continue;
@@ -52,14 +67,22 @@ pub fn routes(
             .entry((service.clone(), namespace.to_owned()))
             .or_default();
         if matches!(i.health, Health::Passing | Health::Warning) {
-            endpoints.push(endpoint(i));
+            endpoints.push((endpoint(i), weight(i)?));
         }
     }
     Ok(services
         .into_iter()
         // A service with no healthy sidecar gets no route: its connections are refused, not stalled.
         .filter(|(_, endpoints)| !endpoints.is_empty())
-        .map(|((service, namespace), endpoints)| Route {
+        .map(|((service, namespace), weighted)| {
+            // Equal weights need no list: the gateway then spreads connections evenly.
+            let weights: Vec<u32> = if weighted.iter().all(|(_, w)| *w == 1) {
+                Vec::new()
+            } else {
+                weighted.iter().map(|(_, w)| *w).collect()
+            };
+            let endpoints = weighted.into_iter().map(|(e, _)| e).collect();
+            Route {
             pattern: format!(
                 "{service}.{namespace}.{local_dc}.internal.{}",
                 catalog.trust_domain
@@ -67,14 +90,21 @@ pub fn routes(
             endpoints,
             // Further endpoint groups, tried when every endpoint before them failed or is known down.
             failover: Vec::new(),
+            // Weights of `endpoints`, in order (empty: equal).
+            weights,
             reason: format!("local service {service} ({{name}})"),
-        })
+        }})
         .collect())
 }
 
 struct Plugin;
 
 impl Guest for Plugin {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        sdk::init();
+        Config::new(&settings).only(KNOWN)?;
+        Ok(())
+    }
     fn gateway_routes(
         settings: Vec<(String, String)>,
         catalog: Catalog,
@@ -155,5 +185,21 @@ mod tests {
                 ("web.default.dc1.internal.td.consul", &["127.0.0.1:1".to_string()][..]),
             ]
         );
+        assert!(routes(&Config::new(&[("alow".into(), "web".into())]), &catalog, "dc1").is_err());
+    }
+
+    #[test]
+    fn a_weight_meta_makes_a_split() {
+        let mut canary = sidecar("api", "dc1", 2, Health::Passing);
+        canary.meta.push(("weight".into(), "1".into()));
+        let mut stable = sidecar("api", "dc1", 1, Health::Passing);
+        stable.meta.push(("weight".into(), "9".into()));
+        let catalog = Catalog {
+            trust_domain: "td.consul".into(),
+            instances: vec![stable, canary],
+            config_entries: Vec::new(),
+        };
+        let got = routes(&Config::new(&[]), &catalog, "dc1").unwrap();
+        assert_eq!(got[0].weights, [9, 1]);
     }
 }

@@ -93,7 +93,10 @@ impl<'a> Config<'a> {
 
     /// The raw string, if set.
     pub fn str(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A string, or `default` when unset.
@@ -127,7 +130,12 @@ impl<'a> Config<'a> {
     /// A comma-separated list (items trimmed, empty ones dropped); empty when unset.
     pub fn list(&self, key: &str) -> Vec<&'a str> {
         self.str(key)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -165,7 +173,10 @@ mod tests {
     use super::*;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

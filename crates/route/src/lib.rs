@@ -10,9 +10,10 @@
 //!
 //! A connection without SNI has its own action ([`RouteTable::no_sni`]), rejected unless configured.
 //!
-//! Each route carries endpoint groups in priority order (failover) and a load-balancing policy; the
-//! [`plan`](Plan) of a connection — which endpoints to try, in which order — is also computed here, from
-//! state the caller owns (per core), so that it is testable without sockets.
+//! Each route carries endpoint groups in priority order (failover) and a load-balancing policy; a
+//! group may weigh its endpoints (a canary split: [`EndpointGroup::weights`]). The [`plan`](Plan) of
+//! a connection — which endpoints to try, in which order — is also computed here, from state the
+//! caller owns (per core), so that it is testable without sockets.
 #![forbid(unsafe_code)]
 
 mod plan;
@@ -44,6 +45,40 @@ pub enum LbPolicy {
 pub struct EndpointGroup {
     /// Addresses to connect to.
     pub endpoints: Vec<SocketAddr>,
+    /// Share of new connections each endpoint gets, parallel to `endpoints`; empty: all equal. A
+    /// connection's first attempt goes to endpoint `i` with probability `weights[i] / sum` (exactly so
+    /// over every `sum` consecutive connections of a core under round robin); retries go on to the
+    /// other endpoints in list order. Weight 0 is a standby: never a first attempt, still a retry.
+    /// The builder guarantees the length matches, some weight is positive and the sum fits a `u32`; a
+    /// group that breaks one of these (built by hand) is planned as if unweighted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
+}
+
+impl EndpointGroup {
+    /// An unweighted group.
+    pub fn new(endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            endpoints,
+            weights: Vec::new(),
+        }
+    }
+
+    /// The weights and their sum when the group is weighted (and well formed, see
+    /// [`EndpointGroup::weights`]).
+    pub(crate) fn weights_in_force(&self) -> Option<(&[u32], u32)> {
+        if self.weights.is_empty() || self.weights.len() != self.endpoints.len() {
+            return None;
+        }
+        let total = weight_sum(&self.weights)?;
+        (total > 0).then_some((self.weights.as_slice(), total))
+    }
+}
+
+/// The sum of a group's weights, `None` when it does not fit a `u32`: the per-core round-robin cursor
+/// is a `u32`, so a longer cycle could never complete (and the plan's arithmetic stays in `u64`).
+fn weight_sum(weights: &[u32]) -> Option<u32> {
+    weights.iter().try_fold(0u32, |acc, &w| acc.checked_add(w))
 }
 
 /// What a name is sent to.
@@ -77,6 +112,9 @@ pub struct RouteSpec {
     pub pattern: String,
     /// Endpoint groups in priority order.
     pub groups: Vec<Vec<SocketAddr>>,
+    /// Weights per group, parallel to `groups` (see [`EndpointGroup::weights`]): empty for no weights
+    /// anywhere; an empty entry, or a missing one at the end, leaves that group unweighted.
+    pub weights: Vec<Vec<u32>>,
     /// Load-balancing policy.
     pub lb: LbPolicy,
     /// Per-route connect timeout.
@@ -91,6 +129,7 @@ impl RouteSpec {
         Self {
             pattern: pattern.into(),
             groups: vec![endpoints],
+            weights: Vec::new(),
             lb: LbPolicy::RoundRobin,
             connect_timeout: None,
             source: "config".to_owned(),
@@ -116,6 +155,44 @@ pub enum BuildError {
     /// A route without any endpoint.
     #[error("route `{0}` has no endpoints")]
     NoEndpoints(String),
+    /// A group's weights are not one per endpoint.
+    #[error("route `{pattern}`: group {group} has {weights} weights for {endpoints} endpoints (one weight per endpoint, in the same order)")]
+    WeightsMismatch {
+        /// The route's pattern.
+        pattern: String,
+        /// Index of the group in priority order (0: the first).
+        group: usize,
+        /// Number of weights given.
+        weights: usize,
+        /// Number of endpoints in the group.
+        endpoints: usize,
+    },
+    /// Weights given for more groups than the route has.
+    #[error("route `{pattern}` has weights for {weights} groups but {groups} endpoint groups")]
+    WeightsWithoutGroup {
+        /// The route's pattern.
+        pattern: String,
+        /// Number of endpoint groups.
+        groups: usize,
+        /// Number of weight lists given.
+        weights: usize,
+    },
+    /// Every weight of a weighted group is 0: no endpoint would ever take a first attempt.
+    #[error("route `{pattern}`: every weight of group {group} is 0 (at least one endpoint must take new connections; 0 marks a standby)")]
+    ZeroWeights {
+        /// The route's pattern.
+        pattern: String,
+        /// Index of the group in priority order (0: the first).
+        group: usize,
+    },
+    /// A group's weights add up to more than `u32::MAX`.
+    #[error("route `{pattern}`: the weights of group {group} add up to more than {max}; use smaller weights", max = u32::MAX)]
+    WeightsTooLarge {
+        /// The route's pattern.
+        pattern: String,
+        /// Index of the group in priority order (0: the first).
+        group: usize,
+    },
 }
 
 /// What happens to names no route matches, and to connections without SNI.
@@ -284,12 +361,42 @@ fn make_route(pattern: String, spec: RouteSpec) -> Result<Route, BuildError> {
     if spec.groups.iter().all(Vec::is_empty) {
         return Err(BuildError::NoEndpoints(pattern));
     }
+    // Weights are checked against the groups as given, so an error's group index is the caller's.
+    if spec.weights.len() > spec.groups.len() {
+        return Err(BuildError::WeightsWithoutGroup {
+            pattern,
+            groups: spec.groups.len(),
+            weights: spec.weights.len(),
+        });
+    }
+    for (group, (endpoints, weights)) in spec.groups.iter().zip(&spec.weights).enumerate() {
+        if weights.is_empty() {
+            continue;
+        }
+        if weights.len() != endpoints.len() {
+            return Err(BuildError::WeightsMismatch {
+                pattern,
+                group,
+                weights: weights.len(),
+                endpoints: endpoints.len(),
+            });
+        }
+        match weight_sum(weights) {
+            None => return Err(BuildError::WeightsTooLarge { pattern, group }),
+            Some(0) => return Err(BuildError::ZeroWeights { pattern, group }),
+            Some(_) => {}
+        }
+    }
+    let mut weights = spec.weights.into_iter();
     // Empty groups are kept (a plan passes over them): a route whose own datacenter has no gateway left
     // but which fails over elsewhere still says so, and its first group stays its own datacenter's.
     let mut groups: Vec<EndpointGroup> = spec
         .groups
         .into_iter()
-        .map(|endpoints| EndpointGroup { endpoints })
+        .map(|endpoints| EndpointGroup {
+            endpoints,
+            weights: weights.next().unwrap_or_default(),
+        })
         .collect();
     while groups.last().is_some_and(|g| g.endpoints.is_empty()) {
         groups.pop();
@@ -443,6 +550,63 @@ mod tests {
     }
 
     #[test]
+    fn weights_are_validated() {
+        let spec = |weights: Vec<Vec<u32>>| {
+            let mut s = RouteSpec::new("w.example", vec![ep(1)[0], ep(2)[0]]);
+            s.groups.push(ep(3));
+            s.weights = weights;
+            s
+        };
+        let mut b = RouteTableBuilder::new();
+        assert_eq!(
+            b.add(spec(vec![vec![1, 2, 3]])),
+            Err(BuildError::WeightsMismatch {
+                pattern: "w.example".into(),
+                group: 0,
+                weights: 3,
+                endpoints: 2,
+            })
+        );
+        let e = b.add(spec(vec![vec![0, 0]])).expect_err("all zero");
+        assert_eq!(
+            e,
+            BuildError::ZeroWeights {
+                pattern: "w.example".into(),
+                group: 0
+            }
+        );
+        assert!(e.to_string().contains("w.example"), "{e}");
+        assert!(matches!(
+            b.add(spec(vec![vec![u32::MAX, 1]])),
+            Err(BuildError::WeightsTooLarge { group: 0, .. })
+        ));
+        assert!(matches!(
+            b.add(spec(vec![vec![], vec![1, 1]])),
+            Err(BuildError::WeightsMismatch { group: 1, .. })
+        ));
+        assert!(matches!(
+            b.add(spec(vec![vec![], vec![], vec![1]])),
+            Err(BuildError::WeightsWithoutGroup {
+                groups: 2,
+                weights: 3,
+                ..
+            })
+        ));
+        // Weights for the first group only, a standby among them; an empty list is no weights.
+        b.add(spec(vec![vec![0, 1]])).expect("weighted");
+        let t = b.build();
+        let (r, _) = t.lookup("w.example").route().expect("route");
+        assert_eq!(r.groups[0].weights, vec![0, 1]);
+        assert!(r.groups[1].weights.is_empty());
+        let mut b = RouteTableBuilder::new();
+        b.add(spec(vec![vec![], vec![]])).expect("unweighted");
+        assert!(b.build().routes()[0]
+            .groups
+            .iter()
+            .all(|g| g.weights.is_empty()));
+    }
+
+    #[test]
     fn serialises_for_the_admin_endpoint() {
         let json = serde_json::to_value(table()).expect("json");
         assert_eq!(json["routes"][1]["pattern"], "*.dc2.internal.td.consul");
@@ -451,5 +615,16 @@ mod tests {
             "127.0.0.1:1"
         );
         assert_eq!(json["routes"][0]["lb"], "round_robin");
+        assert!(json["routes"][0]["groups"][0].get("weights").is_none());
+
+        let mut spec = RouteSpec::new("w.example", vec![ep(1)[0], ep(2)[0]]);
+        spec.weights = vec![vec![9, 1]];
+        let mut b = RouteTableBuilder::new();
+        b.add(spec).expect("add");
+        let json = serde_json::to_value(b.build()).expect("json");
+        assert_eq!(
+            json["routes"][0]["groups"][0]["weights"],
+            serde_json::json!([9, 1])
+        );
     }
 }

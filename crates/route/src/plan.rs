@@ -2,8 +2,17 @@
 //! to the next group, and (for routes to probed endpoints, such as other datacenters' gateways) skipping
 //! endpoints known dead and preferring near ones. Computed one attempt at a time from per-core state, so
 //! a connection allocates nothing and the state is never shared between cores.
+//!
+//! A weighted group ([`EndpointGroup::weights`](crate::EndpointGroup::weights)) chooses only the first
+//! attempt by weight; its retries go on in list order from there, so a failing canary falls back to the
+//! stable endpoints beside it. Round robin makes the choice exact and interleaved: over every `W`
+//! consecutive connections of a core (`W` the sum of the weights) each endpoint is first exactly its
+//! weight's times, spread out (a 90/10 split sends the 10 one by one, not in a run). Least connections
+//! draws two endpoints by weight and keeps the one with fewer active connections per unit of weight.
+//! Weighted plans still allocate nothing: the sums are recomputed per connection, one pass over the
+//! group (as the health scan already makes), rather than stored beside a group the engine may build.
 
-use crate::{LbPolicy, Route, RouteId};
+use crate::{EndpointGroup, LbPolicy, Route, RouteId};
 use std::net::SocketAddr;
 
 /// Attempts within one priority group before moving to the next (each attempt a different endpoint).
@@ -123,6 +132,10 @@ impl Plan {
     /// without an attempt (a group whose every endpoint is down is passed over at once, and `None`
     /// comes at once when every group is), near live endpoints come before far and unknown ones.
     /// `health` must answer the same for the whole plan (the caller holds one snapshot per connection).
+    ///
+    /// In a weighted group the first attempt is chosen by weight among the endpoints not down (the first
+    /// of those not down when all of them weigh 0), and RTT does not reorder it: the operator's split
+    /// wins over the preference for near endpoints, which would otherwise send a near canary everything.
     pub fn next_with_health(
         &mut self,
         route: &Route,
@@ -142,6 +155,19 @@ impl Plan {
     ) -> Option<SocketAddr> {
         loop {
             let group = route.groups.get(self.group)?;
+            if let Some(weights) = group.weights_in_force() {
+                match self.weighted(route.lb, group, weights, state, &active, health.as_ref()) {
+                    Some(pick) => {
+                        self.attempt += 1;
+                        return Some(pick);
+                    }
+                    None => {
+                        self.group += 1;
+                        self.attempt = 0;
+                        continue;
+                    }
+                }
+            }
             let n = group.endpoints.len();
             // Without health every endpoint is eligible, in one tier (no scan).
             let (eligible, cutoff) = match &health {
@@ -226,6 +252,119 @@ impl Plan {
             return Some(pick);
         }
     }
+
+    /// Attempt `self.attempt` in a weighted group (its weights and their sum), or `None` when the
+    /// group is done.
+    fn weighted<H: Fn(&SocketAddr) -> Liveness>(
+        &mut self,
+        lb: LbPolicy,
+        group: &EndpointGroup,
+        (weights, total): (&[u32], u32),
+        state: &mut LbState,
+        active: &impl Fn(&SocketAddr) -> u32,
+        health: Option<&H>,
+    ) -> Option<SocketAddr> {
+        let n = group.endpoints.len();
+        let live = |i: usize| health.is_none_or(|h| h(&group.endpoints[i]) != Liveness::Down);
+        let eligible = match health {
+            None => n,
+            Some(_) => (0..n).filter(|&i| live(i)).count(),
+        };
+        if self.attempt >= eligible.min(MAX_ATTEMPTS_PER_GROUP) {
+            return None;
+        }
+        if self.attempt == 0 {
+            // A down endpoint weighs nothing; without health the sum is the group's.
+            let weight = |i: usize| if live(i) { u64::from(weights[i]) } else { 0 };
+            let total = match health {
+                None => u64::from(total),
+                Some(_) => (0..n).map(weight).sum(),
+            };
+            self.start = if total == 0 {
+                // Only standbys are left: the first of them that is not down.
+                (0..n).find(|&i| live(i))?
+            } else {
+                match lb {
+                    LbPolicy::RoundRobin => {
+                        let c = match self.cursor {
+                            Some(c) => c,
+                            None => *self.cursor.insert(state.next_cursor(self.route)),
+                        };
+                        spread(weight, n, total, c as u64 % total)
+                    }
+                    LbPolicy::LeastConnections => {
+                        let a = at_weight(weight, n, state.random() % total);
+                        let b = at_weight(weight, n, state.random() % total);
+                        // Fewer active connections per unit of weight: active_b / w_b < active_a / w_a.
+                        let load = |i: usize| u64::from(active(&group.endpoints[i]));
+                        if load(b) * weight(a) < load(a) * weight(b) {
+                            b
+                        } else {
+                            a
+                        }
+                    }
+                }
+            };
+        }
+        // Retries: the next endpoints not down, in list order from the first pick (standbys included).
+        let i = (0..n)
+            .map(|k| (self.start + k) % n)
+            .filter(|&i| live(i))
+            .nth(self.attempt)?;
+        Some(group.endpoints[i])
+    }
+}
+
+/// The endpoint at position `k` (< `total`) of a round-robin cycle of `total` connections in which
+/// endpoint `i` appears `weight(i)` times, evenly spread (`total` is the sum of the weights).
+///
+/// The first endpoint with a weight `w` takes its places out of the cycle's `R` by a Bresenham step:
+/// position `k` is its own when `⌊(k·w + ⌊R/2⌋) / R⌋` is larger at `k + 1` than at `k`. The other
+/// positions, renumbered in order, form a cycle of `R - w` that the remaining endpoints split the same
+/// way. So every endpoint is first exactly its weight's times in any `total` consecutive positions
+/// (each level's count is periodic in its cycle, and the renumbering hands the next level consecutive
+/// numbers), and a small weight's places are evenly spaced (90/10: one of the 10 in each run of 10).
+/// Chosen over a multiplicative stride (`k·S mod W`, then prefix sums), as exact but spread well only
+/// for some `S mod W`: with others, ten connections of a 90/10 split hold the 10 twice, the next ten
+/// not at all. Products stay below 2^64: `k < total <= u32::MAX` and `w <= total`.
+fn spread(weight: impl Fn(usize) -> u64, n: usize, total: u64, mut k: u64) -> usize {
+    let mut rest = total;
+    let mut last = 0;
+    for i in 0..n {
+        let w = weight(i);
+        if w == 0 {
+            continue;
+        }
+        last = i;
+        if w >= rest {
+            return i;
+        }
+        let half = rest / 2;
+        let before = (k * w + half) / rest;
+        if ((k + 1) * w + half) / rest > before {
+            return i;
+        }
+        k -= before;
+        rest -= w;
+    }
+    // Unreachable while `total` is the sum of the weights: the last endpoint with a weight takes all.
+    last
+}
+
+/// The endpoint whose share of `0..total` holds `r` (shares laid out in list order), for random draws.
+fn at_weight(weight: impl Fn(usize) -> u64, n: usize, mut r: u64) -> usize {
+    let mut last = 0;
+    for i in 0..n {
+        let w = weight(i);
+        if r < w {
+            return i;
+        }
+        if w > 0 {
+            last = i;
+        }
+        r -= w;
+    }
+    last
 }
 
 #[cfg(test)]
@@ -239,12 +378,17 @@ mod tests {
     }
 
     fn route(groups: Vec<Vec<u16>>, lb: LbPolicy) -> Route {
+        weighted_route(groups, vec![], lb)
+    }
+
+    fn weighted_route(groups: Vec<Vec<u16>>, weights: Vec<Vec<u32>>, lb: LbPolicy) -> Route {
         let mut b = RouteTableBuilder::new();
         let mut spec = RouteSpec::new("a.example", vec![]);
         spec.groups = groups
             .into_iter()
             .map(|g| g.into_iter().map(addr).collect())
             .collect();
+        spec.weights = weights;
         spec.lb = lb;
         b.add(spec).expect("route");
         b.build().routes()[0].clone()
@@ -366,6 +510,178 @@ mod tests {
         }
     }
 
+    /// The first endpoint of each of `n` connections.
+    fn firsts(route: &Route, state: &mut LbState, n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let mut plan = Plan::new(0);
+                plan.next(route, state, |_| 0).expect("endpoint").port()
+            })
+            .collect()
+    }
+
+    fn count(ports: &[u16], port: u16) -> usize {
+        ports.iter().filter(|&&p| p == port).count()
+    }
+
+    #[test]
+    fn a_weighted_split_is_exact_and_interleaved() {
+        let r = weighted_route(vec![vec![1, 2]], vec![vec![90, 10]], LbPolicy::RoundRobin);
+        let got = firsts(&r, &mut LbState::new(1, 5), 1000);
+        assert_eq!((count(&got, 1), count(&got, 2)), (900, 100));
+        // Not 90 in a row then 10: every run of ten connections holds the canary once.
+        assert_eq!(count(&got[..10], 2), 1, "{:?}", &got[..10]);
+        for run in got.windows(10) {
+            assert_eq!(count(run, 2), 1, "{run:?}");
+        }
+
+        // The same split with two stable endpoints (as a config `split` compiles it: 9, 9, 2): in any
+        // run of connections the canary is within one of its exact share.
+        let r = weighted_route(
+            vec![vec![1, 2, 3]],
+            vec![vec![9, 9, 2]],
+            LbPolicy::RoundRobin,
+        );
+        let got = firsts(&r, &mut LbState::new(1, 5), 200);
+        assert_eq!(count(&got[..10], 3), 1, "{:?}", &got[..10]);
+        for m in 1..=40 {
+            for run in got.windows(m) {
+                let off = (count(run, 3) * 10).abs_diff(m);
+                assert!(off <= 10, "{m}: {run:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_one_two_split_is_exact_in_every_cycle() {
+        let r = weighted_route(
+            vec![vec![1, 2, 3]],
+            vec![vec![1, 1, 2]],
+            LbPolicy::RoundRobin,
+        );
+        let got = firsts(&r, &mut LbState::new(1, 5), 400);
+        for cycle in got.windows(4) {
+            let counts = (count(cycle, 1), count(cycle, 2), count(cycle, 3));
+            assert_eq!(counts, (1, 1, 2), "{cycle:?}");
+        }
+    }
+
+    #[test]
+    fn retries_go_on_in_list_order_so_a_failing_canary_falls_back_to_stable() {
+        let r = weighted_route(
+            vec![vec![1, 2, 3], vec![10]],
+            vec![vec![45, 45, 10]],
+            LbPolicy::RoundRobin,
+        );
+        let mut s = LbState::new(1, 5);
+        let mut canary_first = 0;
+        for _ in 0..100 {
+            let got = all(&r, &mut s);
+            let want = match got[0] {
+                1 => vec![1, 2, 3, 10],
+                2 => vec![2, 3, 1, 10],
+                _ => vec![3, 1, 2, 10],
+            };
+            assert_eq!(got, want);
+            canary_first += usize::from(got[0] == 3);
+        }
+        assert_eq!(canary_first, 10);
+    }
+
+    #[test]
+    fn weight_zero_is_a_standby_never_first_but_still_a_retry() {
+        for lb in [LbPolicy::RoundRobin, LbPolicy::LeastConnections] {
+            let r = weighted_route(vec![vec![1, 2, 3]], vec![vec![1, 0, 1]], lb);
+            let mut s = LbState::new(1, 9);
+            for _ in 0..50 {
+                let got = all(&r, &mut s);
+                assert_ne!(got[0], 2, "{lb:?}: {got:?}");
+                assert_eq!(got.len(), 3, "{lb:?}: {got:?}");
+                assert!(got.contains(&2), "{lb:?}: {got:?}");
+            }
+            // With the weighted endpoints down, the standby takes the connection.
+            let got = all_with(&r, &mut s, |p| if p == 2 { up(1) } else { Liveness::Down });
+            assert_eq!(got, vec![2], "{lb:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_least_connections_follows_the_weights() {
+        // 10_000 draws at 10%: mean 1000, standard deviation 30; the seed fixes the outcome, the
+        // tolerance (5 deviations) says any seed would do.
+        let r = weighted_route(
+            vec![vec![1, 2]],
+            vec![vec![90, 10]],
+            LbPolicy::LeastConnections,
+        );
+        let got = firsts(&r, &mut LbState::new(1, 0x5eed), 10_000);
+        let canary = count(&got, 2);
+        assert!((850..=1150).contains(&canary), "{canary}");
+
+        // Active connections count per unit of weight: 9 on the 90 and 1 on the 10 are even loads (a
+        // draw keeps its first pick), so the split holds; 5 on the canary alone is heavy, and it is
+        // first only when both draws land on it (1%: mean 100, deviation 10).
+        let mut s = LbState::new(1, 0x5eed);
+        let even = |a: &SocketAddr| -> u32 {
+            if a.port() == 1 {
+                9
+            } else {
+                1
+            }
+        };
+        let heavy = |a: &SocketAddr| -> u32 {
+            if a.port() == 1 {
+                0
+            } else {
+                5
+            }
+        };
+        for (load, range) in [
+            (&even as &dyn Fn(&SocketAddr) -> u32, 850..=1150),
+            (&heavy, 50..=150),
+        ] {
+            let canary = (0..10_000)
+                .filter(|_| Plan::new(0).next(&r, &mut s, load).map(|a| a.port()) == Some(2))
+                .count();
+            assert!(range.contains(&canary), "{canary}");
+        }
+    }
+
+    #[test]
+    fn weighted_groups_never_try_down_endpoints_and_ignore_rtt_tiers() {
+        for lb in [LbPolicy::RoundRobin, LbPolicy::LeastConnections] {
+            let r = weighted_route(
+                vec![vec![1, 2, 3, 4], vec![10, 11]],
+                vec![vec![40, 40, 10, 10]],
+                lb,
+            );
+            let mut s = LbState::new(1, 3);
+            let h = |p| match p {
+                2 | 10 => Liveness::Down,
+                _ => Liveness::Unknown,
+            };
+            for _ in 0..100 {
+                let got = all_with(&r, &mut s, h);
+                assert!(!got.contains(&2) && !got.contains(&10), "{got:?}");
+                assert_eq!(got.len(), 4, "{got:?}");
+            }
+        }
+        // Round robin over the live ones keeps their proportions (40:10:10), RTT notwithstanding: the
+        // near endpoint does not take the far ones' share.
+        let r = weighted_route(
+            vec![vec![1, 2, 3]],
+            vec![vec![4, 1, 1]],
+            LbPolicy::RoundRobin,
+        );
+        let h = |p| if p == 3 { up(1) } else { up(40) };
+        let mut s = LbState::new(1, 3);
+        let got: Vec<u16> = (0..60).map(|_| all_with(&r, &mut s, h)[0]).collect();
+        assert_eq!(
+            (count(&got, 1), count(&got, 2), count(&got, 3)),
+            (40, 10, 10)
+        );
+    }
+
     proptest! {
         /// With any liveness, a plan never tries a down endpoint, tries distinct endpoints, and tries
         /// every group's live endpoints up to the per-group cap, groups in order.
@@ -416,6 +732,115 @@ mod tests {
                 prop_assert_eq!(seen.len(), got.len());
                 let group_of: Vec<u16> = got.iter().map(|p| (p - 1) / 100).collect();
                 prop_assert!(group_of.windows(2).all(|w| w[0] <= w[1]));
+            }
+        }
+    }
+
+    /// Groups of `sizes` with ports `g * 100 + i + 1`, and their weights from `raw` (at least one
+    /// positive per group).
+    fn weighted_groups(sizes: &[usize], raw: &[u32]) -> (Vec<Vec<u16>>, Vec<Vec<u32>>) {
+        let groups: Vec<Vec<u16>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect())
+            .collect();
+        let weights = groups
+            .iter()
+            .enumerate()
+            .map(|(g, ports)| {
+                let mut w: Vec<u32> = (0..ports.len())
+                    .map(|i| raw[(g * 6 + i) % raw.len()])
+                    .collect();
+                if w.iter().all(|&x| x == 0) {
+                    w[0] = 1;
+                }
+                w
+            })
+            .collect();
+        (groups, weights)
+    }
+
+    /// The plan of an unweighted route as it was before weights existed, from a copy of the state.
+    fn reference_plan(groups: &[Vec<u16>], lb: LbPolicy, state: &mut LbState) -> Vec<u16> {
+        let mut cursor = None;
+        let mut out = Vec::new();
+        for g in groups {
+            let n = g.len();
+            let start = match lb {
+                LbPolicy::RoundRobin => *cursor.get_or_insert_with(|| state.next_cursor(0)) % n,
+                LbPolicy::LeastConnections => {
+                    let a = (state.random() % n as u64) as usize;
+                    let _b = state.random();
+                    a // every endpoint idle: the first draw is kept
+                }
+            };
+            out.extend((0..n.min(MAX_ATTEMPTS_PER_GROUP)).map(|k| g[(start + k) % n]));
+        }
+        out
+    }
+
+    proptest! {
+        /// Weighted plans, with any liveness: only the route's endpoints, never a down one, distinct
+        /// within a group and capped per group, groups in priority order, every live endpoint counted.
+        #[test]
+        fn weighted_plans_are_well_formed(sizes in proptest::collection::vec(1usize..6, 1..4), raw in proptest::collection::vec(0u32..5, 1..20), states in proptest::collection::vec(0u8..4, 24), lb in prop_oneof![Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastConnections)], seed in any::<u64>(), rounds in 1usize..6) {
+            let (groups, weights) = weighted_groups(&sizes, &raw);
+            let r = weighted_route(groups.clone(), weights, lb);
+            let live = |p: u16| {
+                let i = usize::from(p % 100) + 6 * usize::from(p / 100);
+                match states[i % states.len()] {
+                    0 => Liveness::Down,
+                    1 => Liveness::Unknown,
+                    k => up(u32::from(k) * 10),
+                }
+            };
+            let mut s = LbState::new(1, seed);
+            for _ in 0..rounds {
+                for got in [all(&r, &mut s), all_with(&r, &mut s, live)] {
+                    prop_assert!(got.iter().all(|p| groups.iter().flatten().any(|q| q == p)));
+                    let mut seen = got.clone();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    prop_assert_eq!(seen.len(), got.len());
+                    let group_of: Vec<u16> = got.iter().map(|p| (p - 1) / 100).collect();
+                    prop_assert!(group_of.windows(2).all(|w| w[0] <= w[1]));
+                }
+                let got = all_with(&r, &mut s, live);
+                prop_assert!(got.iter().all(|&p| live(p) != Liveness::Down));
+                let want: usize = groups.iter()
+                    .map(|g| g.iter().filter(|&&p| live(p) != Liveness::Down).count().min(MAX_ATTEMPTS_PER_GROUP))
+                    .sum();
+                prop_assert_eq!(got.len(), want);
+            }
+        }
+
+        /// Round robin: over any `W` consecutive connections of a core, each endpoint is first exactly
+        /// its weight's times (`W` the sum of the weights), wherever the cursor starts.
+        #[test]
+        fn weighted_round_robin_is_exact_over_every_cycle(raw in proptest::collection::vec(0u32..12, 1..7), skip in 0usize..200, seed in any::<u64>()) {
+            let (groups, weights) = weighted_groups(&[raw.len()], &raw);
+            let w = &weights[0];
+            let total: u32 = w.iter().sum();
+            let r = weighted_route(groups.clone(), weights.clone(), LbPolicy::RoundRobin);
+            let mut s = LbState::new(1, seed);
+            firsts(&r, &mut s, skip);
+            let got = firsts(&r, &mut s, total as usize);
+            for (port, &weight) in groups[0].iter().zip(w) {
+                prop_assert_eq!(count(&got, *port), weight as usize, "{:?} {:?}", w, got);
+            }
+        }
+
+        /// Unweighted groups — no weights, or an empty list for each group — plan as before weights.
+        #[test]
+        fn unweighted_plans_are_unchanged(sizes in proptest::collection::vec(1usize..6, 1..4), lb in prop_oneof![Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastConnections)], seed in any::<u64>(), rounds in 1usize..8, explicit in any::<bool>()) {
+            let groups: Vec<Vec<u16>> = sizes.iter().enumerate()
+                .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect()).collect();
+            let weights = if explicit { vec![vec![]; groups.len()] } else { vec![] };
+            let r = weighted_route(groups.clone(), weights, lb);
+            let mut s = LbState::new(1, seed);
+            let mut reference = s.clone();
+            for _ in 0..rounds {
+                prop_assert_eq!(all(&r, &mut s), reference_plan(&groups, lb, &mut reference));
             }
         }
     }

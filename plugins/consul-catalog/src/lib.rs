@@ -41,8 +41,8 @@ wit_bindgen::generate!({
     world: "watch-catalog-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
@@ -57,6 +57,16 @@ const INTENTIONS: &str = "/v1/connect/intentions";
 struct ConsulCatalog;
 
 impl Guest for ConsulCatalog {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        meshgate_guest::sdk::init();
+        let config = meshgate_guest::sdk::Config::new(&settings);
+        config.only(&["datacenter", "service", "proxy_id", "wan_federation"])?;
+        config.bool_or("wan_federation", false)?;
+        if config.str("service") == Some("") {
+            return Err("setting `service`: empty (name the service this sidecar fronts)".into());
+        }
+        Ok(())
+    }
     fn plan(
         settings: Vec<(String, String)>,
         answers: Vec<WatchAnswer>,

@@ -9,14 +9,28 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
 struct ConsulRouter;
 
+/// Every key this plugin reads.
+const KNOWN: &[&str] = &["wan_federation", meshgate_mesh::dc_failover::SETTING];
+
 impl Guest for ConsulRouter {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        meshgate_guest::sdk::init();
+        let config = meshgate_guest::sdk::Config::new(&settings);
+        config.only(KNOWN)?;
+        config.bool_or("wan_federation", false)?;
+        if let Some(policy) = config.str(meshgate_mesh::dc_failover::SETTING) {
+            meshgate_mesh::DatacenterFailover::parse(policy)
+                .map_err(|e| format!("setting `{}`: {e}", meshgate_mesh::dc_failover::SETTING))?;
+        }
+        Ok(())
+    }
     fn gateway_routes(
         settings: Vec<(String, String)>,
         catalog: Catalog,

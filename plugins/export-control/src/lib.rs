@@ -15,14 +15,21 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
 struct ExportControl;
 
 impl Guest for ExportControl {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        meshgate_guest::sdk::init();
+        let config = meshgate_guest::sdk::Config::new(&settings);
+        config.only(&["export", "wan_federation"])?;
+        config.bool_or("wan_federation", false)?;
+        Ok(())
+    }
     fn gateway_routes(
         settings: Vec<(String, String)>,
         catalog: Catalog,

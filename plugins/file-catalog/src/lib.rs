@@ -18,8 +18,8 @@ wit_bindgen::generate!({
     world: "catalog-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
@@ -44,6 +44,22 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
 }
 
 impl Guest for FileCatalog {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        meshgate_guest::sdk::init();
+        let config = meshgate_guest::sdk::Config::new(&settings);
+        // `wan_federation` is what the gateway tells both plugins when it exposes servers; a file
+        // catalog has nothing to do with it.
+        config.only(&[
+            "dir",
+            "trust_domain",
+            "datacenter",
+            "node_address",
+            "wan_federation",
+        ])?;
+        config.required("dir")?;
+        config.required("trust_domain")?;
+        Ok(())
+    }
     fn fetch(settings: Vec<(String, String)>, since: u64) -> Result<CatalogUpdate, String> {
         let get = |k: &str| meshgate_guest::setting(&settings, k);
         let dir = get("dir")

@@ -17,6 +17,11 @@ use meshgate_mesh::model::{
 };
 use meshgate_mesh::sidecar::SidecarPlan;
 
+/// The guest SDK `meshgate plugin new` writes beside a new plugin (`crates/pluginkit/templates/sdk.rs`):
+/// the shipped plugins use the very same file, so they are built the way a user's plugin is.
+#[path = "../../../crates/pluginkit/templates/sdk.rs"]
+pub mod sdk;
+
 /// A setting from the plugin's `config = { .. }`.
 pub fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
     settings
@@ -316,6 +321,8 @@ pub fn routes_to_wit(routes: Vec<RouteDef>) -> Vec<types::Route> {
             endpoints: r.endpoints,
             reason: r.reason,
             failover: r.failover,
+            // Consul weights no gateway route: every healthy instance is equal.
+            weights: Vec::new(),
         })
         .collect()
 }

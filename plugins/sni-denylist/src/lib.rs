@@ -6,18 +6,30 @@
 //! name only, so it is cacheable; `cache = "false"` makes the gateway ask on every connection (to measure
 //! the cost of a hook call).
 
+use meshgate_guest::sdk::{self, Config, SettingError};
 use meshgate_guest::types::Decision;
 
 wit_bindgen::generate!({
     world: "connection-hook",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
 struct SniDenylist;
+
+/// Every key this plugin reads.
+const KNOWN: &[&str] = &["deny", "deny_no_sni", "cache"];
+
+fn check(settings: &[(String, String)]) -> Result<(), SettingError> {
+    let config = Config::new(settings);
+    config.only(KNOWN)?;
+    config.bool_or("deny_no_sni", false)?;
+    config.bool_or("cache", true)?;
+    Ok(())
+}
 
 fn listed(name: &str, entry: &str) -> bool {
     match entry.strip_prefix("*.") {
@@ -31,6 +43,10 @@ fn listed(name: &str, entry: &str) -> bool {
 }
 
 impl Guest for SniDenylist {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        sdk::init();
+        check(&settings).map_err(String::from)
+    }
     fn decide(
         settings: Vec<(String, String)>,
         sni: Option<String>,
@@ -39,7 +55,7 @@ impl Guest for SniDenylist {
     ) -> Verdict {
         let deny = meshgate_guest::setting(&settings, "deny").unwrap_or("");
         let decision = match sni {
-            None if meshgate_guest::setting(&settings, "deny_no_sni") == Some("true") => {
+            None if Config::new(&settings).bool_or("deny_no_sni", false) == Ok(true) => {
                 Decision::Deny
             }
             None => Decision::UseTable,
@@ -58,7 +74,10 @@ impl Guest for SniDenylist {
         };
         Verdict {
             decision,
-            cacheable: true,
+            // `configure` checked the value; a name's verdict never changes, so caching is the default.
+            cacheable: Config::new(&settings)
+                .bool_or("cache", true)
+                .unwrap_or(true),
         }
     }
 }

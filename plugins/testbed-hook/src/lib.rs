@@ -11,14 +11,18 @@ wit_bindgen::generate!({
     world: "connection-hook",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
 struct TestbedHook;
 
 impl Guest for TestbedHook {
+    /// Takes any settings: the fault runs pass only `block_url`.
+    fn configure(_settings: Vec<(String, String)>) -> Result<(), String> {
+        Ok(())
+    }
     fn decide(
         settings: Vec<(String, String)>,
         sni: Option<String>,

@@ -1,6 +1,7 @@
 //! `testbed`: a router plugin that does what its `behaviour` setting says — answer, trap, loop forever,
 //! allocate without bound, return an invalid table, or reach for a file, URL or environment variable —
-//! so that the host's sandbox can be tested against real misbehaviour. Not shipped.
+//! so that the host's sandbox can be tested against real misbehaviour. Its `configure` misbehaves as its
+//! `configure` setting says (`refuse`, `trap`, `loop`) and accepts anything else. Not shipped.
 
 use meshgate_guest::host;
 
@@ -8,14 +9,25 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.4.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.4.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
     },
 });
 
 struct Testbed;
 
 impl Guest for Testbed {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        meshgate_guest::sdk::init();
+        match meshgate_guest::setting(&settings, "configure") {
+            Some("refuse") => Err("testbed asked to refuse its settings".into()),
+            Some("trap") => panic!("testbed asked to trap in configure"),
+            Some("loop") => loop {
+                std::hint::spin_loop();
+            },
+            _ => Ok(()),
+        }
+    }
     fn gateway_routes(
         settings: Vec<(String, String)>,
         catalog: Catalog,
@@ -32,6 +44,7 @@ impl Guest for Testbed {
                 endpoints: vec![get("endpoint")],
                 reason: format!("testbed ({} instances seen)", catalog.instances.len()),
                 failover: Vec::new(),
+                weights: Vec::new(),
             }]),
             "trap" => panic!("testbed asked to trap"),
             "loop" => loop {
@@ -49,6 +62,7 @@ impl Guest for Testbed {
                 endpoints: vec!["not-an-address".into()],
                 reason: "garbage".into(),
                 failover: Vec::new(),
+                weights: Vec::new(),
             }]),
             "read" => host::read_file(&get("path")).map(|_| Vec::new()),
             "http" => host::http_get(&get("url")).map(|_| Vec::new()),
