@@ -46,6 +46,18 @@ struct Options {
     idle_only: bool,
 }
 
+/// Appends the targets table: meshgate against the best peer of this run, one row per target.
+fn push_targets(report: &mut String, rows: &[String]) {
+    if rows.is_empty() {
+        return;
+    }
+    report.push_str("\n### Targets: meshgate against the best peer in this run\n\n| workers | what | meshgate | best peer | ratio | target |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        report.push_str(r);
+        report.push('\n');
+    }
+}
+
 fn options() -> Options {
     let mut o = Options {
         rounds: 3,
@@ -236,15 +248,81 @@ fn keep_alive(router: &Router, client: &Arc<ClientConfig>, clients: usize, secon
 
 /// `streams` TLS streams of `mib` MiB each, backend to client, in parallel: (Gbit/s, router CPU s/GB),
 /// NaN when a transfer failed (reported, not fatal: a peer may lack half-close).
-fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -> (f64, f64) {
+/// One bulk measurement, per GB moved: the router's CPU, and what its two endpoints paid — the
+/// receiving client's threads, and the rest of this process (the sending backend) — and the TCP
+/// segments every sender on the machine sent (`OutSegs`, /proc/net/snmp).
+#[derive(Debug, Clone, Copy)]
+struct Bulk {
+    gbit: f64,
+    router: f64,
+    client: f64,
+    backend: f64,
+    segments: f64,
+}
+
+impl Bulk {
+    const FAILED: Bulk = Bulk {
+        gbit: f64::NAN,
+        router: f64::NAN,
+        client: f64::NAN,
+        backend: f64::NAN,
+        segments: f64::NAN,
+    };
+}
+
+/// CPU time of the calling thread so far, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of this whole process so far, in nanoseconds.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// TCP segments sent by the whole machine so far.
+fn tcp_out_segments() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -> Bulk {
     let cpu0 = router.cpu_ns();
+    let (own0, segs0) = (own_cpu_ns(), tcp_out_segments());
     let start = Instant::now();
+    let client_cpu = std::sync::atomic::AtomicU64::new(0);
     let ok = std::thread::scope(|s| {
         let handles: Vec<_> = (0..streams)
             .map(|_| {
                 let client = client.clone();
                 let addr = router.addr;
-                s.spawn(move || meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20))
+                let client_cpu = &client_cpu;
+                s.spawn(move || {
+                    let t0 = thread_cpu_ns();
+                    let r = meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20);
+                    client_cpu.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+                    r
+                })
             })
             .collect();
         let mut ok = true;
@@ -265,14 +343,25 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
         ok
     });
     if !ok {
-        return (f64::NAN, f64::NAN);
+        return Bulk::FAILED;
     }
     let secs = start.elapsed().as_secs_f64();
     let bytes = (mib << 20) as f64 * streams as f64;
+    let gb = bytes / 1e9;
     let cpu = cpu0
         .zip(router.cpu_ns())
         .map_or(f64::NAN, |(a, b)| b.saturating_sub(a) as f64 / 1e9);
-    (bytes * 8.0 / secs / 1e9, cpu / (bytes / 1e9))
+    let client_s = client_cpu.load(Ordering::Relaxed) as f64 / 1e9;
+    let own_s = own_cpu_ns().saturating_sub(own0) as f64 / 1e9;
+    Bulk {
+        gbit: bytes * 8.0 / secs / 1e9,
+        router: cpu / gb,
+        client: client_s / gb,
+        // Everything else this process ran meanwhile: the backend's sending threads (the main thread
+        // only waits).
+        backend: (own_s - client_s).max(0.0) / gb,
+        segments: tcp_out_segments().saturating_sub(segs0) as f64 / gb,
+    }
 }
 
 /// A backend that accepts and holds connections without reading (for the idle-connection test).
@@ -400,6 +489,7 @@ fn main() {
         Kind::Nginx,
         Kind::Sniproxy,
         Kind::Meshgate,
+        Kind::MeshgateNoLog,
         Kind::MeshgateBuffered,
     ]
     .into_iter()
@@ -418,6 +508,9 @@ fn main() {
         std::thread::available_parallelism().map_or(1, usize::from)
     ));
 
+    // Rows of the targets table (issue 14), and meshgate's CPU per new connection per worker count.
+    let mut targets: Vec<String> = Vec::new();
+    let mut per_conn: Vec<(usize, f64)> = Vec::new();
     let core_workers: &[usize] = if o.idle_only { &[] } else { &o.workers };
     for &workers in core_workers {
         let routers: Vec<Router> = kinds
@@ -438,8 +531,8 @@ fn main() {
         let mut loaded: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
         let mut single: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
         let mut ka: Vec<Vec<Sample>> = vec![Vec::new(); routers.len()];
-        let mut bulk1: Vec<Vec<(f64, f64)>> = vec![Vec::new(); routers.len()];
-        let mut bulk4: Vec<Vec<(f64, f64)>> = vec![Vec::new(); routers.len()];
+        let mut bulk1: Vec<Vec<Bulk>> = vec![Vec::new(); routers.len()];
+        let mut bulk4: Vec<Vec<Bulk>> = vec![Vec::new(); routers.len()];
         for round in 0..o.rounds {
             for (i, r) in routers.iter().enumerate() {
                 eprintln!(
@@ -456,7 +549,7 @@ fn main() {
             }
         }
         let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-        let medp = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+        let medp = |v: &[Bulk], f: fn(&Bulk) -> f64| median(v.iter().map(f).collect());
         let fmt = |x: f64, d: usize| {
             if x.is_nan() {
                 "–".to_owned()
@@ -509,35 +602,116 @@ fn main() {
         }
         report.push_str(&format!("\n### Bulk ({workers} router worker{plural})\n\n"));
         report.push_str("| router | 1 stream Gbit/s | vs direct | CPU s/GB | 4 streams Gbit/s | vs direct | CPU s/GB |\n|---|---|---|---|---|---|---|\n");
-        let (d1, d4) = (medp(&bulk1[0], |b| b.0), medp(&bulk4[0], |b| b.0));
+        let (d1, d4) = (medp(&bulk1[0], |b| b.gbit), medp(&bulk4[0], |b| b.gbit));
         for (i, r) in routers.iter().enumerate() {
-            let (g1, g4) = (medp(&bulk1[i], |b| b.0), medp(&bulk4[i], |b| b.0));
+            let (g1, g4) = (medp(&bulk1[i], |b| b.gbit), medp(&bulk4[i], |b| b.gbit));
             report.push_str(&format!(
                 "| {} | {:.2} | {:.2}× | {} | {:.2} | {:.2}× | {} |\n",
                 r.kind.name(),
                 g1,
                 g1 / d1,
-                fmt(medp(&bulk1[i], |b| b.1), 3),
+                fmt(medp(&bulk1[i], |b| b.router), 3),
                 g4,
                 g4 / d4,
-                fmt(medp(&bulk4[i], |b| b.1), 3),
+                fmt(medp(&bulk4[i], |b| b.router), 3),
+            ));
+        }
+        report.push_str(&format!("\n### What the endpoints pay per GB (1 stream, {workers} router worker{plural})\n\n"));
+        report.push_str("| router | router CPU s/GB | receiving client s/GB | sending backend s/GB | whole path s/GB | TCP segments per MB (all senders) |\n|---|---|---|---|---|---|\n");
+        for (i, r) in routers.iter().enumerate() {
+            let (ro, cl, be) = (
+                medp(&bulk1[i], |b| b.router),
+                medp(&bulk1[i], |b| b.client),
+                medp(&bulk1[i], |b| b.backend),
+            );
+            report.push_str(&format!(
+                "| {} | {} | {cl:.3} | {be:.3} | {:.3} | {:.0} |\n",
+                r.kind.name(),
+                fmt(ro, 3),
+                if ro.is_nan() { cl + be } else { ro + cl + be },
+                medp(&bulk1[i], |b| b.segments) / 1e3,
             ));
         }
         report.push('\n');
         eprint!("{report}");
+
+        // Issue 14's targets for this worker count: meshgate against the best peer of this run.
+        let at = |k: Kind| routers.iter().position(|r| r.kind == k);
+        let peers: Vec<usize> = [Kind::Haproxy, Kind::Nginx, Kind::Sniproxy]
+            .into_iter()
+            .filter_map(at)
+            .collect();
+        let best = |f: &dyn Fn(usize) -> f64, lowest: bool| {
+            peers
+                .iter()
+                .map(|&i| (f(i), routers[i].kind.name()))
+                .filter(|(x, _)| x.is_finite())
+                .fold(None, |b: Option<(f64, &str)>, (x, n)| match b {
+                    Some((y, _)) if (lowest && y <= x) || (!lowest && y >= x) => b,
+                    _ => Some((x, n)),
+                })
+        };
+        if let Some(m) = at(Kind::Meshgate) {
+            let mut row = |what: &str, f: &dyn Fn(usize) -> f64, lowest: bool, goal: &str| {
+                if let Some((b, name)) = best(f, lowest) {
+                    targets.push(format!(
+                        "| {workers} | {what} | {} | {} ({name}) | {:.2}× | {goal} |",
+                        fmt(f(m), 3),
+                        fmt(b, 3),
+                        f(m) / b
+                    ));
+                }
+            };
+            row("router CPU µs per new connection", &|i| med(&loaded[i], |s| s.cpu_per_op), true, "≤ 0.8×");
+            row("added p50 ms, one connection at a time", &|i| (med(&single[i], |s| s.p50) - d_p50) / 1e3, true, "≤ 1.0×");
+            row("router CPU µs per keep-alive request", &|i| med(&ka[i], |s| s.cpu_per_op), true, "≤ 0.8×");
+            row("keep-alive req/s", &|i| med(&ka[i], |s| s.rate), false, "≥ 1.0×");
+            row("router CPU s/GB, 1 stream", &|i| medp(&bulk1[i], |b| b.router), true, "≤ 0.5×");
+            row("router CPU s/GB, 4 streams", &|i| medp(&bulk4[i], |b| b.router), true, "≤ 0.5×");
+            row("endpoints' CPU s/GB (client + backend), 1 stream", &|i| medp(&bulk1[i], |b| b.client + b.backend), true, "≤ 1.0×");
+            row("whole path CPU s/GB (router + endpoints), 1 stream", &|i| medp(&bulk1[i], |b| b.router + b.client + b.backend), true, "< 1.0×");
+            per_conn.push((workers, med(&loaded[m], |s| s.cpu_per_op)));
+            if let Some(q) = at(Kind::MeshgateNoLog) {
+                let (on, off) = (med(&loaded[m], |s| s.cpu_per_op), med(&loaded[q], |s| s.cpu_per_op));
+                targets.push(format!(
+                    "| {workers} | access log's share of a new connection's CPU | {on:.1} µs with, {off:.1} without | – | {:+.1} % | ≤ 5 % |",
+                    (on / off - 1.0) * 100.0
+                ));
+            }
+        }
+    }
+    if let (Some(&(1, one)), Some(&(2, two))) = (
+        per_conn.iter().find(|(w, _)| *w == 1),
+        per_conn.iter().find(|(w, _)| *w == 2),
+    ) {
+        targets.push(format!(
+            "| 2 vs 1 | router CPU µs per new connection, two workers against one | {two:.1} | {one:.1} (meshgate, 1 worker) | {:.2}× | ≤ 1.1× |",
+            two / one
+        ));
     }
 
     if o.core_only {
+        push_targets(&mut report, &targets);
         println!("{report}");
         return;
     }
     report.push_str("### Memory per idle connection (1 worker)\n\n| router | connections | resident bytes per connection |\n|---|---|---|\n");
     for &n in &o.idle {
+        let mut haproxy = None;
         for kind in [Kind::Haproxy, Kind::Nginx, Kind::Sniproxy, Kind::Meshgate] {
             eprintln!("idle {n}: {}", kind.name());
             match idle_memory(kind, n) {
                 Some((per, reached)) => {
-                    report.push_str(&format!("| {} | {reached} | {per:.0} |\n", kind.name()))
+                    report.push_str(&format!("| {} | {reached} | {per:.0} |\n", kind.name()));
+                    if kind == Kind::Haproxy {
+                        haproxy = Some(per);
+                    }
+                    if let (Kind::Meshgate, Some(h)) = (kind, haproxy) {
+                        targets.push(format!(
+                            "| 1 | resident bytes per idle connection ({reached}) | {per:.0} | {h:.0} (HAProxy) | {:.2}× | ≤ 0.6× |",
+                            per / h
+                        ));
+                    }
                 }
                 None => report.push_str(&format!("| {} | {n} | – |\n", kind.name())),
             }
@@ -545,6 +719,7 @@ fn main() {
     }
 
     if o.idle_only {
+        push_targets(&mut report, &targets);
         println!("{report}");
         return;
     }
@@ -574,6 +749,13 @@ fn main() {
             median(samples.iter().map(|s| s.rate).collect()),
             cpu / base
         ));
+        if n != o.route_counts[0] {
+            targets.push(format!(
+                "| 1 | router CPU µs per new connection, {n} routes | {cpu:.1} | {base:.1} ({} routes) | {:.2}× | ≤ 1.02× |",
+                o.route_counts[0],
+                cpu / base
+            ));
+        }
     }
     report.push_str("\n### Per-connection hook (meshgate, 1 worker, 4 clients, 10 routes)\n\n| hook | conns/s | router CPU µs/conn |\n|---|---|---|\n");
     for (label, hook) in [
@@ -590,6 +772,7 @@ fn main() {
             median(samples.iter().map(|s| s.cpu_per_op).collect())
         ));
     }
+    push_targets(&mut report, &targets);
     println!("{report}");
     if let Some(path) = o.out {
         if let Err(e) = std::fs::write(&path, &report) {

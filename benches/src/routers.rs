@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// No router: clients connect to the backend.
     Direct,
-    /// meshgate with splice relay.
+    /// meshgate with splice relay, access log on (its default), written to a file.
     Meshgate,
+    /// meshgate with splice relay and no access log (`warn`): what the access log costs.
+    MeshgateNoLog,
     /// meshgate with the buffered relay.
     MeshgateBuffered,
     /// HAProxy in TCP mode with `req_ssl_sni`.
@@ -33,6 +35,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Meshgate => "meshgate",
+            Kind::MeshgateNoLog => "meshgate (no access log)",
             Kind::MeshgateBuffered => "meshgate (buffered)",
             Kind::Haproxy => "HAProxy",
             Kind::Nginx => "nginx",
@@ -229,10 +232,10 @@ impl Router {
         let (sni, backend, workers) = (spec.sni, spec.backend, spec.workers);
         let mut ready_probe: Option<SocketAddr> = None;
         let child = match kind {
-            Kind::Meshgate | Kind::MeshgateBuffered => {
+            Kind::Meshgate | Kind::MeshgateNoLog | Kind::MeshgateBuffered => {
                 let admin = free_addr();
                 ready_probe = Some(admin);
-                let relay = if kind == Kind::Meshgate {
+                let relay = if kind != Kind::MeshgateBuffered {
                     "splice"
                 } else {
                     "buffered"
@@ -253,11 +256,20 @@ impl Router {
                 }
                 let config = dir.join("gateway.toml");
                 std::fs::write(&config, text).expect("write config");
+                // The access log as deployed: one line per connection at `info`, to a file (a
+                // collector reading stderr costs the router the same writes).
+                let level = if kind == Kind::MeshgateNoLog {
+                    "warn"
+                } else {
+                    "info"
+                };
+                let log = std::fs::File::create(dir.join("gateway.log")).expect("log file");
                 Command::new(meshgate_bin())
                     .args(["gateway", "--config"])
                     .arg(&config)
-                    .env("MESHGATE_LOG", "warn")
+                    .env("MESHGATE_LOG", level)
                     .stdin(Stdio::null())
+                    .stderr(log)
                     .spawn()
                     .unwrap_or_else(|e| {
                         panic!(

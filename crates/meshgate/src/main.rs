@@ -4,6 +4,7 @@
 mod ca;
 mod demo;
 mod demo_consul;
+mod logging;
 mod plugin_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -103,14 +104,8 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // Flushes the queued log lines when main returns.
+    let _log = logging::init(filter, matches!(cli.log_format, LogFormat::Json));
     // The data planes need io_uring; say so plainly before reading configs or starting anything (glommio
     // itself would panic in a core thread with a misleading message).
     if matches!(

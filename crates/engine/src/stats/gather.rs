@@ -254,6 +254,12 @@ impl EngineMetrics {
             ],
         ));
         out.push(family(
+            "meshgate_log_lines_dropped_total",
+            "Log lines (access log included) dropped because the log writer's queue was full; a core never waits for the log.",
+            COUNTER,
+            vec![counter(Vec::new(), super::log_drops())],
+        ));
+        out.push(family(
             "meshgate_route_table_routes",
             "Routes in the active route table.",
             GAUGE,

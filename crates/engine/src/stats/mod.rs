@@ -23,6 +23,24 @@ pub use families::{counter, encode, family, gauge, label, MetricType};
 pub use gather::EngineMetrics;
 pub use outcome::{End, HelloOutcome, HELLO_OUTCOMES};
 
+use std::sync::OnceLock;
+
+type DropCount = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// Log lines dropped by the process's log writer (set once by the binary that installs it).
+static LOG_DROPS: OnceLock<DropCount> = OnceLock::new();
+
+/// Tells the metrics how to read the log writer's count of dropped lines: the writer never makes a
+/// core wait, so when its queue is full it drops lines, and a scrape must say so.
+pub fn set_log_drops(count: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_DROPS.set(Box::new(count));
+}
+
+/// Log lines dropped so far (0 when no counting writer is installed).
+pub fn log_drops() -> u64 {
+    LOG_DROPS.get().map_or(0, |count| count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
