@@ -44,6 +44,104 @@ struct Options {
     core_only: bool,
     /// Only the memory-per-idle-connection table.
     idle_only: bool,
+    /// Count each router's system calls per new connection and per keep-alive request (`strace -c`,
+    /// one extra pass per workload with 1 worker; strace slows the router, so no timing is taken).
+    syscalls: bool,
+}
+
+/// System calls per operation of each router, from `strace -c -f` attached for one extra pass of each
+/// workload (strace slows the router: only the counts are used). The five most frequent calls are
+/// named; "total" counts them all.
+fn syscall_table(routers: &[Router], client: &Arc<ClientConfig>, seconds: f64) -> String {
+    let mut out = String::from("### System calls per operation (1 router worker, `strace -c -f`)\n\n| router | workload | total per op | most frequent (per op) |\n|---|---|---|---|\n");
+    for r in routers {
+        let workloads: [(&str, &dyn Fn() -> Sample); 2] = [
+            ("new connection (4 clients)", &|| {
+                new_connections(r, client, 4, seconds)
+            }),
+            ("keep-alive request (4 conns)", &|| {
+                keep_alive(r, client, 4, seconds)
+            }),
+        ];
+        for (what, run) in workloads {
+            eprintln!("syscalls: {}, {what}", r.kind.name());
+            match strace_counts(r, run) {
+                Some((ops, counts)) if ops > 0.0 => {
+                    let total = counts
+                        .iter()
+                        .find(|(n, _)| n == "total")
+                        .map_or(0.0, |c| c.1);
+                    let top: Vec<String> = counts
+                        .iter()
+                        .filter(|(n, _)| n != "total")
+                        .take(5)
+                        .map(|(n, c)| format!("{n} {:.2}", c / ops))
+                        .collect();
+                    out.push_str(&format!(
+                        "| {} | {what} | {:.1} | {} |\n",
+                        r.kind.name(),
+                        total / ops,
+                        top.join(", ")
+                    ));
+                }
+                _ => out.push_str(&format!(
+                    "| {} | {what} | – | strace unavailable |\n",
+                    r.kind.name()
+                )),
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Runs `run` with `strace -c -f` attached to every process of `router`; the operations done and
+/// (syscall, calls) sorted by calls, "total" included.
+fn strace_counts(router: &Router, run: &dyn Fn() -> Sample) -> Option<(f64, Vec<(String, f64)>)> {
+    let file =
+        std::env::temp_dir().join(format!("meshgate-bench-strace-{}.txt", std::process::id()));
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-c", "-f", "-q", "-o"]).arg(&file);
+    for pid in router.pids() {
+        cmd.args(["-p", &pid.to_string()]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // Attaching takes a moment; the first operations may be missed, the count stays per operation.
+    std::thread::sleep(Duration::from_millis(500));
+    let sample = run();
+    // strace writes its summary when interrupted.
+    let pid = i32::try_from(child.id()).ok()?;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&file).ok()?;
+    let _ = std::fs::remove_file(&file);
+    let mut counts: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            // `% time  seconds  usecs/call  calls  [errors]  syscall` (the total line too).
+            let name = (*t.last()?).to_owned();
+            let calls = t.get(3)?;
+            Some((name, calls.parse::<f64>().ok()?))
+        })
+        .collect();
+    counts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Some((sample.ops, counts))
 }
 
 /// Appends the targets table: meshgate against the best peer of this run, one row per target.
@@ -72,6 +170,7 @@ fn options() -> Options {
         workers: vec![1, 2],
         core_only: false,
         idle_only: false,
+        syscalls: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -103,6 +202,11 @@ fn options() -> Options {
             }
             "--core-only" => {
                 o.core_only = true;
+                i += 1;
+                continue;
+            }
+            "--syscalls" => {
+                o.syscalls = true;
                 i += 1;
                 continue;
             }
@@ -144,6 +248,10 @@ struct Sample {
     p50: f64,
     p99: f64,
     cpu_per_op: f64,
+    /// Operations completed.
+    ops: f64,
+    /// Times the router's threads were switched out (went to sleep or were preempted) per operation.
+    switches_per_op: f64,
 }
 
 /// Runs `clients` threads calling `op` repeatedly for `seconds`; `op` returns false to stop early.
@@ -155,6 +263,7 @@ fn drive(
 ) -> Sample {
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = router.cpu_ns();
+    let sw0 = router.switches();
     let start = Instant::now();
     let lat: Vec<f64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
@@ -188,11 +297,16 @@ fn drive(
     let mut lat = lat;
     lat.sort_by(f64::total_cmp);
     let n = lat.len().max(1) as f64;
+    let switches = sw0
+        .zip(router.switches())
+        .map(|(a, b)| b.saturating_sub(a) as f64);
     Sample {
         rate: lat.len() as f64 / elapsed,
+        ops: lat.len() as f64,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         cpu_per_op: cpu.map_or(f64::NAN, |c| c / n),
+        switches_per_op: switches.map_or(f64::NAN, |c| c / n),
     }
 }
 
@@ -258,6 +372,8 @@ struct Bulk {
     client: f64,
     backend: f64,
     segments: f64,
+    /// Times the receiving client went to sleep waiting for bytes, per MB.
+    client_sleeps: f64,
 }
 
 impl Bulk {
@@ -267,6 +383,7 @@ impl Bulk {
         client: f64::NAN,
         backend: f64::NAN,
         segments: f64::NAN,
+        client_sleeps: f64::NAN,
     };
 }
 
@@ -278,15 +395,35 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time of this whole process so far, in nanoseconds.
+/// CPU time of this whole process so far, threads that have ended included, in nanoseconds
+/// (`utime` + `stime` of /proc/self/stat, in clock ticks of 10 ms: a bulk run lasts seconds).
 fn own_cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum()
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at `state`, the third field.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15; `state` (field 3) is index 0 here.
+    (ticks(11) + ticks(12)) * 10_000_000
+}
+
+/// Times the calling thread went to sleep so far (`voluntary_ctxt_switches`).
+fn thread_sleeps() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
         })
         .unwrap_or(0)
 }
@@ -311,16 +448,18 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
     let (own0, segs0) = (own_cpu_ns(), tcp_out_segments());
     let start = Instant::now();
     let client_cpu = std::sync::atomic::AtomicU64::new(0);
+    let client_sleeps = std::sync::atomic::AtomicU64::new(0);
     let ok = std::thread::scope(|s| {
         let handles: Vec<_> = (0..streams)
             .map(|_| {
                 let client = client.clone();
                 let addr = router.addr;
-                let client_cpu = &client_cpu;
+                let (client_cpu, client_sleeps) = (&client_cpu, &client_sleeps);
                 s.spawn(move || {
-                    let t0 = thread_cpu_ns();
+                    let (t0, z0) = (thread_cpu_ns(), thread_sleeps());
                     let r = meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20);
                     client_cpu.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+                    client_sleeps.fetch_add(thread_sleeps().saturating_sub(z0), Ordering::Relaxed);
                     r
                 })
             })
@@ -361,6 +500,7 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
         // only waits).
         backend: (own_s - client_s).max(0.0) / gb,
         segments: tcp_out_segments().saturating_sub(segs0) as f64 / gb,
+        client_sleeps: client_sleeps.load(Ordering::Relaxed) as f64 / (bytes / 1e6),
     }
 }
 
@@ -616,8 +756,10 @@ fn main() {
                 fmt(medp(&bulk4[i], |b| b.router), 3),
             ));
         }
-        report.push_str(&format!("\n### What the endpoints pay per GB (1 stream, {workers} router worker{plural})\n\n"));
-        report.push_str("| router | router CPU s/GB | receiving client s/GB | sending backend s/GB | whole path s/GB | TCP segments per MB (all senders) |\n|---|---|---|---|---|---|\n");
+        report.push_str(&format!(
+            "\n### What the endpoints pay per GB (1 stream, {workers} router worker{plural})\n\n"
+        ));
+        report.push_str("| router | router CPU s/GB | receiving client s/GB | sending backend s/GB | whole path s/GB | TCP segments per MB (all senders) | client sleeps per MB |\n|---|---|---|---|---|---|---|\n");
         for (i, r) in routers.iter().enumerate() {
             let (ro, cl, be) = (
                 medp(&bulk1[i], |b| b.router),
@@ -625,15 +767,31 @@ fn main() {
                 medp(&bulk1[i], |b| b.backend),
             );
             report.push_str(&format!(
-                "| {} | {} | {cl:.3} | {be:.3} | {:.3} | {:.0} |\n",
+                "| {} | {} | {cl:.3} | {be:.3} | {:.3} | {:.0} | {:.1} |\n",
                 r.kind.name(),
                 fmt(ro, 3),
                 if ro.is_nan() { cl + be } else { ro + cl + be },
                 medp(&bulk1[i], |b| b.segments) / 1e3,
+                medp(&bulk1[i], |b| b.client_sleeps),
             ));
         }
         report.push('\n');
         eprint!("{report}");
+
+        report.push_str(&format!("### Wake-ups of the router per operation ({workers} router worker{plural})\n\nContext switches of all the router's threads (voluntary and not) per operation, from /proc.\n\n| router | per new connection (4 clients) | per new connection (1 client) | per keep-alive request |\n|---|---|---|---|\n"));
+        for (i, r) in routers.iter().enumerate().skip(1) {
+            report.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                r.kind.name(),
+                fmt(med(&loaded[i], |s| s.switches_per_op), 2),
+                fmt(med(&single[i], |s| s.switches_per_op), 2),
+                fmt(med(&ka[i], |s| s.switches_per_op), 2),
+            ));
+        }
+        report.push('\n');
+        if o.syscalls && workers == 1 {
+            report.push_str(&syscall_table(&routers[1..], &client, o.seconds.min(3.0)));
+        }
 
         // Issue 14's targets for this worker count: meshgate against the best peer of this run.
         let at = |k: Kind| routers.iter().position(|r| r.kind == k);
@@ -662,17 +820,60 @@ fn main() {
                     ));
                 }
             };
-            row("router CPU µs per new connection", &|i| med(&loaded[i], |s| s.cpu_per_op), true, "≤ 0.8×");
-            row("added p50 ms, one connection at a time", &|i| (med(&single[i], |s| s.p50) - d_p50) / 1e3, true, "≤ 1.0×");
-            row("router CPU µs per keep-alive request", &|i| med(&ka[i], |s| s.cpu_per_op), true, "≤ 0.8×");
-            row("keep-alive req/s", &|i| med(&ka[i], |s| s.rate), false, "≥ 1.0×");
-            row("router CPU s/GB, 1 stream", &|i| medp(&bulk1[i], |b| b.router), true, "≤ 0.5×");
-            row("router CPU s/GB, 4 streams", &|i| medp(&bulk4[i], |b| b.router), true, "≤ 0.5×");
-            row("endpoints' CPU s/GB (client + backend), 1 stream", &|i| medp(&bulk1[i], |b| b.client + b.backend), true, "≤ 1.0×");
-            row("whole path CPU s/GB (router + endpoints), 1 stream", &|i| medp(&bulk1[i], |b| b.router + b.client + b.backend), true, "< 1.0×");
+            row(
+                "router CPU µs per new connection",
+                &|i| med(&loaded[i], |s| s.cpu_per_op),
+                true,
+                "≤ 0.8×",
+            );
+            row(
+                "added p50 ms, one connection at a time",
+                &|i| (med(&single[i], |s| s.p50) - d_p50) / 1e3,
+                true,
+                "≤ 1.0×",
+            );
+            row(
+                "router CPU µs per keep-alive request",
+                &|i| med(&ka[i], |s| s.cpu_per_op),
+                true,
+                "≤ 0.8×",
+            );
+            row(
+                "keep-alive req/s",
+                &|i| med(&ka[i], |s| s.rate),
+                false,
+                "≥ 1.0×",
+            );
+            row(
+                "router CPU s/GB, 1 stream",
+                &|i| medp(&bulk1[i], |b| b.router),
+                true,
+                "≤ 0.5×",
+            );
+            row(
+                "router CPU s/GB, 4 streams",
+                &|i| medp(&bulk4[i], |b| b.router),
+                true,
+                "≤ 0.5×",
+            );
+            row(
+                "endpoints' CPU s/GB (client + backend), 1 stream",
+                &|i| medp(&bulk1[i], |b| b.client + b.backend),
+                true,
+                "≤ 1.0×",
+            );
+            row(
+                "whole path CPU s/GB (router + endpoints), 1 stream",
+                &|i| medp(&bulk1[i], |b| b.router + b.client + b.backend),
+                true,
+                "< 1.0×",
+            );
             per_conn.push((workers, med(&loaded[m], |s| s.cpu_per_op)));
             if let Some(q) = at(Kind::MeshgateNoLog) {
-                let (on, off) = (med(&loaded[m], |s| s.cpu_per_op), med(&loaded[q], |s| s.cpu_per_op));
+                let (on, off) = (
+                    med(&loaded[m], |s| s.cpu_per_op),
+                    med(&loaded[q], |s| s.cpu_per_op),
+                );
                 targets.push(format!(
                     "| {workers} | access log's share of a new connection's CPU | {on:.1} µs with, {off:.1} without | – | {:+.1} % | ≤ 5 % |",
                     (on / off - 1.0) * 100.0

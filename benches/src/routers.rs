@@ -392,7 +392,7 @@ impl Router {
     }
 
     /// PIDs of the router's processes (parent and workers).
-    fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<u32> {
         match &self.child {
             Some(c) => {
                 let mut v = vec![c.id()];
@@ -409,6 +409,13 @@ impl Router {
         Some(self.pids().into_iter().map(process_cpu_ns).sum())
     }
 
+    /// Context switches of all its threads so far (voluntary: went to sleep; involuntary: preempted);
+    /// `None` for the direct path.
+    pub fn switches(&self) -> Option<u64> {
+        self.child.as_ref()?;
+        Some(self.pids().into_iter().map(process_switches).sum())
+    }
+
     /// Resident memory of all its processes, in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
         self.child.as_ref()?;
@@ -423,6 +430,35 @@ impl Router {
                 })
                 .sum(),
         )
+    }
+}
+
+fn process_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.ends_with_ctxt())
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// `voluntary_ctxt_switches:` and `nonvoluntary_ctxt_switches:` lines of a task's status.
+trait CtxtLine {
+    fn ends_with_ctxt(&self) -> bool;
+}
+
+impl CtxtLine for &str {
+    fn ends_with_ctxt(&self) -> bool {
+        self.starts_with("voluntary_ctxt_switches:")
+            || self.starts_with("nonvoluntary_ctxt_switches:")
     }
 }
 

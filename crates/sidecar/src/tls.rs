@@ -45,8 +45,16 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// ring's suites with TLS 1.3's AES-128-GCM-SHA256 first (ring's default puts AES-256-GCM-SHA384
+/// first). Both ends of a mesh connection are our sidecars or Consul's proxies, and the client's order
+/// decides: AES-128 is what Consul's own proxy negotiates, and on CPUs with SHA-256 instructions but
+/// none for SHA-512 the SHA-384 handshake hashing and AES-256's extra rounds cost measurably more per
+/// handshake and per GB (docs/performance.md, sidecar section).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// The identity an upstream must present: trust domain, namespace and service.
@@ -339,6 +347,21 @@ mod tests {
             }
         }
         Err("handshake did not finish".into())
+    }
+
+    #[test]
+    fn aes_128_gcm_sha256_comes_first_and_no_suite_is_dropped() {
+        let ours = provider();
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(
+            ours.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        let mut a: Vec<_> = ours.cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut b: Vec<_> = ring.cipher_suites.iter().map(|s| s.suite()).collect();
+        a.sort_by_key(|s| u16::from(*s));
+        b.sort_by_key(|s| u16::from(*s));
+        assert_eq!(a, b);
     }
 
     #[test]
