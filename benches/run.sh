@@ -5,11 +5,14 @@
 #   benches/run.sh            full run (about 15 minutes on 2 cores)
 #   benches/run.sh --quick    one short round of everything (about 2 minutes)
 # Other options go to meshgate-bench: --rounds N --seconds S --bulk-mib M --idle 4000,9000 --routes 10,10000
+# Then meshgate-sidecars (the sidecar vs `consul connect proxy` and stunnel4; --quick is passed on) writes
+# benches/results/sidecars.md; then meshgate-control-bench (one catalog change among 10,000 services)
+# writes benches/results/control.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in haproxy nginx sniproxy; do
+for bin in haproxy nginx sniproxy stunnel4; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(nginx-stream)
@@ -17,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # Package post-install scripts may try to start the daemons; there is nothing to start them here.
-    apt-get install -y -qq haproxy nginx-light libnginx-mod-stream sniproxy >/dev/null
+    apt-get install -y -qq haproxy nginx-light libnginx-mod-stream sniproxy stunnel4 >/dev/null
 fi
 
 # The idle-connection test holds tens of thousands of sockets on both sides of each router.
@@ -33,3 +36,15 @@ fi
 cargo build --release -p meshgate -p meshgate-bench
 mkdir -p benches/results
 ./target/release/meshgate-bench --out benches/results/latest.md "$@"
+# The sidecar against its peers (Consul 1.8.7 is installed under target/tools on first use).
+sidecar_args=()
+for arg in "$@"; do
+    [ "$arg" = --quick ] && sidecar_args+=(--quick)
+done
+./target/release/meshgate-sidecars --out benches/results/sidecars.md "${sidecar_args[@]}"
+# The control plane: one catalog change among 10,000 services (file catalog; --quick is passed on).
+control_args=()
+for arg in "$@"; do
+    [ "$arg" = --quick ] && control_args+=(--quick)
+done
+./target/release/meshgate-control-bench --out benches/results/control.md "${control_args[@]}"

@@ -29,7 +29,11 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 1_000;
 /// Default linear-memory cap of a plugin, in MiB.
 pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 64;
-/// Default interval between catalog polls, in milliseconds (a file catalog notices edits this fast).
+/// Default interval between catalog polls, in milliseconds. A polled catalog's granted directories are
+/// also watched (inotify), so an edit there is polled at once; the interval bounds how late an edit is
+/// noticed where inotify sees nothing (a network file system). Not lower: an unchanged poll of a
+/// 10,000-file catalog costs ~29 ms of CPU (a `stat` per file), 12 % of a core at this interval
+/// (docs/performance.md, `meshgate-control-bench`).
 pub const DEFAULT_CATALOG_POLL_MS: u64 = 250;
 /// A connection hook's per-call deadline is at most this, in milliseconds, whatever `deadline_ms` says:
 /// it runs on a data-plane core, in the connection's path.

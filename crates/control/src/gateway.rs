@@ -4,7 +4,9 @@
 //! own; [`run`] is `meshgate gateway`: start, reload on SIGHUP, drain on SIGTERM. With a Consul agent
 //! (`[consul]`, a watch-catalog plugin such as `consul-catalog`), answers of the Consul watches wake the
 //! control thread at once, and the gateway registers itself (`[consul.register]` or `--register`),
-//! enters maintenance before draining and deregisters after.
+//! enters maintenance before draining and deregisters after. With a polled catalog (a file catalog), an
+//! edit under its granted directories wakes the control thread at once too ([`crate::dirwatch`]); each
+//! installed table is logged with where its making spent the time (fetch, router, build, install).
 //!
 //! Table = the static `[[routes]]` (and fallbacks) first, then the router plugin's routes; a pattern
 //! defined statically wins over the same pattern from the plugin. A failing or misbehaving plugin never
@@ -13,6 +15,7 @@
 use crate::clock::{Clock, Schedule, SystemClock};
 use crate::consul::register::{self, Registrar};
 use crate::consul::watches::Waker;
+use crate::dirwatch::DirWatch;
 use crate::error::ControlError;
 use crate::plugins::{self, CatalogWatch, ConsulLink, PluginMetrics, Reporter, Router};
 use crate::signals::{Signal, Signals};
@@ -23,11 +26,11 @@ use meshgate_engine::Engine;
 use meshgate_plugin::{PluginError, PluginHost};
 use meshgate_route::{LbPolicy, RouteSpec, RouteTable};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where new route tables (and a replaced connection hook) go.
 pub trait Publish {
@@ -62,6 +65,19 @@ pub struct GatewayControl {
     /// What the plugin files held when loaded (catalog, router, hook), so a SIGHUP notices a file
     /// rebuilt under the same name.
     files: PluginFiles,
+    /// Where the table being made spent its time, logged with it (what a catalog change costs).
+    phases: Phases,
+}
+
+/// Wall-clock time of each step from a catalog change to its installed table, on the control thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    /// The catalog plugin's fetch (or plan) that brought the change, its answer lifted into the host.
+    fetch: Duration,
+    /// The router plugin's `gateway-routes`, the catalog lowered into it and its routes lifted back.
+    router: Duration,
+    /// Static routes plus the router's, compiled into a table.
+    build: Duration,
 }
 
 /// How long a reload that changes the catalog source waits for the new one's first catalog.
@@ -86,6 +102,7 @@ impl GatewayControl {
             metrics,
             waker,
             files: PluginFiles::default(),
+            phases: Phases::default(),
         };
         control.files = PluginFiles::of(&control.config);
         control.plugins = control.load_plugins(&control.config.clone())?;
@@ -255,8 +272,14 @@ impl GatewayControl {
         let Some((catalog, _)) = &mut self.plugins else {
             return;
         };
+        let started = Instant::now();
         match catalog.poll(&self.metrics) {
-            Ok(changed) => self.dirty |= changed,
+            Ok(changed) => {
+                if changed {
+                    self.phases.fetch = started.elapsed();
+                }
+                self.dirty |= changed;
+            }
             Err(e) => {
                 self.errors.report(e.to_string());
             }
@@ -267,6 +290,7 @@ impl GatewayControl {
         match self.compute() {
             Ok(table) => self.publish(table, sink),
             Err(e) => {
+                self.phases = Phases::default();
                 self.errors.report(e.to_string());
             }
         }
@@ -274,17 +298,30 @@ impl GatewayControl {
 
     fn publish(&mut self, table: RouteTable, sink: &dyn Publish) {
         let routes = table.len();
+        let started = Instant::now();
         sink.install(table, self.config.gateway.clone());
+        let install = started.elapsed();
         if self.have_catalog() || self.plugins.is_none() {
             self.dirty = false;
             self.metrics.table_ready.store(true, Ordering::Relaxed);
         }
         self.errors.clear();
-        tracing::info!(routes, "route table installed");
+        let phases = std::mem::take(&mut self.phases);
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(
+            routes,
+            fetch_us = us(phases.fetch),
+            router_us = us(phases.router),
+            build_us = us(phases.build),
+            install_us = us(install),
+            "route table installed"
+        );
     }
 
     /// Static routes, then the router plugin's.
     fn compute(&mut self) -> Result<RouteTable, ControlError> {
+        let started = Instant::now();
+        let mut router_time = Duration::ZERO;
         let mut builder = self
             .config
             .route_builder()
@@ -308,6 +345,7 @@ impl GatewayControl {
                         message,
                     })
                 };
+                let called = Instant::now();
                 let routes = router
                     .plugin
                     .gateway_routes(
@@ -316,6 +354,7 @@ impl GatewayControl {
                         &self.config.gateway.datacenter,
                     )
                     .map_err(plugin_error)?;
+                router_time = called.elapsed();
                 for r in routes {
                     if builder.contains(&r.pattern) {
                         tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
@@ -371,7 +410,10 @@ impl GatewayControl {
             }
         }
         self.metrics.plugin_routes.set(from_plugin);
-        Ok(builder.build())
+        let table = builder.build();
+        self.phases.router = router_time;
+        self.phases.build = started.elapsed().saturating_sub(router_time);
+        Ok(table)
     }
 }
 
@@ -504,7 +546,7 @@ pub fn start_with(
         }
     });
     let registration = register::registration(config, register)?;
-    let mut control = GatewayControl::with_waker(config.clone(), waker)?;
+    let mut control = GatewayControl::with_waker(config.clone(), waker.clone())?;
     let table = control.initial_table()?;
     let hook = crate::hook::factory(config)?;
     let mut settings = config.gateway.clone();
@@ -543,6 +585,7 @@ pub fn start_with(
         None
     };
     let eng = engine.clone();
+    let mut dirwatch = catalog_dirwatch(config, control.uses_consul(), &waker);
     std::thread::Builder::new()
         .name("meshgate-control".into())
         .spawn(move || {
@@ -552,15 +595,23 @@ pub fn start_with(
                 match rx.recv_timeout(schedule.wait(clock.now())) {
                     Ok(Event::Reload(config)) => {
                         let counters = eng.metrics().control;
+                        let watch_next = (*config).clone();
                         if control.reload(*config, &*eng) {
                             counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                             tracing::info!("configuration reloaded");
+                            // The catalog's directories may have changed with it.
+                            dirwatch = catalog_dirwatch(&watch_next, control.uses_consul(), &waker);
                         } else {
                             counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
                         }
                         schedule.set_interval(control.poll_interval(), clock.now());
                     }
-                    Ok(Event::Wake) => control.tick(&*eng),
+                    Ok(Event::Wake) => {
+                        if let Some(w) = &dirwatch {
+                            w.taken();
+                        }
+                        control.tick(&*eng);
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         if schedule.due(clock.now()) {
                             control.tick(&*eng);
@@ -578,6 +629,31 @@ pub fn start_with(
         registrar,
         metrics,
     })
+}
+
+/// Watches a polled catalog's granted directories, so an edit wakes the control thread at once (see
+/// [`crate::dirwatch`]); none for a Consul-fed catalog, a catalog granted no directory, or where inotify
+/// cannot watch (then the poll alone notices edits).
+fn catalog_dirwatch(config: &Config, consul: bool, waker: &Waker) -> Option<DirWatch> {
+    if consul {
+        return None;
+    }
+    let (catalog, _) = plugin_sections(config)?;
+    let dirs: Vec<PathBuf> = catalog
+        .allow_dirs
+        .iter()
+        .map(|d| config.base_dir.join(d))
+        .collect();
+    if dirs.is_empty() {
+        return None;
+    }
+    match DirWatch::start(&dirs, waker.clone()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::info!(error = %e, "catalog directories not watched; edits are noticed at the next poll");
+            None
+        }
+    }
 }
 
 impl Gateway {
@@ -843,6 +919,47 @@ mod tests {
         assert_eq!(eps, vec!["127.0.0.1:21002".parse().expect("addr")]);
         control.tick(&sink);
         assert_eq!(sink.installs(), 1);
+    }
+
+    #[test]
+    fn a_change_rereads_only_the_files_whose_size_or_time_moved() {
+        let dir = TempDir::with_demo_catalog("reparse", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        // web.hcl turned to garbage of the same size and modification time: the plugin, which keeps
+        // each file parsed by (path, size, time), does not read it again when another file changes.
+        let web_file = dir.0.join("catalog/web.hcl");
+        let meta = std::fs::metadata(&web_file).expect("stat");
+        let original = std::fs::read_to_string(&web_file).expect("read");
+        let garbage = "#".repeat(usize::try_from(meta.len()).expect("size"));
+        std::fs::write(&web_file, &garbage).expect("overwrite");
+        let set_time = |t| {
+            std::fs::File::options()
+                .write(true)
+                .open(&web_file)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+        };
+        set_time(meta.modified().expect("mtime"));
+        dir.register_db();
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1);
+        assert!(sink.last_endpoints(&web()).is_some(), "web from the cache");
+        let db = format!("db.default.dc1.internal.{TD}");
+        assert!(sink.last_endpoints(&db).is_some(), "db parsed");
+        // Its time moves: it is read again, and its garbage refuses the catalog.
+        set_time(std::time::SystemTime::now() + Duration::from_secs(5));
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 1, "the bad file keeps the last table");
+        assert_eq!(control.metrics().failures("file-catalog", "error"), 1);
+        // Repaired, and a file removed: the removed file leaves the catalog.
+        std::fs::write(&web_file, original).expect("restore");
+        std::fs::remove_file(dir.0.join("catalog/db.hcl")).expect("rm");
+        control.tick(&sink);
+        assert_eq!(sink.installs(), 2);
+        assert!(sink.last_endpoints(&web()).is_some(), "web read again");
+        assert!(sink.last_endpoints(&db).is_none(), "db gone");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   reloads, the drain;
 //! - [`sidecar`]: the same for a sidecar's plan, plus certificate watching;
 //! - [`plugins`]: loading and polling the catalog and router plugins, their metrics;
+//! - [`dirwatch`]: inotify on a polled catalog's directories, so an edit is polled at once;
 //! - [`consul`]: the live Consul agent: watches run for a watch-catalog plugin, the gateway's own
 //!   registration (ACL preflight, re-registration, maintenance → drain → deregister), their metrics;
 //! - [`hook`]: the Wasm connection hook adapted to the engine;
@@ -18,6 +19,7 @@
 
 pub mod clock;
 pub mod consul;
+pub mod dirwatch;
 pub mod error;
 pub mod gateway;
 pub mod hook;
