@@ -29,6 +29,9 @@
 //! one gateway binary); `--append` adds this run's row to an existing table in `--out`.
 
 mod common;
+// Shared by the bench binaries; each uses a part.
+#[allow(dead_code)]
+mod procfs;
 
 use common::{admin_get, free_addr, meshgate_bin};
 use meshgate_consul::lab::{DevAgent, Instance, Options as LabOptions};
@@ -415,10 +418,7 @@ fn thread_named(pid: u32, name: &str) -> Option<u32> {
 
 /// CPU time of one thread so far, in nanoseconds (the first field of its schedstat).
 fn thread_cpu_ns(pid: u32, tid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    procfs::schedstat_ns(format!("/proc/{pid}/task/{tid}/schedstat"))
 }
 
 /// `key=value` of a log line, as a number.

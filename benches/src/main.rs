@@ -15,6 +15,9 @@
 //! Usage: `benches/run.sh [--quick]` (see `docs/performance.md`).
 
 mod common;
+// Shared by the bench binaries; each uses a part.
+#[allow(dead_code)]
+mod procfs;
 mod routers;
 
 use meshgate_tlskit::{Backend, ClientConfig, Pki};
@@ -389,43 +392,17 @@ impl Bulk {
 
 /// CPU time of the calling thread so far, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    procfs::schedstat_ns("/proc/thread-self/schedstat")
 }
 
-/// CPU time of this whole process so far, threads that have ended included, in nanoseconds
-/// (`utime` + `stime` of /proc/self/stat, in clock ticks of 10 ms: a bulk run lasts seconds).
+/// CPU time of this whole process so far, threads that have ended included, in nanoseconds.
 fn own_cpu_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at `state`, the third field.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15; `state` (field 3) is index 0 here.
-    (ticks(11) + ticks(12)) * 10_000_000
+    procfs::stat_cpu_ns("/proc/self")
 }
 
-/// Times the calling thread went to sleep so far (`voluntary_ctxt_switches`).
+/// Times the calling thread went to sleep so far.
 fn thread_sleeps() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    procfs::status_count("/proc/thread-self/status", "voluntary_ctxt_switches")
 }
 
 /// TCP segments sent by the whole machine so far.

@@ -406,14 +406,24 @@ impl Router {
     /// CPU time of all its processes and threads so far, in nanoseconds; `None` for the direct path.
     pub fn cpu_ns(&self) -> Option<u64> {
         self.child.as_ref()?;
-        Some(self.pids().into_iter().map(process_cpu_ns).sum())
+        Some(
+            self.pids()
+                .into_iter()
+                .map(|p| crate::procfs::tasks_cpu_ns(&format!("/proc/{p}")))
+                .sum(),
+        )
     }
 
     /// Context switches of all its threads so far (voluntary: went to sleep; involuntary: preempted);
     /// `None` for the direct path.
     pub fn switches(&self) -> Option<u64> {
         self.child.as_ref()?;
-        Some(self.pids().into_iter().map(process_switches).sum())
+        Some(
+            self.pids()
+                .into_iter()
+                .map(|p| crate::procfs::tasks_switches(&format!("/proc/{p}")))
+                .sum(),
+        )
     }
 
     /// Resident memory of all its processes, in bytes.
@@ -431,46 +441,6 @@ impl Router {
                 .sum(),
         )
     }
-}
-
-fn process_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|l| l.ends_with_ctxt())
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
-
-/// `voluntary_ctxt_switches:` and `nonvoluntary_ctxt_switches:` lines of a task's status.
-trait CtxtLine {
-    fn ends_with_ctxt(&self) -> bool;
-}
-
-impl CtxtLine for &str {
-    fn ends_with_ctxt(&self) -> bool {
-        self.starts_with("voluntary_ctxt_switches:")
-            || self.starts_with("nonvoluntary_ctxt_switches:")
-    }
-}
-
-fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Every process whose ancestry leads to `pid`.

@@ -24,6 +24,9 @@
 //! [--rounds R] [--seconds S] [--bulk-mib M] [--pairs meshgate,consul,stunnel] [--out FILE]`
 
 mod common;
+// Shared by the bench binaries; each uses a part.
+#[allow(dead_code)]
+mod procfs;
 
 use common::{admin_get, free_addr, meshgate_bin};
 use meshgate_consul::lab::{DevAgent, Options as LabOptions};
@@ -632,44 +635,12 @@ struct Cpu {
     total_ns: u64,
 }
 
-/// Nanoseconds per clock tick of `/proc/PID/stat` (USER_HZ).
-fn tick_ns() -> u64 {
-    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICK.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .filter(|hz| *hz > 0)
-            .map_or(10_000_000, |hz| 1_000_000_000 / hz)
-    })
-}
-
 fn cpu(pid: u32) -> Cpu {
-    let live_ns = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    let total_ns = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name: state is the first; utime and stime the 12th and 13th.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(ticks * tick_ns())
-        })
-        .unwrap_or(0);
-    Cpu { live_ns, total_ns }
+    let proc = format!("/proc/{pid}");
+    Cpu {
+        live_ns: procfs::tasks_cpu_ns(&proc),
+        total_ns: procfs::stat_cpu_ns(&proc),
+    }
 }
 
 /// CPU seconds a process used between two readings. The exact per-thread sum, unless threads exited
@@ -678,7 +649,7 @@ fn cpu(pid: u32) -> Cpu {
 fn cpu_secs(a: Cpu, b: Cpu) -> f64 {
     let live = b.live_ns as f64 - a.live_ns as f64;
     let total = b.total_ns as f64 - a.total_ns as f64;
-    let slack = 2.0 * tick_ns() as f64;
+    let slack = 2.0 * procfs::tick_ns() as f64;
     if total > live + slack {
         total / 1e9
     } else {
