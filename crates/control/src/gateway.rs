@@ -124,16 +124,14 @@ impl GatewayControl {
         let Some((catalog, router)) = plugin_sections(config) else {
             return Ok(None);
         };
-        let host = match &self.host {
-            Some(h) => h,
-            None => self.host.insert(plugins::host()?),
-        };
+        // A clone (two reference counts) so the metrics and the waker can be borrowed beside it.
+        let host = self.host()?.clone();
         let link = ConsulLink {
             section: config.consul.as_ref(),
             waker: self.waker.clone(),
         };
         plugins::load_catalog_and_router(
-            host,
+            &host,
             &catalog,
             &router,
             &config.base_dir,
@@ -141,6 +139,23 @@ impl GatewayControl {
             &link,
         )
         .map(Some)
+    }
+
+    /// The process's plugin host, made on first use: the catalog, the router and the hook share its
+    /// engine and epoch thread.
+    fn host(&mut self) -> Result<&PluginHost, ControlError> {
+        match self.host {
+            Some(ref h) => Ok(h),
+            None => Ok(self.host.insert(plugins::host()?)),
+        }
+    }
+
+    /// The `[hook]` of `config`, made and configured with the shared plugin host (`None`: no hook).
+    pub fn hook_factory(&mut self, config: &Config) -> Result<Option<HookFactory>, ControlError> {
+        if config.hook.is_none() {
+            return Ok(None);
+        }
+        crate::hook::factory(config, self.host()?)
     }
 
     /// How often to poll the catalog.
@@ -194,7 +209,7 @@ impl GatewayControl {
         // A changed `[hook]` or hook file: made, instantiated and configured here first, so a hook
         // that cannot load or refuses its settings refuses the reload and the running one stays.
         let hook = if config.hook != self.config.hook || files.hook != self.files.hook {
-            match crate::hook::factory(&config) {
+            match self.hook_factory(&config) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     tracing::error!(error = %e, "reload refused: the connection hook cannot load; the running configuration stays");
@@ -548,7 +563,7 @@ pub fn start_with(
     let registration = register::registration(config, register)?;
     let mut control = GatewayControl::with_waker(config.clone(), waker.clone())?;
     let table = control.initial_table()?;
-    let hook = crate::hook::factory(config)?;
+    let hook = control.hook_factory(config)?;
     let mut settings = config.gateway.clone();
     if control.uses_consul() || registration.is_some() {
         // A socket per watch (and the registration's), out of the connections' descriptors.

@@ -6,7 +6,7 @@ use crate::plugins;
 use meshgate_config::{Config, HookFailure, HOOK_MAX_DEADLINE_MS};
 use meshgate_engine::hook::{ConnectionHook, HookDecision, HookFactory, HookVerdict};
 use meshgate_plugin::types::Decision;
-use meshgate_plugin::HookPlugin;
+use meshgate_plugin::{HookPlugin, PluginHost};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,8 +61,8 @@ impl ConnectionHook for WasmHook {
     }
 }
 
-/// The factory for `[hook]`, compiling the plugin once; `None` when no hook is configured.
-pub fn factory(config: &Config) -> Result<Option<HookFactory>, ControlError> {
+/// The factory for `[hook]`, compiling the plugin once with `host`; `None` when no hook is configured.
+pub fn factory(config: &Config, host: &PluginHost) -> Result<Option<HookFactory>, ControlError> {
     let Some(section) = config.hook.clone() else {
         return Ok(None);
     };
@@ -70,7 +70,7 @@ pub fn factory(config: &Config) -> Result<Option<HookFactory>, ControlError> {
         section: "[hook]",
         source,
     };
-    let host = plugins::host()?;
+    let host = host.clone();
     let (name, component) = host
         .component(&section.plugin, &config.base_dir)
         .map_err(hook_error)?;
