@@ -687,17 +687,9 @@ mod tests {
         /// every group's live endpoints up to the per-group cap, groups in order.
         #[test]
         fn plans_with_health_are_well_formed(sizes in proptest::collection::vec(1usize..6, 1..4), states in proptest::collection::vec(0u8..4, 24), seed in any::<u64>()) {
-            let groups: Vec<Vec<u16>> = sizes.iter().enumerate()
-                .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect()).collect();
+            let groups = port_groups(&sizes);
             let r = route(groups.clone(), LbPolicy::RoundRobin);
-            let live = |p: u16| {
-                let i = usize::from(p % 100) + 6 * usize::from(p / 100);
-                match states[i % states.len()] {
-                    0 => Liveness::Down,
-                    1 => Liveness::Unknown,
-                    k => up(u32::from(k) * 10),
-                }
-            };
+            let live = |p: u16| liveness(&states, p);
             let mut s = LbState::new(1, seed);
             let got = all_with(&r, &mut s, live);
             prop_assert!(got.iter().all(|&p| live(p) != Liveness::Down));
@@ -718,8 +710,7 @@ mod tests {
         /// Every plan tries distinct endpoints, at most three per group, groups in priority order.
         #[test]
         fn plans_are_well_formed(sizes in proptest::collection::vec(1usize..6, 1..4), lb in prop_oneof![Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastConnections)], seed in any::<u64>(), rounds in 1usize..5) {
-            let groups: Vec<Vec<u16>> = sizes.iter().enumerate()
-                .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect()).collect();
+            let groups = port_groups(&sizes);
             let r = route(groups, lb);
             let mut s = LbState::new(1, seed);
             for _ in 0..rounds {
@@ -736,14 +727,30 @@ mod tests {
         }
     }
 
-    /// Groups of `sizes` with ports `g * 100 + i + 1`, and their weights from `raw` (at least one
-    /// positive per group).
-    fn weighted_groups(sizes: &[usize], raw: &[u32]) -> (Vec<Vec<u16>>, Vec<Vec<u32>>) {
-        let groups: Vec<Vec<u16>> = sizes
+    /// Groups of `sizes` endpoints, with ports `g * 100 + i + 1` (group `g`, endpoint `i`).
+    fn port_groups(sizes: &[usize]) -> Vec<Vec<u16>> {
+        sizes
             .iter()
             .enumerate()
             .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect())
-            .collect();
+            .collect()
+    }
+
+    /// A liveness for port `p` of [`port_groups`], drawn from `states` (0 down, 1 unknown, else up
+    /// with an RTT of 10 × the state).
+    fn liveness(states: &[u8], p: u16) -> Liveness {
+        let i = usize::from(p % 100) + 6 * usize::from(p / 100);
+        match states[i % states.len()] {
+            0 => Liveness::Down,
+            1 => Liveness::Unknown,
+            k => up(u32::from(k) * 10),
+        }
+    }
+
+    /// Groups of `sizes` with ports `g * 100 + i + 1`, and their weights from `raw` (at least one
+    /// positive per group).
+    fn weighted_groups(sizes: &[usize], raw: &[u32]) -> (Vec<Vec<u16>>, Vec<Vec<u32>>) {
+        let groups = port_groups(sizes);
         let weights = groups
             .iter()
             .enumerate()
@@ -786,14 +793,7 @@ mod tests {
         fn weighted_plans_are_well_formed(sizes in proptest::collection::vec(1usize..6, 1..4), raw in proptest::collection::vec(0u32..5, 1..20), states in proptest::collection::vec(0u8..4, 24), lb in prop_oneof![Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastConnections)], seed in any::<u64>(), rounds in 1usize..6) {
             let (groups, weights) = weighted_groups(&sizes, &raw);
             let r = weighted_route(groups.clone(), weights, lb);
-            let live = |p: u16| {
-                let i = usize::from(p % 100) + 6 * usize::from(p / 100);
-                match states[i % states.len()] {
-                    0 => Liveness::Down,
-                    1 => Liveness::Unknown,
-                    k => up(u32::from(k) * 10),
-                }
-            };
+            let live = |p: u16| liveness(&states, p);
             let mut s = LbState::new(1, seed);
             for _ in 0..rounds {
                 for got in [all(&r, &mut s), all_with(&r, &mut s, live)] {
@@ -833,8 +833,7 @@ mod tests {
         /// Unweighted groups — no weights, or an empty list for each group — plan as before weights.
         #[test]
         fn unweighted_plans_are_unchanged(sizes in proptest::collection::vec(1usize..6, 1..4), lb in prop_oneof![Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastConnections)], seed in any::<u64>(), rounds in 1usize..8, explicit in any::<bool>()) {
-            let groups: Vec<Vec<u16>> = sizes.iter().enumerate()
-                .map(|(g, &n)| (0..n).map(|i| (g * 100 + i) as u16 + 1).collect()).collect();
+            let groups = port_groups(&sizes);
             let weights = if explicit { vec![vec![]; groups.len()] } else { vec![] };
             let r = weighted_route(groups.clone(), weights, lb);
             let mut s = LbState::new(1, seed);
