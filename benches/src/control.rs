@@ -16,10 +16,12 @@
 //!   that window less its idle rate; the phases (the catalog plugin's fetch, the router plugin, the table
 //!   build, the install) are the wall-clock times the gateway logs with each table it installs.
 //!
-//! With `--consul` the catalog is a Consul 1.8 dev agent instead (`meshgate_consul::lab`, its
-//! per-client connection limit raised: the gateway holds one blocking query per watch): every service
-//! is registered through the agent's HTTP API with a sidecar whose TTL check is passing, the gateway
-//! runs the shipped `consul-catalog`, and a change sets one sidecar's TTL check critical or passing.
+//! With `--consul` the catalog is a Consul 1.8 dev agent instead (`meshgate_consul::lab`, default
+//! limits): every service and its sidecar are registered in the catalog (`/v1/catalog/register`, on 50
+//! nodes of their own: the agent's own API syncs its whole local state on every registration, which
+//! made 10,000 take over 20 minutes), the sidecar with a passing check; the gateway runs the shipped
+//! `consul-catalog` with its default discovery, and a change registers the sidecar's check again as
+//! critical or passing.
 //!
 //! Usage: `cargo build --release -p meshgate -p meshgate-bench && target/release/meshgate-control-bench
 //! [--quick] [--consul] [--services 10000] [--changes 50] [--seconds 120] [--poll-ms MS] [--idle-seconds 5]
@@ -34,7 +36,7 @@ mod common;
 mod procfs;
 
 use common::{admin_get, free_addr, meshgate_bin};
-use meshgate_consul::lab::{DevAgent, Instance, Options as LabOptions};
+use meshgate_consul::lab::{DevAgent, Options as LabOptions};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -169,7 +171,7 @@ fn rewrite(dir: &Path, i: usize, status: &str) -> std::io::Result<()> {
 enum Source {
     /// A file-catalog directory: the registration is rewritten.
     Files(PathBuf),
-    /// A Consul 1.8 dev agent the `consul-catalog` plugin watches: the sidecar's TTL check is set.
+    /// A Consul 1.8 dev agent the `consul-catalog` plugin watches: the sidecar's check is registered again.
     Consul(Box<DevAgent>),
 }
 
@@ -177,26 +179,56 @@ impl Source {
     fn flip(&self, i: usize, status: &str) -> Result<(), String> {
         match self {
             Source::Files(dir) => rewrite(dir, i, status).map_err(|e| e.to_string()),
-            Source::Consul(agent) => {
-                let check = consul_instance(i).check_id();
-                if status == "passing" {
-                    agent.check_pass(&check)
-                } else {
-                    agent.check_fail(&check)
-                }
-                .map_err(|e| e.to_string())
-            }
+            Source::Consul(agent) => agent
+                .put("/v1/catalog/register", Some(&catalog_sidecar(i, status)))
+                .map_err(|e| e.to_string()),
         }
     }
 }
 
-/// Service `i` as registered in Consul: its sidecar on 127.0.0.1:(20000 + i % 40000).
-fn consul_instance(i: usize) -> Instance {
-    let port = u16::try_from(20_000 + i % 40_000).unwrap_or(u16::MAX);
-    Instance::new(&service_name(i), &service_name(i), port)
+/// The catalog plugin's limits with Consul: the whole local catalog of a dev agent (which indents its
+/// JSON) is ~3 KB per service, ~30 MB at 10,000, decoded in the plugin on every change.
+const CONSUL_PLUGIN_LIMITS: &str = "memory_mib = 512\ndeadline_ms = 5000\n";
+
+/// Nodes the Consul catalog's services are spread over.
+const CONSUL_NODES: usize = 50;
+
+/// The catalog node of service `i` (not the agent's own: its anti-entropy would remove them).
+fn catalog_node(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "Node": format!("bulk-node-{}", i % CONSUL_NODES),
+        "Address": "127.0.0.1",
+        "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
+    })
 }
 
-/// Registers `services` services, each with a sidecar, through the agent's HTTP API (4 at a time).
+/// `PUT /v1/catalog/register` of service `i` (typical kind, no check).
+fn catalog_service(i: usize) -> serde_json::Value {
+    let mut body = catalog_node(i);
+    body["Service"] = serde_json::json!({
+        "ID": service_name(i), "Service": service_name(i), "Port": 8080,
+    });
+    body
+}
+
+/// `PUT /v1/catalog/register` of service `i`'s sidecar on 127.0.0.1:(20000 + i % 40000), with its one
+/// check in `status`.
+fn catalog_sidecar(i: usize, status: &str) -> serde_json::Value {
+    let name = service_name(i);
+    let id = format!("{name}-sidecar-proxy");
+    let mut body = catalog_node(i);
+    body["Service"] = serde_json::json!({
+        "Kind": "connect-proxy", "ID": id, "Service": id, "Port": 20_000 + i % 40_000,
+        "Proxy": {"DestinationServiceName": name, "DestinationServiceID": name,
+                  "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080},
+    });
+    body["Check"] = serde_json::json!({
+        "CheckID": format!("{id}-check"), "Name": "sidecar", "ServiceID": id, "Status": status,
+    });
+    body
+}
+
+/// Registers `services` services, each with a sidecar, in the catalog (4 requests at a time).
 fn register_in_consul(agent: &DevAgent, services: usize) -> Result<(), String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -207,9 +239,11 @@ fn register_in_consul(agent: &DevAgent, services: usize) -> Result<(), String> {
                     if i >= services {
                         return Ok(());
                     }
-                    agent
-                        .register_with_sidecar(&consul_instance(i))
-                        .map_err(|e| format!("register {}: {e}", service_name(i)))?;
+                    for body in [catalog_service(i), catalog_sidecar(i, "passing")] {
+                        agent
+                            .put("/v1/catalog/register", Some(&body))
+                            .map_err(|e| format!("register {}: {e}", service_name(i)))?;
+                    }
                 })
             })
             .collect();
@@ -254,17 +288,21 @@ impl Gateway {
             "[gateway]\nname = \"mesh-gateway\"\ndatacenter = \"dc1\"\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = 1\n\n"
         );
         let source = if o.consul {
-            // The gateway holds a connection per watch (two per service: its own name and its
-            // sidecar's); the agent resets connections past `http_max_conns_per_client` (200).
-            let agent = DevAgent::start(
-                LabOptions::dc("dc1").hcl("limits { http_max_conns_per_client = 4000 }"),
-            )
-            .unwrap_or_else(|e| panic!("Consul dev agent: {e}"));
+            // Default limits: 200 connections per client, which a watch per service would pass.
+            let agent = DevAgent::start(LabOptions::dc("dc1"))
+                .unwrap_or_else(|e| panic!("Consul dev agent: {e}"));
+            let registering = Instant::now();
             register_in_consul(&agent, o.services).unwrap_or_else(|e| panic!("{e}"));
+            eprintln!(
+                "{} services and their sidecars registered in {:.1} s",
+                o.services,
+                registering.elapsed().as_secs_f64()
+            );
             let _ = write!(
                 text,
-                "[consul]\naddress = \"{}\"\n\n[catalog]\nplugin = \"consul-catalog\"\n",
-                agent.http_addr()
+                "[consul]\naddress = \"{}\"\n\n[catalog]\nplugin = \"consul-catalog\"\n{}",
+                agent.http_addr(),
+                CONSUL_PLUGIN_LIMITS
             );
             Source::Consul(Box::new(agent))
         } else {

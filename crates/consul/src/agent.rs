@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8500";
 /// Default total deadline for a non-blocking request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default cap on an answer's body. A catalog of thousands of instances stays well below it.
-pub const DEFAULT_MAX_BODY: usize = 16 << 20;
+/// Default cap on an answer's body. The largest answer a gateway reads is the whole local catalog
+/// (`/v1/internal/ui/nodes`): about 1.5 KB per service with its sidecar and checks, twice that from a
+/// `-dev` agent, which indents its JSON; 10,000 services are ~15 MB (~30 MB indented).
+pub const DEFAULT_MAX_BODY: usize = 64 << 20;
 /// Cap on a token file: a secret is a UUID; anything large is a wrong path.
 const MAX_TOKEN_FILE: u64 = 64 << 10;
 

@@ -100,6 +100,84 @@ pub struct Service {
     pub datacenter: String,
     /// Content hash (in `/v1/agent/service/<id>` answers, for hash-based blocking).
     pub content_hash: String,
+    /// Connect settings: whether the service speaks mTLS itself (Connect-native).
+    #[serde(deserialize_with = "nullable")]
+    pub connect: ServiceConnect,
+}
+
+/// A service's `Connect` block (what a gateway needs of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceConnect {
+    /// The service terminates mesh mTLS itself: it is its own connect endpoint, no sidecar.
+    pub native: bool,
+}
+
+/// One node of `GET /v1/internal/ui/nodes` (Consul's `NodeInfo`): the node, every service instance on
+/// it and every check (node checks have an empty `ServiceID`). The whole local catalog in one
+/// blocking query; its nodes carry no datacenter (it is the agent's).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeInfo {
+    /// Node ID (a UUID).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Node name.
+    pub node: String,
+    /// The node's LAN address.
+    pub address: String,
+    /// `lan`, `wan`, … → address.
+    #[serde(deserialize_with = "nullable")]
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Node metadata.
+    #[serde(deserialize_with = "nullable")]
+    pub meta: BTreeMap<String, String>,
+    /// Every service instance on the node.
+    #[serde(deserialize_with = "nullable")]
+    pub services: Vec<Service>,
+    /// Every check on the node.
+    #[serde(deserialize_with = "nullable")]
+    pub checks: Vec<HealthCheck>,
+}
+
+impl NodeInfo {
+    /// The node's connect endpoints as `health/connect/<destination>` would list them, by destination:
+    /// each `connect-proxy` under the service it fronts, each Connect-native service under its own
+    /// name, with the node (in datacenter `dc`) and the node's and the instance's checks.
+    pub fn connect_endpoints(
+        &self,
+        dc: &str,
+    ) -> impl Iterator<Item = (&str, CheckServiceNode)> + '_ {
+        let node = Node {
+            id: self.id.clone(),
+            node: self.node.clone(),
+            address: self.address.clone(),
+            datacenter: dc.to_owned(),
+            tagged_addresses: self.tagged_addresses.clone(),
+            meta: self.meta.clone(),
+        };
+        self.services.iter().filter_map(move |s| {
+            let destination = match s.kind.as_str() {
+                "connect-proxy" => s.proxy.as_ref()?.destination_service_name.as_str(),
+                "" if s.connect.native => s.service.as_str(),
+                _ => return None,
+            };
+            let checks = self
+                .checks
+                .iter()
+                .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                .cloned()
+                .collect();
+            Some((
+                destination,
+                CheckServiceNode {
+                    node: node.clone(),
+                    service: s.clone(),
+                    checks,
+                },
+            ))
+        })
+    }
 }
 
 /// A tagged service address.

@@ -4,7 +4,7 @@
 //! plans against the same list.
 
 /// Read endpoints: exact paths, or prefixes (ending in `/`) followed by one more path.
-pub const ALLOWED: [&str; 10] = [
+pub const ALLOWED: [&str; 11] = [
     "/v1/agent/connect/ca/roots",
     "/v1/agent/service/",
     "/v1/catalog/services",
@@ -15,6 +15,7 @@ pub const ALLOWED: [&str; 10] = [
     "/v1/connect/intentions",
     "/v1/internal/federation-states/mesh-gateways",
     "/v1/internal/ui/services",
+    "/v1/internal/ui/nodes",
 ];
 
 /// Whether `path` (without its query) is a read a plugin may have watched; why not if it is not.

@@ -10,7 +10,8 @@
 //! - `agent_outage_keeps_the_last_table_and_recovers`: the agent killed mid-traffic, then restarted;
 //! - `sigterm_enters_maintenance_drains_and_deregisters`;
 //! - `acl_tokens_minimal_works_missing_permissions_exit_2`;
-//! - `catalog_change_to_route_latency`: 50 changes, p50/p99 and HTTP requests per change printed.
+//! - `catalog_change_to_route_latency`: 50 changes, p50/p99 and HTTP requests per change printed;
+//! - `a_catalog_past_the_agents_connection_limit_is_read_in_one_query`: 150 services on a default agent.
 //!
 //! Each test has its own lab, so they stay independent and may run in parallel (cargo's default on
 //! this 2-core machine is 2 at a time: at most 4 agents of ~60 MB and 4 single-core gateways). Only
@@ -640,5 +641,92 @@ fn two_gateways_in_one_datacenter_both_carry_traffic() {
         "one gateway took everything: {} / {}",
         counted(&gw2a),
         counted(&gw2b)
+    );
+}
+
+/// A catalog larger than one watch per service allows: 150 services with sidecars are 302 listed names,
+/// and the agent takes at most 200 connections from one client (its default
+/// `http_max_conns_per_client`, which this lab keeps), one per blocking query. The gateway reads the
+/// whole local catalog in one query (`discovery = "auto"` above 128 names): it gets ready, routes every
+/// service, carries a real TLS connection to one, follows a health change, and runs a handful of
+/// watches, not hundreds.
+#[test]
+fn a_catalog_past_the_agents_connection_limit_is_read_in_one_query() {
+    if lab::skip_requested() {
+        return;
+    }
+    const SERVICES: usize = 150;
+    let consul = DevAgent::start(Options::dc("dc1")).expect("consul dev agent");
+    let td = consul.trust_domain().expect("trust domain");
+    let pki = Pki::new("large catalog").expect("pki");
+    let name = |i: usize| format!("bulk{i}");
+    let served = backend(&pki, "bulk0", &[&sni(&name(0), "dc1", &td)]);
+    let idle_port = free_port();
+    let registering = Instant::now();
+    for i in 0..SERVICES {
+        let port = if i == 0 {
+            served.addr().port()
+        } else {
+            idle_port
+        };
+        consul
+            .register_with_sidecar(&Instance::new(&name(i), &format!("{}-1", name(i)), port))
+            .expect("register");
+    }
+    eprintln!(
+        "{SERVICES} services registered in {:?}",
+        registering.elapsed()
+    );
+    let gw = MeshGw::start(&consul, Register::Flag, None, "");
+    let _dump = DumpOnPanic::new(&[&gw.proc]);
+    let all = wait_for(SETTLE, "every service routed", || {
+        let routes = gw.routes();
+        (0..SERVICES)
+            .all(|i| routes.contains_key(&sni(&name(i), "dc1", &td)))
+            .then_some(routes.len())
+    });
+    let watches = gw.gauge("meshgate_consul_watches");
+    eprintln!("{all} routes from {watches} watches");
+    assert!(
+        watches <= 8.0,
+        "{watches} watches for {SERVICES} services: not one query for the catalog"
+    );
+    let via = gw.listen;
+    let answered = hello(via, &sni(&name(0), "dc1", &td), &pki);
+    assert!(
+        answered
+            .as_deref()
+            .is_some_and(|a| a.starts_with("backend=bulk0 ")),
+        "{answered:?}"
+    );
+
+    // A health change anywhere in the catalog reaches the table.
+    let changed = Instance::new(&name(7), &format!("{}-1", name(7)), idle_port);
+    let routed = |present: bool| {
+        poll_until(Duration::from_secs(10), || {
+            (gw.routes().contains_key(&sni(&name(7), "dc1", &td)) == present).then_some(())
+        })
+    };
+    let t0 = Instant::now();
+    consul.check_fail(&changed.check_id()).expect("fail");
+    routed(false).expect("a critical service leaves the table");
+    let out = t0.elapsed();
+    let t0 = Instant::now();
+    consul.check_pass(&changed.check_id()).expect("pass");
+    routed(true).expect("a passing service comes back");
+    eprintln!(
+        "one check among {SERVICES} services: out of the table in {out:?}, back in {:?}",
+        t0.elapsed()
+    );
+    let answered = hello(via, &sni(&name(0), "dc1", &td), &pki);
+    assert!(
+        answered
+            .as_deref()
+            .is_some_and(|a| a.starts_with("backend=bulk0 ")),
+        "{answered:?} after the change"
+    );
+    assert!(
+        gw.gauge("meshgate_consul_watches") <= 8.0,
+        "still a handful of watches"
     );
 }

@@ -23,6 +23,7 @@ const RESOLVERS: &str = "/v1/config/service-resolver";
 const SERVERS: &str = "/v1/health/service/consul";
 const INTENTIONS: &str = "/v1/connect/intentions";
 const PROXY_DEFAULTS: &str = "/v1/config/proxy-defaults/global";
+const NODES: &str = "/v1/internal/ui/nodes";
 
 fn fixture(name: &str) -> Value {
     let path = format!(
@@ -284,28 +285,20 @@ fn gateway_catalog_routes_as_consul_computes_them() {
     let mut p = consul_catalog(&h);
     let agent = Agent::gateway();
     let d = drive(&mut p, &[], &agent);
-    // No answers → the fixed watches; their answers → one health watch per name; those → the catalog.
-    assert_eq!(d.rounds, 3);
+    // No answers → the fixed watches; their answers → one health watch per name but `consul` and the
+    // gateways the federation states list; those → the catalog, and no watch for the names the answers
+    // show to be sidecars (one more round to see the plan unchanged).
+    assert_eq!(d.rounds, 4);
     let keys: BTreeSet<&str> = d.plan.watches.iter().map(|w| w.key.as_str()).collect();
     let want: BTreeSet<String> = [ROOTS, SERVICES, FED, RESOLVERS]
         .iter()
         .map(|s| s.to_string())
-        .chain(
-            [
-                "api",
-                "api-sidecar-proxy",
-                "mesh-gateway",
-                "web",
-                "web-sidecar-proxy",
-            ]
-            .iter()
-            .map(|s| health(s)),
-        )
+        .chain(["api", "web"].iter().map(|s| health(s)))
         .collect();
     assert_eq!(
         keys,
         want.iter().map(String::as_str).collect(),
-        "every name but consul"
+        "one watch per connect destination"
     );
     let catalog = catalog_of(&d);
     assert_eq!(catalog.trust_domain, TD);
@@ -850,5 +843,167 @@ fn no_catalog_while_a_named_watch_is_unanswered() {
                 missing.key
             );
         }
+    }
+}
+
+/// The agent's whole local catalog as `/v1/internal/ui/nodes` gives it, made from its `health/connect`
+/// answers: each node once with every instance on it and every check, plus each sidecar's parent
+/// service (a typical instance, which has no connect endpoint of its own) and the Consul server.
+fn with_node_dump(mut agent: Agent) -> Agent {
+    let names: ServiceNames = agent.decode(SERVICES);
+    let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
+    for name in names.keys().filter(|n| *n != "consul") {
+        for entry in agent.json(&health(name)).as_array().expect("a list") {
+            let mut node = entry["Node"].clone();
+            node.as_object_mut().expect("node").remove("Datacenter");
+            let id = node["Node"].as_str().expect("node name").to_owned();
+            let info = nodes.entry(id).or_insert_with(|| {
+                node["Services"] = json!([{"ID": "consul", "Service": "consul", "Port": 8300}]);
+                node["Checks"] = json!([]);
+                node
+            });
+            let service = entry["Service"].clone();
+            let parent = json!({"ID": format!("{name}-parent-of-{}", service["ID"].as_str().unwrap_or("")),
+                "Service": name, "Port": 8080, "Connect": {}});
+            for s in [service, parent] {
+                info["Services"].as_array_mut().expect("services").push(s);
+            }
+            for check in entry["Checks"].as_array().expect("checks") {
+                let mut check = check.clone();
+                // Some recorded answers are trimmed of `ServiceID`, which the node view needs to
+                // tell an instance's checks from the node's.
+                if check.get("ServiceID").is_none() {
+                    let node_check = ["serfHealth", "_node_maintenance"]
+                        .contains(&check["CheckID"].as_str().unwrap_or(""));
+                    check["ServiceID"] = if node_check {
+                        json!("")
+                    } else {
+                        entry["Service"]["ID"].clone()
+                    };
+                }
+                let checks = info["Checks"].as_array_mut().expect("checks");
+                if !checks.iter().any(|c| c["CheckID"] == check["CheckID"]) {
+                    checks.push(check);
+                }
+            }
+        }
+    }
+    agent.set(NODES, Value::Array(nodes.into_values().collect()));
+    agent
+}
+
+/// Sorted (pattern, endpoints) of a route list.
+fn table_of(routes: &[Route]) -> Vec<(String, Vec<String>)> {
+    let mut t: Vec<(String, Vec<String>)> = routes
+        .iter()
+        .map(|r| {
+            let mut e = r.endpoints.clone();
+            e.sort();
+            (r.pattern.clone(), e)
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+/// `discovery = "catalog"`: one `/v1/internal/ui/nodes` query instead of a watch per service (the
+/// datacenter from the Consul servers' answer), and the same routes as watching each service.
+#[test]
+fn the_whole_catalog_in_one_query_routes_as_per_service_watches() {
+    let h = host();
+    let mut p = consul_catalog(&h);
+    let mut router = router(&h);
+    let agent = with_node_dump(Agent::gateway());
+    let per_service = drive(&mut p, &settings(&[("discovery", "per-service")]), &agent);
+    let whole = drive(&mut p, &settings(&[("discovery", "catalog")]), &agent);
+    let keys: BTreeSet<&str> = whole.plan.watches.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        set(&[ROOTS, SERVICES, FED, RESOLVERS, NODES, SERVERS])
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+    let a = router
+        .gateway_routes(&[], catalog_of(&per_service), "dc1")
+        .expect("routes");
+    let b = router
+        .gateway_routes(&[], catalog_of(&whole), "dc1")
+        .expect("routes");
+    assert_eq!(table_of(&a), table_of(&b));
+    assert_same(&native(&agent, false), &b, &[]);
+    // Health comes from the node's checks and the instance's own, not from its neighbours'.
+    assert_eq!(
+        instance_health(catalog_of(&whole), "api-2-sidecar-proxy"),
+        Health::Critical
+    );
+    assert_eq!(
+        instance_health(catalog_of(&whole), "api-1-sidecar-proxy"),
+        Health::Passing
+    );
+    let dcs: BTreeSet<&str> = catalog_of(&whole)
+        .instances
+        .iter()
+        .map(|i| i.datacenter.as_str())
+        .collect();
+    assert!(dcs.contains("dc1") && !dcs.contains(""), "{dcs:?}");
+
+    // A `datacenter` setting names it without the servers' answer.
+    let named = drive(
+        &mut p,
+        &settings(&[("discovery", "catalog"), ("datacenter", "dc1")]),
+        &agent,
+    );
+    assert!(!named.plan.watches.iter().any(|w| w.key == SERVERS));
+    let c = router
+        .gateway_routes(&[], catalog_of(&named), "dc1")
+        .expect("routes");
+    assert_eq!(table_of(&a), table_of(&c));
+
+    // No server listed: the datacenter is unknown, and the error says what to set.
+    let mut empty = agent.clone();
+    empty.set(SERVERS, json!([]));
+    let answers: Vec<WatchAnswer> = whole.plan.watches.iter().map(|w| empty.answer(w)).collect();
+    let err = p
+        .plan(&settings(&[("discovery", "catalog")]), &answers)
+        .expect_err("no datacenter");
+    assert!(err.to_string().contains("`datacenter`"), "{err}");
+}
+
+/// `discovery = "auto"` (the default): per service while the listed names are at most
+/// `max_service_watches`, the catalog query above it; once the catalog query runs, back to per
+/// service only below three quarters of the limit. Bad values are refused by `configure`.
+#[test]
+fn auto_discovery_switches_on_the_number_of_listed_names() {
+    let h = host();
+    let mut p = consul_catalog(&h);
+    let agent = with_node_dump(Agent::gateway());
+    // Six names are listed (consul included).
+    let names: ServiceNames = agent.decode(SERVICES);
+    assert_eq!(names.len(), 6);
+    let whole = |d: &Driven| d.plan.watches.iter().any(|w| w.key == NODES);
+    for (max, expect) in [("6", false), ("5", true), ("128", false)] {
+        let d = drive(&mut p, &settings(&[("max_service_watches", max)]), &agent);
+        assert_eq!(whole(&d), expect, "max_service_watches = {max}");
+        assert!(d.plan.catalog.is_some());
+    }
+    // With the catalog query running, limit 7: 6 names are not above 7 - 7/4 = 6, back per service ...
+    let s = settings(&[("max_service_watches", "7")]);
+    let running = drive(&mut p, &settings(&[("discovery", "catalog")]), &agent);
+    let plan = p.plan(&s, &running.answers).expect("plan");
+    assert!(
+        !plan.watches.iter().any(|w| w.key == NODES),
+        "6 names, limit 7: back to per service"
+    );
+    // ... and at 6 of 6 it stays (above 6 - 6/4 = 5), where a fresh start would watch per service.
+    let s = settings(&[("max_service_watches", "6")]);
+    let plan = p.plan(&s, &running.answers).expect("plan");
+    assert!(
+        plan.watches.iter().any(|w| w.key == NODES),
+        "6 names, limit 6, the catalog query running: kept"
+    );
+    for (k, v) in [("discovery", "everything"), ("max_service_watches", "many")] {
+        let err = p.configure(&settings(&[(k, v)])).expect_err("refused");
+        assert!(err.to_string().contains(k), "{err}");
     }
 }

@@ -5,10 +5,15 @@
 //! [`plan`](Guest::plan) again with the latest answers. `plan` is a pure function of its arguments.
 //!
 //! Roles, by setting:
-//! - gateway (default): CA roots, the service list, one `health/connect` per listed service (except
-//!   `consul`), every datacenter's gateways from the federation states, the `service-resolver` entries,
-//!   and with `wan_federation = "true"` the local Consul servers. The lifecycle (a name leaving the list
-//!   drops its watch and its instances; an empty answer drops its entry; readiness) is
+//! - gateway (default): CA roots, the service list, the local connect endpoints, every datacenter's
+//!   gateways from the federation states, the `service-resolver` entries, and with
+//!   `wan_federation = "true"` the local Consul servers. The endpoints (`discovery`): one
+//!   `health/connect` per listed service, as Consul's own gateway watches them (`per-service`; names
+//!   another answer shows to be a sidecar or a gateway are not watched), or the whole local catalog
+//!   in one `/v1/internal/ui/nodes` query (`catalog`), since every blocking query holds a connection
+//!   and the agent takes 200 per client by default; `auto` (the default) watches per service up to
+//!   `max_service_watches` listed names (128). The lifecycle (a name leaving the list drops its watch
+//!   and its instances; an empty answer drops its entry; readiness) is
 //!   `meshgate_consul::state::GatewayState`'s, the same code the native gateway runs.
 //! - sidecar (`service = "<name>"`, optional `proxy_id`): CA roots, the service's own connect endpoints
 //!   (its proxy registrations with their upstreams), each upstream's connect endpoints in its datacenter,
@@ -27,8 +32,8 @@ mod convert;
 
 use convert::{gateway_instance, instance, PlanError};
 use meshgate_consul::model::{
-    CaRoots, CheckServiceNode, FederationStateGateways, Intention, ProxyDefaults, Service,
-    ServiceDefaults, ServiceNames, ServiceResolver, WAN_FEDERATION_META,
+    CaRoots, CheckServiceNode, FederationStateGateways, Intention, NodeInfo, ProxyDefaults,
+    Service, ServiceDefaults, ServiceNames, ServiceResolver, WAN_FEDERATION_META,
 };
 use meshgate_consul::state::{GatewayState, Update};
 use meshgate_guest::types::{
@@ -53,6 +58,55 @@ const RESOLVERS: &str = "/v1/config/service-resolver";
 const SERVERS: &str = "/v1/health/service/consul";
 const PROXY_DEFAULTS: &str = "/v1/config/proxy-defaults/global";
 const INTENTIONS: &str = "/v1/connect/intentions";
+const NODES: &str = "/v1/internal/ui/nodes";
+
+/// Listed service names above which a gateway reads the catalog in one query (`discovery = "auto"`).
+/// Every blocking query holds a connection to the agent, and the agent accepts 200 per client address
+/// by default (`limits.http_max_conns_per_client`), shared with whatever else runs on the host.
+const DEFAULT_MAX_SERVICE_WATCHES: usize = 128;
+
+/// How a gateway learns the local connect endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discovery {
+    /// One `health/connect/<name>` per listed service (Consul's own gateway's watches, served from
+    /// the agent's cache): each change reads one service. Connections grow with the catalog.
+    PerService,
+    /// One `/v1/internal/ui/nodes` for the whole catalog: a constant number of connections, each
+    /// change reads the whole local catalog.
+    Catalog,
+    /// Per service while at most this many names are listed, else the catalog query; back to per
+    /// service below three quarters of it, so a catalog at the edge does not flip between the two.
+    Auto(usize),
+}
+
+impl Discovery {
+    fn from_settings<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Discovery, String> {
+        let max = match get("max_service_watches") {
+            None => DEFAULT_MAX_SERVICE_WATCHES,
+            Some(v) => v.parse::<usize>().map_err(|_| {
+                format!("setting `max_service_watches`: {v:?} is not a whole number")
+            })?,
+        };
+        match get("discovery") {
+            None | Some("auto") => Ok(Discovery::Auto(max)),
+            Some("per-service") => Ok(Discovery::PerService),
+            Some("catalog") => Ok(Discovery::Catalog),
+            Some(other) => Err(format!(
+                "setting `discovery`: {other:?} is not \"auto\", \"per-service\" or \"catalog\""
+            )),
+        }
+    }
+
+    /// Whether to read the whole catalog, with `listed` names and the catalog query `running`.
+    fn whole_catalog(self, listed: usize, running: bool) -> bool {
+        match self {
+            Discovery::PerService => false,
+            Discovery::Catalog => true,
+            Discovery::Auto(max) if running => listed > max - max / 4,
+            Discovery::Auto(max) => listed > max,
+        }
+    }
+}
 
 struct ConsulCatalog;
 
@@ -60,8 +114,16 @@ impl Guest for ConsulCatalog {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
         meshgate_guest::sdk::init();
         let config = meshgate_guest::sdk::Config::new(&settings);
-        config.only(&["datacenter", "service", "proxy_id", "wan_federation"])?;
+        config.only(&[
+            "datacenter",
+            "service",
+            "proxy_id",
+            "wan_federation",
+            "discovery",
+            "max_service_watches",
+        ])?;
         config.bool_or("wan_federation", false)?;
+        Discovery::from_settings(|k| config.str(k))?;
         if config.str("service") == Some("") {
             return Err("setting `service`: empty (name the service this sidecar fronts)".into());
         }
@@ -92,7 +154,8 @@ fn plan(settings: &[(String, String)], answers: &[WatchAnswer]) -> Result<WatchP
                     )))
                 }
             };
-            gateway(&answers, wan_federation, fallback_dc)
+            let discovery = Discovery::from_settings(get).map_err(PlanError::Setting)?;
+            gateway(&answers, wan_federation, fallback_dc, discovery)
         }
         Some("") => Err(PlanError::Setting("service is empty".into())),
         Some(service) => sidecar(&answers, service, get("proxy_id"), fallback_dc),
@@ -206,6 +269,7 @@ fn gateway(
     answers: &Answers<'_>,
     wan_federation: bool,
     fallback_dc: &str,
+    discovery: Discovery,
 ) -> Result<WatchPlan, PlanError> {
     // The state's local datacenter only matters to its own route table, which is not used here.
     let mut state = GatewayState::new(fallback_dc, "consul");
@@ -227,18 +291,55 @@ fn gateway(
     if let Some(names) = answers.get::<ServiceNames>(SERVICES)? {
         state.apply(Update::ServiceNames(names));
     }
+    let fed = answers.get::<FederationStateGateways>(FEDERATION_STATES)?;
     // `consul` is listed but has no connect endpoints; every other name might.
-    for service in state.wanted().services.iter().filter(|s| *s != "consul") {
-        let key = health_connect(service, None);
-        watches.add(key.clone());
-        if let Some(nodes) = answers.get::<Vec<CheckServiceNode>>(&key)? {
-            state.apply(Update::ServiceHealth {
-                service: service.clone(),
-                nodes,
-            });
+    let wanted = state.wanted().services;
+    let listed = wanted.iter().filter(|s| *s != "consul");
+    let whole = discovery.whole_catalog(wanted.len(), answers.has(NODES));
+    if whole {
+        watches.add(NODES.into());
+        let dc = local_datacenter(answers, &mut watches, fallback_dc)?;
+        if let (Some(dump), Some(dc)) = (answers.get::<Vec<NodeInfo>>(NODES)?, dc) {
+            let mut by_service: BTreeMap<&str, Vec<CheckServiceNode>> = BTreeMap::new();
+            for node in &dump {
+                for (service, endpoint) in node.connect_endpoints(&dc) {
+                    by_service.entry(service).or_default().push(endpoint);
+                }
+            }
+            for service in listed {
+                let nodes = by_service.remove(service.as_str()).unwrap_or_default();
+                state.apply(Update::ServiceHealth {
+                    service: service.clone(),
+                    nodes,
+                });
+            }
+        }
+    } else {
+        // Names known not to be connect destinations need no watch: the sidecars and native
+        // services another service's answer lists, and the mesh gateways.
+        let mut not_destinations = BTreeSet::new();
+        for service in wanted.iter() {
+            let key = health_connect(service, None);
+            if let Some(nodes) = answers.get::<Vec<CheckServiceNode>>(&key)? {
+                for n in nodes.iter().filter(|n| n.service.kind == "connect-proxy") {
+                    if n.service.service != *service {
+                        not_destinations.insert(n.service.service.clone());
+                    }
+                }
+                state.apply(Update::ServiceHealth {
+                    service: service.clone(),
+                    nodes,
+                });
+            }
+        }
+        for nodes in fed.iter().flat_map(|f| f.values()) {
+            not_destinations.extend(nodes.iter().map(|n| n.service.service.clone()));
+        }
+        for service in listed.filter(|s| !not_destinations.contains(*s)) {
+            watches.add(health_connect(service, None));
         }
     }
-    if let Some(fed) = answers.get::<FederationStateGateways>(FEDERATION_STATES)? {
+    if let Some(fed) = fed {
         state.apply(Update::FederationStates(fed));
     }
     if let Some(resolvers) = answers.get::<Vec<ServiceResolver>>(RESOLVERS)? {
@@ -254,7 +355,12 @@ fn gateway(
         Some(roots) if watches.answered(answers) && state.ready() => {
             let mut instances = Vec::new();
             for (service, nodes) in state.services() {
-                let key = health_connect(service, None);
+                // The watch an error names.
+                let key = if whole {
+                    NODES.to_owned()
+                } else {
+                    health_connect(service, None)
+                };
                 for node in nodes {
                     instances.extend(instance(node, fallback_dc, true, &key)?);
                 }
@@ -283,6 +389,31 @@ fn gateway(
         watches: watches.list,
         catalog,
     })
+}
+
+/// The datacenter of the catalog query's nodes (which carry none): the `datacenter` setting, else the
+/// local Consul servers' (`/v1/health/service/consul`, watched for it). `None` until answered.
+fn local_datacenter(
+    answers: &Answers<'_>,
+    watches: &mut Watches,
+    fallback_dc: &str,
+) -> Result<Option<String>, PlanError> {
+    if !fallback_dc.is_empty() {
+        return Ok(Some(fallback_dc.to_owned()));
+    }
+    watches.add(SERVERS.into());
+    let Some(servers) = answers.get::<Vec<CheckServiceNode>>(SERVERS)? else {
+        return Ok(None);
+    };
+    match servers.iter().find(|s| !s.node.datacenter.is_empty()) {
+        Some(server) => Ok(Some(server.node.datacenter.clone())),
+        None => Err(PlanError::Field {
+            key: SERVERS.into(),
+            message: "lists no Consul server, so the datacenter of the catalog query's nodes is \
+                      unknown (set `datacenter`)"
+                .into(),
+        }),
+    }
 }
 
 /// Every datacenter's mesh gateways (the federation-state key is their datacenter).

@@ -2,6 +2,7 @@
 //! the exact JSON Consul's own command sends.
 
 use super::*;
+use std::collections::BTreeSet;
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -402,4 +403,49 @@ fn resolver_failover_and_redirect_are_typed() {
         })
     );
     assert!(resolvers[1].failover.is_empty());
+}
+
+/// The whole-catalog view gives each connect destination exactly what `health/connect/<svc>` answers
+/// from the same agent state: the sidecar under the service it fronts, the Connect-native instance under
+/// its own name, each with its node's checks and its own (compared as sets: the order differs).
+#[test]
+fn node_view_connect_endpoints_are_the_health_connect_answers() {
+    let nodes: Vec<NodeInfo> = decode(fixture!("internal-ui-nodes.json"));
+    let mut by_destination: BTreeMap<String, Vec<CheckServiceNode>> = BTreeMap::new();
+    for node in &nodes {
+        for (destination, endpoint) in node.connect_endpoints("dc1") {
+            by_destination
+                .entry(destination.to_owned())
+                .or_default()
+                .push(endpoint);
+        }
+    }
+    let sorted = |mut v: Vec<CheckServiceNode>| {
+        for e in &mut v {
+            e.checks.sort_by(|a, b| a.check_id.cmp(&b.check_id));
+        }
+        v
+    };
+    let web: Vec<CheckServiceNode> = decode(fixture!("internal-ui-nodes.health-connect-web.json"));
+    let payments: Vec<CheckServiceNode> =
+        decode(fixture!("internal-ui-nodes.health-connect-payments.json"));
+    assert_eq!(
+        by_destination.keys().collect::<Vec<_>>(),
+        ["payments", "web"],
+        "typical services (web, consul) are no one's endpoint"
+    );
+    assert_eq!(sorted(by_destination["web"].clone()), sorted(web));
+    assert_eq!(sorted(by_destination["payments"].clone()), sorted(payments));
+    let sidecar = &by_destination["web"][0];
+    assert_eq!(sidecar.service.kind, "connect-proxy");
+    assert_eq!(
+        sidecar
+            .checks
+            .iter()
+            .map(|c| c.check_id.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["serfHealth", "web-1-sidecar-ttl"]),
+        "the node's check and its own, not web-1's"
+    );
+    assert!(by_destination["payments"][0].service.connect.native);
 }
