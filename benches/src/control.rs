@@ -21,10 +21,12 @@
 //! nodes of their own: the agent's own API syncs its whole local state on every registration, which
 //! made 10,000 take over 20 minutes), the sidecar with a passing check; the gateway runs the shipped
 //! `consul-catalog` with its default discovery, and a change registers the sidecar's check again as
-//! critical or passing.
+//! critical or passing. The plugin runs with its default limits unless `--plugin-memory-mib` is
+//! given: a dev agent indents its JSON, so the whole local catalog is ~3 KB per service, ~30 MB at
+//! 10,000, decoded in the plugin on every change.
 //!
 //! Usage: `cargo build --release -p meshgate -p meshgate-bench && target/release/meshgate-control-bench
-//! [--quick] [--consul] [--services 10000] [--changes 50] [--seconds 120] [--poll-ms MS] [--idle-seconds 5]
+//! [--quick] [--consul [--plugin-memory-mib N]] [--services 10000] [--changes 50] [--seconds 120] [--poll-ms MS] [--idle-seconds 5]
 //! [--catalog-plugin FILE.wasm] [--label TEXT] [--append] [--out benches/results/control.md]`.
 //! `--quick`: 10 changes after 2 s idle. Without `--poll-ms` the gateway's default poll interval
 //! applies. `--catalog-plugin` runs another build of the catalog plugin (to compare plugin versions on
@@ -57,6 +59,8 @@ struct Options {
     catalog_plugin: Option<PathBuf>,
     /// The catalog in a Consul dev agent (`consul-catalog`) instead of a directory.
     consul: bool,
+    /// With Consul: the catalog plugin's memory cap (`None`: the default).
+    plugin_memory_mib: Option<u64>,
     label: String,
     append: bool,
     out: PathBuf,
@@ -71,6 +75,7 @@ fn options() -> Options {
         idle_seconds: 5.0,
         catalog_plugin: None,
         consul: false,
+        plugin_memory_mib: None,
         label: "meshgate".into(),
         append: false,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/control.md"),
@@ -106,6 +111,7 @@ fn options() -> Options {
             "--poll-ms" => o.poll_ms = v.parse().ok(),
             "--idle-seconds" => o.idle_seconds = v.parse().unwrap_or(o.idle_seconds),
             "--catalog-plugin" => o.catalog_plugin = Some(v.into()),
+            "--plugin-memory-mib" => o.plugin_memory_mib = v.parse().ok(),
             "--label" => o.label = v,
             "--out" => o.out = v.into(),
             other => {
@@ -185,10 +191,6 @@ impl Source {
         }
     }
 }
-
-/// The catalog plugin's limits with Consul: the whole local catalog of a dev agent (which indents its
-/// JSON) is ~3 KB per service, ~30 MB at 10,000, decoded in the plugin on every change.
-const CONSUL_PLUGIN_LIMITS: &str = "memory_mib = 512\ndeadline_ms = 5000\n";
 
 /// Nodes the Consul catalog's services are spread over.
 const CONSUL_NODES: usize = 50;
@@ -302,7 +304,8 @@ impl Gateway {
                 text,
                 "[consul]\naddress = \"{}\"\n\n[catalog]\nplugin = \"consul-catalog\"\n{}",
                 agent.http_addr(),
-                CONSUL_PLUGIN_LIMITS
+                o.plugin_memory_mib
+                    .map_or(String::new(), |m| format!("memory_mib = {m}\n"))
             );
             Source::Consul(Box::new(agent))
         } else {

@@ -608,6 +608,7 @@ fn main() {
         Kind::Meshgate,
         Kind::MeshgateNoLog,
         Kind::MeshgateBuffered,
+        Kind::MeshgateKernelBalance,
     ]
     .into_iter()
     .filter(|k| {
@@ -632,6 +633,7 @@ fn main() {
     for &workers in core_workers {
         let routers: Vec<Router> = kinds
             .iter()
+            .filter(|&&k| workers > 1 || k != Kind::MeshgateKernelBalance)
             .map(|&k| {
                 Router::start(
                     k,

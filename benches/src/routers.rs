@@ -21,6 +21,9 @@ pub enum Kind {
     MeshgateNoLog,
     /// meshgate with the buffered relay.
     MeshgateBuffered,
+    /// meshgate with `balance = "kernel"`: each connection stays on the core SO_REUSEPORT chose (rows
+    /// with more than one worker only).
+    MeshgateKernelBalance,
     /// HAProxy in TCP mode with `req_ssl_sni`.
     Haproxy,
     /// nginx stream module with `ssl_preread`.
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Meshgate => "meshgate",
             Kind::MeshgateNoLog => "meshgate (no access log)",
             Kind::MeshgateBuffered => "meshgate (buffered)",
+            Kind::MeshgateKernelBalance => "meshgate (balance kernel)",
             Kind::Haproxy => "HAProxy",
             Kind::Nginx => "nginx",
             Kind::Sniproxy => "sniproxy",
@@ -232,7 +236,10 @@ impl Router {
         let (sni, backend, workers) = (spec.sni, spec.backend, spec.workers);
         let mut ready_probe: Option<SocketAddr> = None;
         let child = match kind {
-            Kind::Meshgate | Kind::MeshgateNoLog | Kind::MeshgateBuffered => {
+            Kind::Meshgate
+            | Kind::MeshgateNoLog
+            | Kind::MeshgateBuffered
+            | Kind::MeshgateKernelBalance => {
                 let admin = free_addr();
                 ready_probe = Some(admin);
                 let relay = if kind != Kind::MeshgateBuffered {
@@ -240,8 +247,13 @@ impl Router {
                 } else {
                     "buffered"
                 };
+                let balance = if kind == Kind::MeshgateKernelBalance {
+                    "kernel"
+                } else {
+                    "connections"
+                };
                 let mut text = format!(
-                    "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = {workers}\nrelay = \"{relay}\"\nmax_connections = 400000\n\n[[routes]]\nsni = \"{sni}\"\nendpoints = [\"{backend}\"]\n"
+                    "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nworkers = {workers}\nrelay = \"{relay}\"\nbalance = \"{balance}\"\nmax_connections = 400000\n\n[[routes]]\nsni = \"{sni}\"\nendpoints = [\"{backend}\"]\n"
                 );
                 // Half exact names, half wildcards, none matching the benchmark's SNI.
                 for i in 0..spec.extra_routes {

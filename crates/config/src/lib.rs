@@ -31,7 +31,7 @@ pub use defaults::{
 };
 pub use error::{ConfigError, LoadError, RoutesError};
 pub use schema::{
-    Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection, ProbeSettings,
-    RelayMode, RouteConfig, SplitPart,
+    Balance, Config, FallbackConfig, GatewaySettings, HookFailure, LbConfig, PluginSection,
+    ProbeSettings, RelayMode, RouteConfig, SplitPart,
 };
 pub use sidecar::SidecarConfig;

@@ -191,6 +191,14 @@ mod tests {
         let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nrelay = \"sendfile\"\n")
             .expect_err("relay");
         assert_eq!((e.line, e.field.as_str()), (3, "gateway.relay"), "{e}");
+        let e = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nbalance = \"round_robin\"\n")
+            .expect_err("balance");
+        assert_eq!((e.line, e.field.as_str()), (3, "gateway.balance"), "{e}");
+        let c =
+            parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\nbalance = \"kernel\"\n").expect("kernel");
+        assert_eq!(c.gateway.balance, crate::Balance::Kernel);
+        let c = parse("[gateway]\nlisten = [\"127.0.0.1:1\"]\n").expect("default");
+        assert_eq!(c.gateway.balance, crate::Balance::Connections);
     }
 
     #[test]

@@ -30,6 +30,19 @@ pub enum RelayMode {
     Buffered,
 }
 
+/// Which core serves a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The core the kernel chose (SO_REUSEPORT hashes the connection's addresses) keeps it unless
+    /// another core serves fewer connections; then it is handed to the core serving fewest. Long-lived
+    /// connections spread evenly over the cores however they hash.
+    #[default]
+    Connections,
+    /// Always the core the kernel chose.
+    Kernel,
+}
+
 /// A whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,8 +155,8 @@ impl PluginSection {
     }
 }
 
-/// `[gateway]`: settings that apply to the whole process. Changing `listen`, `admin`, `workers` or
-/// `io_memory_kib` needs a restart; everything else applies on reload to new connections.
+/// `[gateway]`: settings that apply to the whole process. Changing `listen`, `admin`, `workers`,
+/// `balance` or `io_memory_kib` needs a restart; everything else applies on reload to new connections.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySettings {
@@ -181,6 +194,8 @@ pub struct GatewaySettings {
     pub backlog: u32,
     /// How bytes are moved.
     pub relay: RelayMode,
+    /// Which core serves a new connection (restart to change).
+    pub balance: Balance,
     /// Memory glommio registers per executor for io_uring buffers, in KiB (minimum 512).
     pub io_memory_kib: usize,
     /// `[gateway.probe]`: health probes of the other datacenters' gateways this gateway routes to.
@@ -210,6 +225,7 @@ impl Default for GatewaySettings {
             max_connections_per_listener: 0,
             backlog: DEFAULT_BACKLOG,
             relay: RelayMode::Splice,
+            balance: Balance::Connections,
             io_memory_kib: DEFAULT_IO_MEMORY_KIB,
             probe: ProbeSettings::default(),
             control_fds: 0,

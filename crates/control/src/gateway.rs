@@ -747,6 +747,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("admin", o.admin != n.admin),
         ("workers", o.workers != n.workers),
         ("io_memory_kib", o.io_memory_kib != n.io_memory_kib),
+        ("balance", o.balance != n.balance),
         ("backlog", o.backlog != n.backlog),
         ("max_connections", o.max_connections != n.max_connections),
         (

@@ -41,6 +41,7 @@
 //! liveness view the way tables are published) sits beside worker and uses only route and config.
 //! ```
 
+mod balance;
 pub mod budget;
 mod conn;
 pub mod cores;
@@ -111,6 +112,9 @@ pub(crate) struct Shared {
     hook: ArcSwap<hook::Installed>,
     /// Bumped after each [`Engine::set_hook`]; a core makes its new instance at its next connection.
     hook_generation: AtomicU64,
+    /// The cores' connection counts and hand-over inboxes (`[gateway] balance = "connections"` with
+    /// more than one core).
+    balance: Option<balance::Balance>,
 }
 
 /// The engine could not start or failed while running.
@@ -221,6 +225,21 @@ impl Engine {
             .connection_limit
             .store(u64::from(settings.max_connections), Ordering::Relaxed);
         let targets = probe::targets(&table, &settings.datacenter);
+        let (balance, mut inboxes) =
+            match (settings.balance == meshgate_config::Balance::Connections && workers > 1)
+                .then(|| balance::Balance::new(workers))
+                .transpose()
+            {
+                Ok(Some((b, inboxes))) => (Some(b), inboxes),
+                Ok(None) => (None, Vec::new()),
+                Err(e) => {
+                    return Err(EngineError::Descriptors(format!(
+                        "cannot make the cores' hand-over inboxes: {e}"
+                    )))
+                }
+            };
+        // Taken from the back, one per core in reverse order.
+        inboxes.reverse();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(table, settings.clone(), &targets)),
             generation: AtomicU64::new(0),
@@ -231,6 +250,7 @@ impl Engine {
             health_generation: AtomicU64::new(0),
             hook: ArcSwap::from_pointee(hook::Installed(hook.clone())),
             hook_generation: AtomicU64::new(0),
+            balance,
         });
         let metrics = EngineMetrics {
             cores,
@@ -255,13 +275,17 @@ impl Engine {
         for core in 0..workers {
             let shared = shared.clone();
             let stats = metrics.cores.clone();
-            let tx = tx.clone();
-            let addrs = settings.listen.clone();
-            let backlog = settings.backlog;
-            let hook = hook.clone();
+            let start = worker::Start {
+                index: core,
+                addrs: settings.listen.clone(),
+                backlog: settings.backlog,
+                ready: tx.clone(),
+                hook: hook.clone(),
+                inbox: inboxes.pop(),
+            };
             let handle = plan
                 .spawn(core, "meshgate-core", move || {
-                    worker::run(core, shared, stats, addrs, backlog, tx, hook)
+                    worker::run(shared, stats, start)
                 })
                 .map_err(|message| EngineError::Executor { core, message })?;
             handles.push(handle);

@@ -100,6 +100,11 @@ impl Core {
         self.poller.as_deref()
     }
 
+    /// The cores' connection counts and inboxes, when connections are balanced over several cores.
+    pub(crate) fn balance(&self) -> Option<&crate::balance::Balance> {
+        self.shared.balance.as_ref()
+    }
+
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.stats[self.index]
     }

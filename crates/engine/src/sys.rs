@@ -338,6 +338,31 @@ pub fn epoll_poll(epoll: BorrowedFd<'_>, events: &mut [libc::epoll_event]) -> io
     Ok(n as usize)
 }
 
+/// A non-blocking, close-on-exec eventfd starting at 0: a counter another thread adds to, which reads
+/// as readable while it is above 0.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes an initial value and flags; on success we own the returned descriptor.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: the kernel just returned this descriptor and nothing else holds it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd's counter (wakes whoever waits for it to be readable).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: the kernel reads the 8 bytes of the array we own.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) })?;
+    Ok(())
+}
+
+/// Resets an eventfd's counter to 0; `WouldBlock` when it already was.
+pub fn eventfd_clear(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut count = [0u8; 8];
+    // SAFETY: the kernel writes at most 8 bytes into the array we own.
+    check_size(unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) })?;
+    Ok(())
+}
+
 /// Creates and closes a two-entry io_uring. glommio cannot run without one, and when the kernel refuses
 /// it panics inside the executor thread with a message about old kernels; probing first lets the caller
 /// say what is actually wrong (usually a container's seccomp profile).

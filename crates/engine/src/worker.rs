@@ -1,6 +1,7 @@
 //! One core's run: its listeners, its accept loops and connection limits, its tick and its drain. Its
 //! private state is [`crate::state::Core`].
 
+use crate::balance::{Handed, Inbox};
 use crate::cores::{drain, run_until_shutdown, AcceptBackoff, AcceptFailure};
 use crate::hook::HookFactory;
 use crate::poller::Side;
@@ -8,7 +9,7 @@ use crate::state::Core;
 use crate::stats::CoreStats;
 use crate::sys;
 use crate::{EngineError, Shared};
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -22,16 +23,32 @@ const TICK: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY_TICKS: u32 = 4;
 /// Splice pipes idle for a whole interval are closed every this many ticks (10 s).
 const TRIM_PIPES_EVERY_TICKS: u32 = 200;
+/// What one core starts with.
+pub(crate) struct Start {
+    /// The core's index.
+    pub(crate) index: usize,
+    /// The addresses it listens on (every core listens on each).
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Listen backlog.
+    pub(crate) backlog: u32,
+    /// Where it reports that it listens (or why it cannot).
+    pub(crate) ready: Sender<Result<(), EngineError>>,
+    /// Makes its instance of the connection hook.
+    pub(crate) hook: Option<HookFactory>,
+    /// Its inbox of connections other cores hand over (`balance = "connections"`, several cores).
+    pub(crate) inbox: Option<Inbox>,
+}
+
 /// The body of one core's executor.
-pub(crate) async fn run(
-    index: usize,
-    shared: Arc<Shared>,
-    stats: Arc<[CoreStats]>,
-    addrs: Vec<SocketAddr>,
-    backlog: u32,
-    ready: Sender<Result<(), EngineError>>,
-    hook: Option<HookFactory>,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Start) {
+    let Start {
+        index,
+        addrs,
+        backlog,
+        ready,
+        hook,
+        inbox,
+    } = start;
     let hook = match hook.map(|make| make(index)).transpose() {
         Ok(h) => h,
         Err(message) => {
@@ -64,27 +81,42 @@ pub(crate) async fn run(
     }
     // Limits are split evenly per core: no shared counter on the accept path.
     let per_core = |total: u32| u64::from(total).div_ceil(workers).max(1);
-    let global = Rc::new(Semaphore::new(per_core(settings.max_connections)));
+    let limits = Rc::new(Limits {
+        global: Rc::new(Semaphore::new(per_core(settings.max_connections))),
+        per_listener: (0..addrs.len())
+            .map(|_| {
+                (settings.max_connections_per_listener > 0).then(|| {
+                    Rc::new(Semaphore::new(per_core(
+                        settings.max_connections_per_listener,
+                    )))
+                })
+            })
+            .collect(),
+    });
+    // Connections other cores hand over arrive through this core's inbox.
+    let inbox = match inbox.map(|i| i.wake_fd().map(|fd| (i, fd))).transpose() {
+        Ok(inbox) => inbox,
+        Err(source) => {
+            let _ = ready.send(Err(EngineError::Descriptors(format!(
+                "core {index}: cannot watch its hand-over inbox: {source}"
+            ))));
+            shared.life.exited();
+            return;
+        }
+    };
     shared.life.listening();
     let _ = ready.send(Ok(()));
     tracing::debug!(core = index, listeners = addrs.len(), "core listening");
+    // Runs through the drain too: a connection handed over just before shutdown is served.
+    if let Some((inbox, wake)) = inbox {
+        glommio::spawn_local(inbox_loop(core.clone(), inbox, wake, limits.clone())).detach();
+    }
 
     let accepting: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(li, listener)| {
-            let limit = (settings.max_connections_per_listener > 0).then(|| {
-                Rc::new(Semaphore::new(per_core(
-                    settings.max_connections_per_listener,
-                )))
-            });
-            glommio::spawn_local(accept_loop(
-                core.clone(),
-                listener,
-                li,
-                global.clone(),
-                limit,
-            ))
+            glommio::spawn_local(accept_loop(core.clone(), listener, li, limits.clone()))
         })
         .collect();
 
@@ -124,27 +156,82 @@ pub(crate) async fn run(
     shared.life.exited();
 }
 
+/// A core's share of the connection limits: the whole gateway's, and each listener's (if set).
+struct Limits {
+    global: Rc<Semaphore>,
+    per_listener: Vec<Option<Rc<Semaphore>>>,
+}
+
+/// The permits one connection holds while this core serves it.
+type Permits = (StaticPermit, Option<StaticPermit>);
+
+impl Limits {
+    /// Waits for room for one more connection of listener `li`; `None` once the limits are closed.
+    async fn acquire(&self, li: usize) -> Option<Permits> {
+        let global = self.global.acquire_static_permit(1).await.ok()?;
+        let listener = match self.per_listener.get(li).and_then(Option::as_ref) {
+            Some(s) => Some(s.acquire_static_permit(1).await.ok()?),
+            None => None,
+        };
+        Some((global, listener))
+    }
+}
+
+/// Serves an accepted connection on this core, holding `permits` until it ends.
+fn serve_here(core: &Rc<Core>, handed: Handed, permits: Permits) {
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        crate::conn::handle(&core, handed.fd, handed.peer, handed.listener).await;
+        drop(permits);
+        if let Some(b) = core.balance() {
+            b.ended(core.index);
+        }
+    })
+    .detach();
+}
+
+/// Serves the connections other cores hand to this one, each once this core has room for it.
+async fn inbox_loop(core: Rc<Core>, inbox: Inbox, wake: std::os::fd::OwnedFd, limits: Rc<Limits>) {
+    let wake = Side::new(core.poller(), wake);
+    loop {
+        let handed = inbox.collect();
+        if handed.is_empty() {
+            if let Err(e) = wake.readable().await {
+                tracing::error!(core = core.index, error = %e, "hand-over inbox failed; connections handed to this core wait unserved");
+                return;
+            }
+            continue;
+        }
+        for h in handed {
+            let (core, limits) = (core.clone(), limits.clone());
+            glommio::spawn_local(async move {
+                match limits.acquire(h.listener).await {
+                    Some(permits) => serve_here(&core, h, permits),
+                    None => {
+                        if let Some(b) = core.balance() {
+                            b.ended(core.index);
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+}
+
 async fn accept_loop(
     core: Rc<Core>,
     listener: std::os::fd::OwnedFd,
     li: usize,
-    global: Rc<Semaphore>,
-    per_listener: Option<Rc<Semaphore>>,
+    limits: Rc<Limits>,
 ) {
     let listener = Side::new(core.poller(), listener);
     let mut backoff = AcceptBackoff::default();
     loop {
         // Take the permits before accepting: over the limit, connections wait in the kernel backlog and
         // live ones are never evicted.
-        let Ok(global_permit) = global.acquire_static_permit(1).await else {
+        let Some(permits) = limits.acquire(li).await else {
             return;
-        };
-        let listener_permit = match &per_listener {
-            Some(s) => match s.acquire_static_permit(1).await {
-                Ok(p) => Some(p),
-                Err(_) => return,
-            },
-            None => None,
         };
         let accepted = loop {
             match sys::accept(listener.fd()) {
@@ -157,14 +244,34 @@ async fn accept_loop(
             }
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((fd, peer)) => {
                 backoff.accepted();
-                let core = core.clone();
-                glommio::spawn_local(async move {
-                    crate::conn::handle(&core, stream, peer, li).await;
-                    drop((global_permit, listener_permit));
-                })
-                .detach();
+                let handed = Handed {
+                    fd,
+                    peer,
+                    listener: li,
+                };
+                let Some(balance) = core.balance() else {
+                    serve_here(&core, handed, permits);
+                    continue;
+                };
+                let to = balance.assign(core.index);
+                if to == core.index {
+                    serve_here(&core, handed, permits);
+                    continue;
+                }
+                // The permits are this core's; the receiving core takes its own.
+                match balance.hand_over(to, handed) {
+                    Ok(()) => {
+                        drop(permits);
+                        core.stats().handed_over.inc();
+                    }
+                    Err(handed) => {
+                        balance.ended(to);
+                        balance.counted_here(core.index);
+                        serve_here(&core, handed, permits);
+                    }
+                }
             }
             Err(e) => match backoff.failed(&e).await {
                 // The client gave up while queued, or a signal: take the next one.

@@ -110,6 +110,8 @@ pub struct CoreStats {
     pub accept_backoffs: Counter,
     /// Connections relayed with the buffered path because a pipe could not be made.
     pub splice_fallbacks: Counter,
+    /// Connections this core accepted and handed to a core serving fewer (`[gateway] balance`).
+    pub handed_over: Counter,
     /// Calls into the connection hook.
     pub hook_calls: Counter,
     /// Hook calls that failed (the table decided instead).
@@ -138,6 +140,7 @@ impl CoreStats {
             accept_errors: Counter::default(),
             accept_backoffs: Counter::default(),
             splice_fallbacks: Counter::default(),
+            handed_over: Counter::default(),
             hook_calls: Counter::default(),
             hook_failures: Counter::default(),
             hook_cache_hits: Counter::default(),

@@ -85,6 +85,23 @@ impl EngineMetrics {
             active,
         ));
         out.push(family(
+            "meshgate_core_connections_active",
+            "Downstream connections open now, per data-plane core.",
+            GAUGE,
+            self.cores
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let v = c
+                        .listeners
+                        .iter()
+                        .map(|l| l.active.get())
+                        .fold(0, u64::wrapping_add);
+                    gauge(vec![label("core", &i.to_string())], v as f64)
+                })
+                .collect(),
+        ));
+        out.push(family(
             "meshgate_client_hello_total",
             "ClientHellos read, by outcome (ok, no_sni, timeout, eof, or the rejection reason).",
             COUNTER,
@@ -195,6 +212,11 @@ impl EngineMetrics {
                 "meshgate_splice_fallbacks_total",
                 "Connections relayed through user space because no pipe could be made.",
                 &|c: &CoreStats| c.splice_fallbacks.get(),
+            ),
+            (
+                "meshgate_connections_handed_over_total",
+                "Connections accepted on one core and handed to a core serving fewer ([gateway] balance = \"connections\").",
+                &|c: &CoreStats| c.handed_over.get(),
             ),
         ] {
             out.push(family(
