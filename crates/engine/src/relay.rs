@@ -36,16 +36,6 @@ pub(crate) struct Outcome {
     pub(crate) to_downstream: u64,
 }
 
-impl Outcome {
-    pub(crate) fn ended(end: End) -> Self {
-        Self {
-            end,
-            to_upstream: 0,
-            to_downstream: 0,
-        }
-    }
-}
-
 /// Which socket failed, for reset propagation and the end reason.
 #[derive(Debug)]
 enum PumpError {

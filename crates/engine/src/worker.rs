@@ -163,7 +163,7 @@ struct Limits {
 }
 
 /// The permits one connection holds while this core serves it.
-type Permits = (StaticPermit, Option<StaticPermit>);
+pub(crate) type Permits = (StaticPermit, Option<StaticPermit>);
 
 impl Limits {
     /// Waits for room for one more connection of listener `li`; `None` once the limits are closed.
@@ -179,14 +179,14 @@ impl Limits {
 
 /// Serves an accepted connection on this core, holding `permits` until it ends.
 fn serve_here(core: &Rc<Core>, handed: Handed, permits: Permits) {
-    let core = core.clone();
-    glommio::spawn_local(async move {
-        crate::conn::handle(&core, handed.fd, handed.peer, handed.listener).await;
-        drop(permits);
-        if let Some(b) = core.balance() {
-            b.ended(core.index);
-        }
-    })
+    let Handed { fd, peer, listener } = handed;
+    glommio::spawn_local(crate::conn::handle(
+        core.clone(),
+        fd,
+        peer,
+        listener,
+        permits,
+    ))
     .detach();
 }
 
