@@ -7,7 +7,7 @@
 # Other options go to meshgate-bench: --rounds N --seconds S --bulk-mib M --idle 4000,9000 --routes 10,10000
 # Then meshgate-sidecars (the sidecar vs `consul connect proxy` and stunnel4; --quick is passed on) writes
 # benches/results/sidecars.md; then meshgate-control-bench (one catalog change among 10,000 services)
-# writes benches/results/control.md.
+# writes benches/results/control.md, then adds a row for the same catalog in a Consul agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,3 +48,6 @@ for arg in "$@"; do
     [ "$arg" = --quick ] && control_args+=(--quick)
 done
 ./target/release/meshgate-control-bench --out benches/results/control.md "${control_args[@]}"
+# The same with the catalog in a Consul 1.8.7 dev agent (default limits), as a second row.
+./target/release/meshgate-control-bench --consul --changes 20 --label "meshgate, Consul" --append \
+    --out benches/results/control.md "${control_args[@]}"
