@@ -117,8 +117,10 @@ pub fn consul_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The cargo target directory of the running test: `CARGO_TARGET_DIR`, else three levels above the test
-/// executable (`<target>/<profile>/deps/<test>`), which also works for a shared target directory.
+/// The cargo target directory of the running program: `CARGO_TARGET_DIR`, else the one above the
+/// executable's profile directory: three levels up for a test (`<target>/<profile>/deps/<test>`), two
+/// for a binary such as a benchmark (`<target>/<profile>/<bin>`; three would be the workspace itself,
+/// where a Consul binary must not land). Also works for a shared target directory.
 fn target_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
@@ -127,8 +129,12 @@ fn target_dir() -> Result<PathBuf> {
         }
     }
     let exe = std::env::current_exe()?;
+    let in_deps = exe
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "deps");
     exe.ancestors()
-        .nth(3)
+        .nth(if in_deps { 3 } else { 2 })
         .map(Path::to_path_buf)
         .ok_or_else(|| LabError::Binary(format!("no target directory above {}", exe.display())))
 }

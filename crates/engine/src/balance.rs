@@ -68,6 +68,12 @@ impl Inbox {
 pub(crate) struct Balance {
     load: Box<[Load]>,
     doors: Box<[Door]>,
+    /// Cores that stopped taking connections (shutdown): never chosen, never handed to.
+    retired: Box<[std::sync::atomic::AtomicBool]>,
+    /// A core is only handed a connection while it counts fewer than this: its share of
+    /// `max_connections` less the permits its accept loops hold while they wait, so a connection
+    /// handed over finds room at once rather than waiting unread.
+    room: usize,
 }
 
 impl std::fmt::Debug for Balance {
@@ -78,8 +84,9 @@ impl std::fmt::Debug for Balance {
 }
 
 impl Balance {
-    /// Counts for `cores` cores, and each core's inbox (in core order) for it to keep.
-    pub(crate) fn new(cores: usize) -> io::Result<(Balance, Vec<Inbox>)> {
+    /// Counts for `cores` cores, and each core's inbox (in core order) for it to keep; a core is handed
+    /// connections only while it counts fewer than `room`.
+    pub(crate) fn new(cores: usize, room: usize) -> io::Result<(Balance, Vec<Inbox>)> {
         let mut doors = Vec::with_capacity(cores);
         let mut inboxes = Vec::with_capacity(cores);
         for _ in 0..cores {
@@ -94,18 +101,22 @@ impl Balance {
         let balance = Balance {
             load: (0..cores).map(|_| Load::default()).collect(),
             doors: doors.into(),
+            retired: (0..cores)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+            room,
         };
         Ok((balance, inboxes))
     }
 
     /// The core that serves a connection `core` just accepted, counted there: `core` itself unless
-    /// another core serves fewer (then the one serving fewest, the lowest index on a tie).
+    /// another core serves fewer and has room (then the one serving fewest, the lowest index on a tie).
     pub(crate) fn assign(&self, core: usize) -> usize {
         let mut best = core;
         let mut least = self.load.get(core).map_or(0, |l| l.0.load(Relaxed));
         for (i, l) in self.load.iter().enumerate() {
             let n = l.0.load(Relaxed);
-            if n < least {
+            if n < least && n < self.room && !self.is_retired(i) {
                 (best, least) = (i, n);
             }
         }
@@ -123,6 +134,17 @@ impl Balance {
         }
     }
 
+    /// `core` stops taking connections (it is shutting down): no core hands it one from now on.
+    pub(crate) fn retire(&self, core: usize) {
+        if let Some(r) = self.retired.get(core) {
+            r.store(true, Relaxed);
+        }
+    }
+
+    fn is_retired(&self, core: usize) -> bool {
+        self.retired.get(core).is_some_and(|r| r.load(Relaxed))
+    }
+
     /// A connection `core` served has ended.
     pub(crate) fn ended(&self, core: usize) {
         if let Some(l) = self.load.get(core) {
@@ -133,7 +155,7 @@ impl Balance {
     /// Queues `handed` for core `to` and wakes it. On failure (no such core, or its inbox is gone) the
     /// connection comes back, for the caller to serve itself.
     pub(crate) fn hand_over(&self, to: usize, handed: Handed) -> Result<(), Handed> {
-        let Some(door) = self.doors.get(to) else {
+        let Some(door) = self.doors.get(to).filter(|_| !self.is_retired(to)) else {
             return Err(handed);
         };
         door.send.send(handed).map_err(|e| e.0)?;
@@ -185,7 +207,7 @@ mod tests {
     /// differ by more than one, and a core is only chosen over the accepting one when it serves fewer.
     #[test]
     fn counts_stay_within_one_whatever_core_accepts() {
-        let (b, _inboxes) = Balance::new(3).expect("balance");
+        let (b, _inboxes) = Balance::new(3, 100).expect("balance");
         // The kernel puts every connection on core 0.
         let placed: Vec<usize> = (0..9).map(|_| b.assign(0)).collect();
         assert_eq!(placed, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
@@ -207,11 +229,25 @@ mod tests {
         assert!(hi - lo <= 1, "{b:?}");
     }
 
+    /// A core without room, or retired, is never chosen.
+    #[test]
+    fn full_or_retired_cores_are_not_chosen() {
+        let (b, _inboxes) = Balance::new(3, 2).expect("balance");
+        assert_eq!([b.assign(0), b.assign(0), b.assign(0)], [0, 1, 2]);
+        assert_eq!([b.assign(0), b.assign(0), b.assign(0)], [0, 1, 2]);
+        // Every core is at its room of 2: the accepting core keeps what it accepts.
+        assert_eq!([b.assign(1), b.assign(2)], [1, 2]);
+        b.ended(0);
+        b.ended(0);
+        b.retire(0);
+        assert_eq!(b.assign(2), 2, "core 0 serves fewest but is retired");
+    }
+
     /// A hand-over wakes the receiving core; collecting takes everything queued and clears the wake-up;
     /// nothing is lost when hand-overs and collections interleave.
     #[test]
     fn handed_connections_are_collected_once_with_a_wake_up() {
-        let (b, inboxes) = Balance::new(2).expect("balance");
+        let (b, inboxes) = Balance::new(2, 100).expect("balance");
         assert!(!readable(b.wake(1)));
         b.hand_over(1, handed(0)).expect("queued");
         b.hand_over(1, handed(1)).expect("queued");
@@ -230,9 +266,11 @@ mod tests {
         assert!(readable(b.wake(1)));
         assert_eq!(inboxes[1].collect().len(), 1);
         assert!(b.hand_over(5, handed(0)).is_err(), "no core 5: handed back");
+        b.retire(1);
+        assert!(b.hand_over(1, handed(0)).is_err(), "retired: handed back");
         drop(inboxes);
         assert!(
-            b.hand_over(1, handed(0)).is_err(),
+            b.hand_over(0, handed(0)).is_err(),
             "inbox gone: handed back"
         );
     }

@@ -279,7 +279,7 @@ async fn route<'c>(
         let _ = sys::set_linger_zero(down.fd());
         core.endpoint_closed(upstream);
         stats.duration.observe(started.elapsed().as_secs_f64());
-        tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), alpn = %hello.alpn_display(), route = %route.pattern, upstream = %upstream, attempts, end = End::UpstreamError.label(), "the upstream did not take the ClientHello");
+        tracing::info!(target: "meshgate::access", peer = ?peer, sni = hello.sni.as_deref().unwrap_or(""), alpn = %hello.alpn_display(), route = %route.pattern, upstream = %upstream, attempts, duration_ms = started.elapsed().as_millis() as u64, end = End::UpstreamError.label(), "the upstream did not take the ClientHello");
         return Err(End::UpstreamError);
     }
     stats.bytes_to_upstream.add(first.len() as u64);

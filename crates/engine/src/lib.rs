@@ -227,7 +227,12 @@ impl Engine {
         let targets = probe::targets(&table, &settings.datacenter);
         let (balance, mut inboxes) =
             match (settings.balance == meshgate_config::Balance::Connections && workers > 1)
-                .then(|| balance::Balance::new(workers))
+                .then(|| {
+                    // A core's share of the limit, less the permit each accept loop holds while
+                    // it waits (worker.rs divides the limit the same way).
+                    let share = (settings.max_connections as usize).div_ceil(workers).max(1);
+                    balance::Balance::new(workers, share.saturating_sub(settings.listen.len()))
+                })
                 .transpose()
             {
                 Ok(Some((b, inboxes))) => (Some(b), inboxes),

@@ -2,7 +2,7 @@
 //! private state is [`crate::state::Core`].
 
 use crate::balance::{Handed, Inbox};
-use crate::cores::{drain, run_until_shutdown, AcceptBackoff, AcceptFailure};
+use crate::cores::{drain, run_until_shutdown, within, AcceptBackoff, AcceptFailure};
 use crate::hook::HookFactory;
 use crate::poller::Side;
 use crate::state::Core;
@@ -21,6 +21,8 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(50);
 /// Labelled counters are republished (when changed) every this many ticks (200 ms).
 const PUBLISH_EVERY_TICKS: u32 = 4;
+/// How often a core looks into its hand-over inbox if it cannot wait on the inbox's wake-up.
+const INBOX_POLL: Duration = Duration::from_millis(10);
 /// Splice pipes idle for a whole interval are closed every this many ticks (10 s).
 const TRIM_PIPES_EVERY_TICKS: u32 = 200;
 /// What one core starts with.
@@ -132,6 +134,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
         }
     };
     run_until_shutdown(&shared.life, TICK, &mut tick).await;
+    // No core hands this one a connection from now on; what was handed before is served in the drain.
+    if let Some(b) = core.balance() {
+        b.retire(index);
+    }
     shared.life.stopped_listening();
     // Stop accepting: cancelling the accept loops drops (closes) the listeners.
     for task in accepting {
@@ -190,24 +196,35 @@ fn serve_here(core: &Rc<Core>, handed: Handed, permits: Permits) {
     .detach();
 }
 
-/// Serves the connections other cores hand to this one, each once this core has room for it.
+/// Serves the connections other cores hand to this one, each once this core has room for it. Runs for
+/// the executor's life: if waiting on the wake-up ever fails it looks every [`INBOX_POLL`] instead.
 async fn inbox_loop(core: Rc<Core>, inbox: Inbox, wake: std::os::fd::OwnedFd, limits: Rc<Limits>) {
     let wake = Side::new(core.poller(), wake);
+    let mut polling = false;
     loop {
         let handed = inbox.collect();
         if handed.is_empty() {
-            if let Err(e) = wake.readable().await {
-                tracing::error!(core = core.index, error = %e, "hand-over inbox failed; connections handed to this core wait unserved");
-                return;
+            if polling {
+                glommio::timer::Timer::new(INBOX_POLL).await;
+            } else if let Err(e) = wake.readable().await {
+                tracing::error!(core = core.index, error = %e, "waiting on the hand-over inbox failed; looking every 10 ms instead");
+                polling = true;
             }
             continue;
         }
         for h in handed {
             let (core, limits) = (core.clone(), limits.clone());
             glommio::spawn_local(async move {
-                match limits.acquire(h.listener).await {
+                // The sender saw room here, so this is at once but for a race; bounded all the same
+                // (the client's hello deadline has not started).
+                let wait = core.snapshot().settings.hello_timeout();
+                match within(wait, limits.acquire(h.listener)).await.flatten() {
                     Some(permits) => serve_here(&core, h, permits),
                     None => {
+                        tracing::debug!(
+                            core = core.index,
+                            "no room for a handed-over connection in time; closed"
+                        );
                         if let Some(b) = core.balance() {
                             b.ended(core.index);
                         }

@@ -907,7 +907,8 @@ fn table_of(routes: &[Route]) -> Vec<(String, Vec<String>)> {
 }
 
 /// `discovery = "catalog"`: one `/v1/internal/ui/nodes` query instead of a watch per service (the
-/// datacenter from the Consul servers' answer), and the same routes as watching each service.
+/// datacenter from the Consul servers' answer, or per service when that lists none), and the same
+/// routes as watching each service.
 #[test]
 fn the_whole_catalog_in_one_query_routes_as_per_service_watches() {
     let h = host();
@@ -960,14 +961,17 @@ fn the_whole_catalog_in_one_query_routes_as_per_service_watches() {
         .expect("routes");
     assert_eq!(table_of(&a), table_of(&c));
 
-    // No server listed: the datacenter is unknown, and the error says what to set.
+    // No server listed (a token that cannot read `consul`): the datacenter is unknown, so the plugin
+    // watches per service instead (and says so in the log) rather than failing.
     let mut empty = agent.clone();
     empty.set(SERVERS, json!([]));
-    let answers: Vec<WatchAnswer> = whole.plan.watches.iter().map(|w| empty.answer(w)).collect();
-    let err = p
-        .plan(&settings(&[("discovery", "catalog")]), &answers)
-        .expect_err("no datacenter");
-    assert!(err.to_string().contains("`datacenter`"), "{err}");
+    let fallen = drive(&mut p, &settings(&[("discovery", "catalog")]), &empty);
+    assert!(!fallen.plan.watches.iter().any(|w| w.key == NODES));
+    assert!(fallen.plan.watches.iter().any(|w| w.key == health("api")));
+    let d = router
+        .gateway_routes(&[], catalog_of(&fallen), "dc1")
+        .expect("routes");
+    assert_eq!(table_of(&a), table_of(&d));
 }
 
 /// `discovery = "auto"` (the default): per service while the listed names are at most
@@ -1002,7 +1006,11 @@ fn auto_discovery_switches_on_the_number_of_listed_names() {
         plan.watches.iter().any(|w| w.key == NODES),
         "6 names, limit 6, the catalog query running: kept"
     );
-    for (k, v) in [("discovery", "everything"), ("max_service_watches", "many")] {
+    for (k, v) in [
+        ("discovery", "everything"),
+        ("max_service_watches", "many"),
+        ("max_service_watches", "5000"),
+    ] {
         let err = p.configure(&settings(&[(k, v)])).expect_err("refused");
         assert!(err.to_string().contains(k), "{err}");
     }

@@ -64,6 +64,8 @@ const NODES: &str = "/v1/internal/ui/nodes";
 /// Every blocking query holds a connection to the agent, and the agent accepts 200 per client address
 /// by default (`limits.http_max_conns_per_client`), shared with whatever else runs on the host.
 const DEFAULT_MAX_SERVICE_WATCHES: usize = 128;
+/// The largest `max_service_watches`: room under the host's 1,024 watches for the fixed ones.
+const MAX_SERVICE_WATCHES_LIMIT: usize = 1000;
 
 /// How a gateway learns the local connect endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +125,15 @@ impl Guest for ConsulCatalog {
             "max_service_watches",
         ])?;
         config.bool_or("wan_federation", false)?;
-        Discovery::from_settings(|k| config.str(k))?;
+        if let Discovery::Auto(max) = Discovery::from_settings(|k| config.str(k))? {
+            if max > MAX_SERVICE_WATCHES_LIMIT {
+                return Err(format!(
+                    "setting `max_service_watches`: {max} is above {MAX_SERVICE_WATCHES_LIMIT} (the \
+                     host runs at most 1,024 watches, and the agent takes 200 connections per \
+                     client by default)"
+                ));
+            }
+        }
         if config.str("service") == Some("") {
             return Err("setting `service`: empty (name the service this sidecar fronts)".into());
         }
@@ -295,11 +305,25 @@ fn gateway(
     // `consul` is listed but has no connect endpoints; every other name might.
     let wanted = state.wanted().services;
     let listed = wanted.iter().filter(|s| *s != "consul");
-    let whole = discovery.whole_catalog(wanted.len(), answers.has(NODES));
+    let mut whole = discovery.whole_catalog(wanted.len(), answers.has(NODES));
+    // The catalog query's nodes carry no datacenter: without one known, per service it is.
+    let dc = if whole {
+        local_datacenter(answers, &mut watches, fallback_dc)?
+    } else {
+        Dc::Pending
+    };
+    if dc == Dc::Unknown {
+        meshgate_guest::log(
+            meshgate_guest::types::LogLevel::Warn,
+            "consul-catalog: /v1/health/service/consul lists no Consul server, so the datacenter of \
+             the whole-catalog query's nodes is unknown; watching per service instead (set \
+             `datacenter` to read the catalog in one query)",
+        );
+        whole = false;
+    }
     if whole {
         watches.add(NODES.into());
-        let dc = local_datacenter(answers, &mut watches, fallback_dc)?;
-        if let (Some(dump), Some(dc)) = (answers.get::<Vec<NodeInfo>>(NODES)?, dc) {
+        if let (Some(dump), Dc::Known(dc)) = (answers.get::<Vec<NodeInfo>>(NODES)?, dc) {
             let mut by_service: BTreeMap<&str, Vec<CheckServiceNode>> = BTreeMap::new();
             for node in &dump {
                 for (service, endpoint) in node.connect_endpoints(&dc) {
@@ -391,29 +415,34 @@ fn gateway(
     })
 }
 
+/// What is known of the local datacenter.
+#[derive(Debug, PartialEq, Eq)]
+enum Dc {
+    Known(String),
+    /// The servers' answer has not come yet.
+    Pending,
+    /// The servers' answer lists none (a token that cannot read `consul`, say).
+    Unknown,
+}
+
 /// The datacenter of the catalog query's nodes (which carry none): the `datacenter` setting, else the
-/// local Consul servers' (`/v1/health/service/consul`, watched for it). `None` until answered.
+/// local Consul servers' (`/v1/health/service/consul`, watched for it).
 fn local_datacenter(
     answers: &Answers<'_>,
     watches: &mut Watches,
     fallback_dc: &str,
-) -> Result<Option<String>, PlanError> {
+) -> Result<Dc, PlanError> {
     if !fallback_dc.is_empty() {
-        return Ok(Some(fallback_dc.to_owned()));
+        return Ok(Dc::Known(fallback_dc.to_owned()));
     }
     watches.add(SERVERS.into());
     let Some(servers) = answers.get::<Vec<CheckServiceNode>>(SERVERS)? else {
-        return Ok(None);
+        return Ok(Dc::Pending);
     };
-    match servers.iter().find(|s| !s.node.datacenter.is_empty()) {
-        Some(server) => Ok(Some(server.node.datacenter.clone())),
-        None => Err(PlanError::Field {
-            key: SERVERS.into(),
-            message: "lists no Consul server, so the datacenter of the catalog query's nodes is \
-                      unknown (set `datacenter`)"
-                .into(),
-        }),
-    }
+    Ok(servers
+        .iter()
+        .find(|s| !s.node.datacenter.is_empty())
+        .map_or(Dc::Unknown, |s| Dc::Known(s.node.datacenter.clone())))
 }
 
 /// Every datacenter's mesh gateways (the federation-state key is their datacenter).
