@@ -22,6 +22,11 @@ pub fn meshgate_bin() -> PathBuf {
         })
 }
 
+/// Whether the admin endpoint at `admin` answers `/ready` with 200.
+pub fn admin_ready(admin: SocketAddr) -> bool {
+    admin_get(admin, "/ready").is_ok_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200 ")))
+}
+
 /// One request to an admin endpoint; the whole response, status line first. Connect and every read
 /// are bounded (2 s).
 pub fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<String> {

@@ -37,7 +37,7 @@ mod common;
 #[allow(dead_code)]
 mod procfs;
 
-use common::{admin_get, free_addr, meshgate_bin};
+use common::{admin_get, admin_ready, free_addr, meshgate_bin};
 use meshgate_consul::lab::{DevAgent, Options as LabOptions};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -378,9 +378,7 @@ impl Gateway {
         };
         let deadline = Instant::now() + Duration::from_secs(if o.consul { 120 } else { 300 });
         loop {
-            let ready = admin_get(admin, "/ready")
-                .is_ok_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200 ")));
-            if ready {
+            if admin_ready(admin) {
                 break;
             }
             if Instant::now() >= deadline {

@@ -3,7 +3,7 @@
 //! path. Every process is killed by PID on drop; CPU and memory are read from /proc for the whole process
 //! tree (nginx and HAProxy fork workers).
 
-use crate::common::{admin_get, free_addr, meshgate_bin};
+use crate::common::{admin_get, admin_ready, free_addr, meshgate_bin};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -374,8 +374,7 @@ impl Router {
             Instant::now() + Duration::from_secs(20 + (spec.extra_routes / 10_000) as u64);
         loop {
             let ready = match ready_probe {
-                Some(admin) => admin_get(admin, "/ready")
-                    .is_ok_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200 "))),
+                Some(admin) => admin_ready(admin),
                 None => std::net::TcpStream::connect(listen).is_ok(),
             };
             if ready {

@@ -28,7 +28,7 @@ mod common;
 #[allow(dead_code)]
 mod procfs;
 
-use common::{admin_get, free_addr, meshgate_bin};
+use common::{admin_ready, free_addr, meshgate_bin};
 use meshgate_consul::lab::{DevAgent, Options as LabOptions};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,8 +55,6 @@ const WARMUP: usize = 100;
 /// Pause before each measurement: the previous one's connections finish closing (stunnel's
 /// per-connection threads exit), so that each measurement's CPU is its own.
 const SETTLE: Duration = Duration::from_millis(200);
-/// Bound on the Consul install script (apt download of one package).
-const INSTALL_TIMEOUT_SECS: u32 = 300;
 
 /// Which pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,9 +306,7 @@ fn start_meshgate(dir: &Path, certs: &Path, app: SocketAddr) -> Result<Pair, Str
         )?;
     }
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !admins.iter().all(|a| {
-        admin_get(*a, "/ready").is_ok_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200")))
-    }) {
+    while !admins.iter().all(|a| admin_ready(*a)) {
         if let Some(why) = procs.exited() {
             return Err(format!("{why}: {}", log_tail(dir, &["web.log", "api.log"])));
         }
@@ -331,41 +327,6 @@ fn start_meshgate(dir: &Path, certs: &Path, app: SocketAddr) -> Result<Pair, Str
     };
     wait_echo(&mut pair, &["web.log", "api.log"])?;
     Ok(pair)
-}
-
-/// The Consul binary for the lab: `MESHGATE_CONSUL`, else `<target>/tools/consul` of this build,
-/// installed by `scripts/install-consul.sh` when missing. Sets `MESHGATE_CONSUL` (the lab reads it; its
-/// own default looks for a test binary's target directory), so it runs before any thread is started.
-fn consul_setup() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
-        return Ok(PathBuf::from(p));
-    }
-    // target/<profile>/meshgate-sidecars
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("no target directory above {}", exe.display()))?;
-    let tools = target.join("tools");
-    let bin = tools.join("consul");
-    if !bin.exists() {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-consul.sh");
-        eprintln!("installing Consul 1.8.7 into {}", tools.display());
-        let status = Command::new("timeout")
-            .arg(INSTALL_TIMEOUT_SECS.to_string())
-            .arg(&script)
-            .arg(&tools)
-            .status()
-            .map_err(|e| format!("{}: {e}", script.display()))?;
-        if !status.success() || !bin.exists() {
-            return Err(format!(
-                "{} failed ({status}); set MESHGATE_CONSUL to a consul 1.8 binary",
-                script.display()
-            ));
-        }
-    }
-    std::env::set_var("MESHGATE_CONSUL", &bin);
-    Ok(bin)
 }
 
 /// The PID of the agent whose HTTP API is on `http` (the lab does not expose its child).
@@ -1030,9 +991,8 @@ impl Results {
 
 fn main() {
     let o = options();
-    // Before any thread: it may set MESHGATE_CONSUL.
     let consul = if o.pairs.contains(&Kind::Consul) {
-        consul_setup()
+        meshgate_consul::lab::consul_binary().map_err(|e| e.to_string())
     } else {
         Err("not requested".into())
     };

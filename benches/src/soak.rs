@@ -14,6 +14,8 @@
 //!
 //! Usage: `benches/reliability.sh soak|faults [options]` (builds the release binary first).
 
+// Shared by the bench binaries; each uses a part.
+#[allow(dead_code)]
 mod common;
 mod load;
 

@@ -93,7 +93,11 @@ pub fn skip_requested() -> bool {
     skip
 }
 
-/// The Consul binary: `MESHGATE_CONSUL`, else `<target>/tools/consul`, installed on first use.
+/// Bound on installing Consul on first use (apt's download and unpacking).
+const INSTALL_TIMEOUT_SECS: u32 = 300;
+
+/// The Consul binary: `MESHGATE_CONSUL`, else `<target>/tools/consul` of the running test or binary,
+/// installed on first use (within [`INSTALL_TIMEOUT_SECS`]).
 pub fn consul_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
         return Ok(PathBuf::from(p));
@@ -102,7 +106,9 @@ pub fn consul_binary() -> Result<PathBuf> {
     let bin = tools.join("consul");
     if !bin.exists() {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-consul.sh");
-        let status = Command::new(&script)
+        let status = Command::new("timeout")
+            .arg(INSTALL_TIMEOUT_SECS.to_string())
+            .arg(&script)
             .arg(&tools)
             .status()
             .map_err(|e| LabError::Binary(format!("{}: {e}", script.display())))?;
