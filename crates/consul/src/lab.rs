@@ -97,7 +97,7 @@ pub fn skip_requested() -> bool {
 const INSTALL_TIMEOUT_SECS: u32 = 300;
 
 /// The Consul binary: `MESHGATE_CONSUL`, else `<target>/tools/consul` of the running test or binary,
-/// installed on first use (within [`INSTALL_TIMEOUT_SECS`]).
+/// installed on first use (bounded: 300 s).
 pub fn consul_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MESHGATE_CONSUL") {
         return Ok(PathBuf::from(p));
