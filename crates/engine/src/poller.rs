@@ -1,5 +1,5 @@
 //! Readiness of relayed sockets, per core: one level-triggered epoll set holds the core's relayed
-//! sockets, and the core waits on the set itself through a single io_uring poll.
+//! sockets, and the core sleeps in `epoll_wait` on that set when it has nothing to run.
 //!
 //! Why not a glommio poll per wait: each one allocates a poll source and submits an io_uring poll, two
 //! per idle connection and one per message on a busy one. Here a socket joins the set once; a pump that
@@ -9,6 +9,13 @@
 //! for one wait for room, and a report nobody waits for disarms its direction, because a level-triggered
 //! set would repeat it. Hang-up and error cannot be masked, so a socket that reports them with nobody
 //! waiting leaves the set until a pump waits on it again.
+//!
+//! How the core waits ([`Poller::start`]): the set also holds glommio's two ring descriptors (readable
+//! while a ring has completions), and the executor's idle wait is `epoll_wait` on the set (the vendored
+//! glommio's `set_idle_waiter`): a wake-up is one system call, as in an epoll loop, where waiting through
+//! io_uring took an io_uring poll on the set, the ring's wait and then the `epoll_wait`. While tasks keep
+//! running, the executor looks at the set without blocking once per turn. If the set cannot take the
+//! ring descriptors, a task waits on the set through one io_uring poll at a time instead.
 //!
 //! [`Side`] is how the rest of the engine holds a socket: the descriptor, its place in the set, and
 //! glommio's own poll as the fallback when the set cannot take it. Everything here lives on the core
@@ -27,6 +34,9 @@ const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 /// Reports taken per `epoll_wait`; more ready sockets are taken on the next turn (the set stays
 /// readable while any are left).
 const BATCH: usize = 256;
+/// Tag of glommio's ring descriptors in the set: no slot has this index, so `dispatch` skips them (the
+/// executor reaps the rings itself once the wait returns).
+const RINGS: u64 = u64::MAX;
 
 /// One registered socket's state.
 #[derive(Default)]
@@ -58,6 +68,17 @@ pub(crate) struct Poller {
     /// Wake-ups of the driver that found reports (for tests: a socket nobody waits on must not make
     /// the driver spin).
     rounds: std::cell::Cell<u64>,
+    /// Blocking waits of the core in the set (for tests: an idle core sleeps, it does not spin).
+    sleeps: std::cell::Cell<u64>,
+}
+
+/// How a core waits for its set's reports (what [`Poller::start`] managed to set up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// The executor sleeps in `epoll_wait` on the set, which also holds glommio's rings.
+    InTheSet,
+    /// A task waits for the set through an io_uring poll, the executor sleeps in io_uring.
+    ThroughIoUring,
 }
 
 fn token(index: u32, generation: u32) -> u64 {
@@ -70,6 +91,7 @@ impl Poller {
             epoll: sys::epoll_create()?,
             slots: RefCell::new(Slots::default()),
             rounds: std::cell::Cell::new(0),
+            sleeps: std::cell::Cell::new(0),
         })
     }
 
@@ -170,9 +192,54 @@ impl Poller {
         }
     }
 
-    /// The core's readiness loop: waits until the set has reports, hands each to its waiter (or keeps
-    /// it for the next wait), and goes back to waiting. Runs as one task per core for the core's life.
-    pub(crate) async fn drive(self: Rc<Self>) {
+    /// Serves the set's reports on the current executor for the executor's life: makes the executor
+    /// sleep in the set, or if the set cannot take glommio's ring descriptors, spawns a task that waits
+    /// on the set through io_uring (and says so in the log).
+    pub(crate) fn start(self: &Rc<Self>) -> Waiting {
+        match self.sleep_in_the_set() {
+            Ok(()) => Waiting::InTheSet,
+            Err(e) => {
+                tracing::warn!(error = %e, "the core cannot sleep in its epoll set; it waits on the set through io_uring");
+                self.start_through_io_uring()
+            }
+        }
+    }
+
+    /// The io_uring way of [`Poller::start`] (also for tests of both).
+    pub(crate) fn start_through_io_uring(self: &Rc<Self>) -> Waiting {
+        glommio::spawn_local(self.clone().drive()).detach();
+        Waiting::ThroughIoUring
+    }
+
+    fn sleep_in_the_set(self: &Rc<Self>) -> io::Result<()> {
+        let rings = glommio::net::reactor_fds();
+        for (i, &fd) in rings.iter().enumerate() {
+            let added = sys::epoll_ctl(
+                self.epoll.as_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                libc::EPOLLIN as u32,
+                RINGS,
+            );
+            if let Err(e) = added {
+                for &fd in &rings[..i] {
+                    let _ = sys::epoll_ctl(self.epoll.as_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+                }
+                return Err(e);
+            }
+        }
+        // The executor's reactor keeps this for the executor's life (and with it the set).
+        let poller = self.clone();
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        let mut wake = Vec::new();
+        glommio::net::set_idle_waiter(Some(Box::new(move |timeout| {
+            poller.serve(&mut events, &mut wake, timeout)
+        })));
+        Ok(())
+    }
+
+    /// The io_uring way: waits until the set has reports, serves them, and goes back to waiting.
+    async fn drive(self: Rc<Self>) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
         let mut wake: Vec<Waker> = Vec::new();
         loop {
@@ -182,21 +249,41 @@ impl Poller {
                 glommio::timer::Timer::new(std::time::Duration::from_millis(10)).await;
                 continue;
             }
-            let n = match sys::epoll_poll(self.epoll.as_fd(), &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "epoll_wait failed");
-                    continue;
-                }
-            };
-            self.rounds.set(self.rounds.get() + 1);
-            self.dispatch(&events[..n], &mut wake);
-            // Woken outside the borrow: a waker may run code that registers or waits.
-            for w in wake.drain(..) {
-                w.wake();
-            }
+            self.serve(&mut events, &mut wake, Some(std::time::Duration::ZERO));
         }
+    }
+
+    /// One wait of at most `timeout` on the set; hands each report to its waiter (or keeps it for the
+    /// next wait). Returns how many waiters it woke.
+    fn serve(
+        &self,
+        events: &mut [libc::epoll_event],
+        wake: &mut Vec<Waker>,
+        timeout: Option<std::time::Duration>,
+    ) -> usize {
+        if timeout != Some(std::time::Duration::ZERO) {
+            self.sleeps.set(self.sleeps.get() + 1);
+        }
+        let n = match sys::epoll_wait(self.epoll.as_fd(), events, timeout) {
+            Ok(n) => n,
+            // A signal, or io_uring task work for this thread (a ring completion on its way).
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return 0,
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed");
+                return 0;
+            }
+        };
+        let events = &events[..n];
+        if events.iter().any(|e| e.u64 != RINGS) {
+            self.rounds.set(self.rounds.get() + 1);
+            self.dispatch(events, wake);
+        }
+        let woke = wake.len();
+        // Woken outside the borrow: a waker may run code that registers or waits.
+        for w in wake.drain(..) {
+            w.wake();
+        }
+        woke
     }
 
     fn dispatch(&self, events: &[libc::epoll_event], wake: &mut Vec<Waker>) {
@@ -373,10 +460,26 @@ mod tests {
             .expect("join");
     }
 
-    /// A poller with its driver running on the current executor.
-    fn driven() -> Rc<Poller> {
+    /// Runs `f` on an executor of its own once for each way a core can wait for its set.
+    fn each_way<F, Fut>(f: F)
+    where
+        F: Fn(Waiting) -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        for way in [Waiting::InTheSet, Waiting::ThroughIoUring] {
+            let f = f.clone();
+            on_executor(move || f(way));
+        }
+    }
+
+    /// A poller serving its set on the current executor, the way asked.
+    fn driven(way: Waiting) -> Rc<Poller> {
         let poller = Rc::new(Poller::new().expect("epoll"));
-        glommio::spawn_local(poller.clone().drive()).detach();
+        let started = match way {
+            Waiting::InTheSet => poller.start(),
+            Waiting::ThroughIoUring => poller.start_through_io_uring(),
+        };
+        assert_eq!(started, way);
         poller
     }
 
@@ -390,8 +493,8 @@ mod tests {
 
     #[test]
     fn waits_until_readable_and_writable() {
-        on_executor(|| async {
-            let poller = driven();
+        each_way(|way| async move {
+            let poller = driven(way);
             let (mut client, server) = pair();
             let reg = poller.register(server.as_fd(), IN).expect("register");
             // Nothing sent: not readable.
@@ -414,8 +517,8 @@ mod tests {
 
     #[test]
     fn a_connect_reports_failure_only_when_it_failed() {
-        on_executor(|| async {
-            let poller = driven();
+        each_way(|way| async move {
+            let poller = driven(way);
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
             let open = listener.local_addr().expect("addr");
             let ok = sys::connect_start(open).expect("connect");
@@ -448,8 +551,8 @@ mod tests {
 
     #[test]
     fn a_report_nobody_waits_for_is_kept_and_disarmed() {
-        on_executor(|| async {
-            let poller = driven();
+        each_way(|way| async move {
+            let poller = driven(way);
             let (mut client, server) = pair();
             let reg = poller.register(server.as_fd(), IN).expect("register");
             client.write_all(b"x").expect("write");
@@ -472,8 +575,8 @@ mod tests {
 
     #[test]
     fn hang_up_wakes_the_reader_and_does_not_spin() {
-        on_executor(|| async {
-            let poller = driven();
+        each_way(|way| async move {
+            let poller = driven(way);
             let (client, server) = pair();
             let reg = poller.register(server.as_fd(), IN).expect("register");
             drop(client);
@@ -498,6 +601,33 @@ mod tests {
                 .is_some());
             drop(reg);
             assert!(poller.slots.borrow().free.contains(&0));
+        });
+    }
+
+    #[test]
+    fn an_idle_core_sleeps_in_the_set_and_io_uring_completions_wake_it() {
+        on_executor(|| async {
+            let poller = driven(Waiting::InTheSet);
+            // Idle for 30 ms: a few sleeps (the timer's, the executor's own), not a spin.
+            let before = poller.sleeps.get();
+            glommio::timer::Timer::new(Duration::from_millis(30)).await;
+            let slept = poller.sleeps.get() - before;
+            assert!((1..=10).contains(&slept), "{slept} sleeps in 30 ms");
+            // A wait glommio serves through io_uring (a socket outside the set) completes while the
+            // core sleeps in the set: the ring's descriptor is in it.
+            let (mut client, server) = pair();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                client.write_all(b"x").expect("write");
+                client
+            });
+            let woke = within(
+                Duration::from_secs(5),
+                glommio::net::wait_readable(server.as_raw_fd()),
+            )
+            .await;
+            assert!(matches!(woke, Some(Ok(()))), "io_uring poll not seen");
+            drop(writer.join().expect("writer"));
         });
     }
 }

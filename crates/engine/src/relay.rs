@@ -371,7 +371,7 @@ mod tests {
             .io_memory(512 * 1024)
             .spawn(move || async move {
                 let poller = Rc::new(Poller::new().expect("epoll"));
-                glommio::spawn_local(poller.clone().drive()).detach();
+                poller.start();
                 let pipes = PipePool::default();
                 let (to_up, to_down, fallbacks) =
                     (Counter::default(), Counter::default(), Counter::default());

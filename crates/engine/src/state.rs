@@ -91,9 +91,10 @@ impl Core {
         }
     }
 
-    /// The readiness set's driver, to run as a task for the core's life (none without a set).
-    pub(crate) fn poller_driver(&self) -> Option<impl std::future::Future<Output = ()>> {
-        self.poller.clone().map(Poller::drive)
+    /// Starts serving the readiness set for the executor's life (see [`Poller::start`]); `None`
+    /// without a set.
+    pub(crate) fn start_poller(&self) -> Option<crate::poller::Waiting> {
+        self.poller.as_ref().map(Poller::start)
     }
 
     pub(crate) fn poller(&self) -> Option<&Poller> {

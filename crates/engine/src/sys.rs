@@ -330,11 +330,24 @@ pub fn epoll_ctl(
     Ok(())
 }
 
-/// Ready events of `epoll` without waiting; how many were written into `events`.
-pub fn epoll_poll(epoll: BorrowedFd<'_>, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+/// Ready events of `epoll`, waiting for one at most `timeout` (`None`: no limit; zero: not at all);
+/// how many were written into `events`. The wait is in whole milliseconds, rounded up: a timer due
+/// in 0.2 ms is not woken for early.
+pub fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<usize> {
     let max = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+    let ms = match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    };
     // SAFETY: the kernel writes at most `max` entries into the slice we own.
-    let n = check(unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, 0) })?;
+    let n = check(unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, ms) })?;
     Ok(n as usize)
 }
 

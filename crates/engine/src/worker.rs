@@ -66,9 +66,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
     let workers = stats.len() as u64;
     let core = Rc::new(Core::new(index, shared.clone(), stats, hook));
     // Lives as long as the executor: dropped with it when the core's run ends.
-    if let Some(drive) = core.poller_driver() {
-        glommio::spawn_local(drive).detach();
-    }
+    let waiting = core.start_poller();
+    tracing::debug!(core = index, ?waiting, "core waits for readiness");
 
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in &addrs {

@@ -143,3 +143,36 @@ pub async fn wait_writable(fd: RawFd) -> io::Result<()> {
     let source = crate::executor().reactor().poll_write_ready(fd);
     source.collect_rw().await.map(|_| ())
 }
+
+// ---- meshgate patch (see vendor/README.md) --------------------------------
+// When an executor has nothing to run, glommio sleeps in io_uring_enter on its
+// main ring, after arming a poll there on the latency ring. A proxy whose
+// sockets sit in its own epoll set then pays, per wake-up, an io_uring poll
+// on that set plus the sleep, and a second system call to read the set. These
+// two functions let the executor sleep in the caller's wait instead.
+
+/// Makes the current executor sleep by calling `waiter` instead of waiting in
+/// its io_uring (`None` puts the io_uring sleep back).
+///
+/// `waiter(timeout)` must return within `timeout` (`None`: no limit,
+/// `Some(Duration::ZERO)`: do not block), and as soon as any descriptor of
+/// [`reactor_fds`] is readable (the simplest way: keep them in the epoll set
+/// it waits on, level-triggered); it may return earlier. It returns how many
+/// tasks it woke. The executor calls it to sleep, and without blocking on any
+/// turn that runs tasks and did not call it since the last such turn, so
+/// what it reports is seen while the executor is busy too. It runs inside the
+/// reactor: it may wake wakers and make system calls, but must not create or
+/// drop glommio I/O or timers, spawn, or call this function.
+///
+/// Must be called from inside a glommio executor.
+pub fn set_idle_waiter(waiter: Option<Box<dyn FnMut(Option<std::time::Duration>) -> usize>>) {
+    crate::executor().reactor().sys.set_idle_waiter(waiter);
+}
+
+/// The current executor's io_uring descriptors that an idle waiter must
+/// watch for readability (see [`set_idle_waiter`]).
+///
+/// Must be called from inside a glommio executor.
+pub fn reactor_fds() -> [RawFd; 2] {
+    crate::executor().reactor().sys.ring_fds()
+}

@@ -1250,6 +1250,12 @@ pub(crate) struct Reactor {
     /// armed in the kernel (see `link_rings_and_sleep`).
     link_src: Cell<Option<Source>>,
 
+    /// meshgate patch: the caller's own readiness wait, used instead of sleeping in the main ring
+    /// (see `set_idle_waiter`), and whether it was called since the last reactor turn that let tasks
+    /// run.
+    idle_waiter: RefCell<Option<IdleWaiter>>,
+    idle_fresh: Cell<bool>,
+
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
     // This is the source used to handle the notifications into the ring.
@@ -1263,6 +1269,9 @@ pub(crate) struct Reactor {
 
     rings_depth: usize,
 }
+
+/// meshgate patch: see `crate::net::set_idle_waiter`.
+pub(crate) type IdleWaiter = Box<dyn FnMut(Option<Duration>) -> usize>;
 
 pub(crate) fn common_flags() -> PollFlags {
     PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL
@@ -1381,6 +1390,8 @@ impl Reactor {
             blocking_thread,
             link_fd,
             link_src: Cell::new(None),
+            idle_waiter: RefCell::new(None),
+            idle_fresh: Cell::new(false),
             notifier,
             eventfd_src,
             source_map,
@@ -1783,6 +1794,27 @@ impl Reactor {
         Ok(())
     }
 
+    /// meshgate patch: installs (or with `None` removes) the idle waiter; see
+    /// `crate::net::set_idle_waiter`.
+    pub(crate) fn set_idle_waiter(&self, waiter: Option<IdleWaiter>) {
+        *self.idle_waiter.borrow_mut() = waiter;
+        self.idle_fresh.set(false);
+    }
+
+    /// meshgate patch: the descriptors of the rings a task may be waiting on (main and latency: the
+    /// poll ring never sleeps). Each is readable while its completion queue holds entries.
+    pub(crate) fn ring_fds(&self) -> [RawFd; 2] {
+        [self.main_ring.borrow().ring_fd(), self.link_fd]
+    }
+
+    /// meshgate patch: calls the idle waiter, if any, with `timeout`; returns the tasks it woke.
+    fn call_idle_waiter(&self, timeout: Option<Duration>) -> Option<usize> {
+        let mut waiter = self.idle_waiter.borrow_mut();
+        let waiter = waiter.as_mut()?;
+        self.idle_fresh.set(true);
+        Some(waiter(timeout))
+    }
+
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
         self.poll_ring.borrow_mut().poll(woke)?;
         self.main_ring.borrow_mut().poll(woke)?;
@@ -1885,10 +1917,27 @@ impl Reactor {
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
+        // meshgate patch: with an idle waiter, a turn that does not sleep still polls the waiter's
+        // set (without blocking) unless the waiter has run since tasks last could: right after a
+        // sleep in the waiter nothing has run yet, so a wake-up costs the one wait, as in an epoll
+        // loop. While tasks keep running, every turn polls, so no report waits for the core to idle.
+        // The executor runs tasks after a turn with a preemption timer (`Parker::poll_io`).
+        if !should_sleep {
+            if !self.idle_fresh.get() {
+                // What it wakes runs on the next turn, as what the rings completed does.
+                let _ = self.call_idle_waiter(Some(Duration::ZERO));
+            }
+            if preempt_timer().is_some() {
+                self.idle_fresh.set(false);
+            }
+        }
+        let idle_waiter = self.idle_waiter.borrow().is_some();
+
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            // meshgate patch: the idle waiter is given the timer as its timeout instead.
+            if let Some(dur) = user_timer.filter(|_| !idle_waiter) {
                 if !self.latency_timer_pending_by(dur) {
                     self.arm_latency_timer(&mut lat_ring, dur);
                     assert!(flush_rings!(lat_ring)? > 0);
@@ -1906,8 +1955,13 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
+                    // meshgate patch: sleep in the idle waiter, which also returns when a ring has
+                    // completions (it watches `ring_fds`), rather than in the main ring behind a
+                    // poll linking the latency ring: no io_uring submission per sleep.
+                    if self.call_idle_waiter(user_timer).is_none() {
+                        self.link_rings_and_sleep(&mut main_ring)
+                            .expect("some error");
+                    }
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
