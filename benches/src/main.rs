@@ -432,13 +432,18 @@ fn bulk(router: &Router, client: &Arc<ClientConfig>, mib: u64, streams: usize) -
                 let client = client.clone();
                 let addr = router.addr;
                 let (client_cpu, client_sleeps) = (&client_cpu, &client_sleeps);
-                s.spawn(move || {
-                    let (t0, z0) = (thread_cpu_ns(), thread_sleeps());
-                    let r = meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20);
-                    client_cpu.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
-                    client_sleeps.fetch_add(thread_sleeps().saturating_sub(z0), Ordering::Relaxed);
-                    r
-                })
+                // Named so a profiler can pick the receiving client out (`perf report --comm`).
+                let spawned = std::thread::Builder::new().name("bulk-client".into());
+                spawned
+                    .spawn_scoped(s, move || {
+                        let (t0, z0) = (thread_cpu_ns(), thread_sleeps());
+                        let r = meshgate_tlskit::bulk(addr, SNI, client, 0, mib << 20);
+                        client_cpu.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+                        client_sleeps
+                            .fetch_add(thread_sleeps().saturating_sub(z0), Ordering::Relaxed);
+                        r
+                    })
+                    .expect("spawn a bulk client thread")
             })
             .collect();
         let mut ok = true;

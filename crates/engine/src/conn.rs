@@ -20,6 +20,7 @@ use meshgate_sni::{ClientHello, HelloReader, Limits, Progress, Reject};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -232,6 +233,8 @@ async fn route<'c>(
     // Routes to probed endpoints (other datacenters' gateways) skip those known down; one view for
     // the whole connection, so its plan is consistent.
     let health = (hooked.is_none() && snapshot.is_probed(route_id)).then(|| core.health());
+    let first = reader.into_buffered();
+    debug_assert!(first.len() >= hello.consumed);
     let (up, upstream) = loop {
         let next = match &health {
             Some(h) => plan.next_with_health(
@@ -253,7 +256,7 @@ async fn route<'c>(
         };
         attempts += 1;
         stats.connect_attempts.inc();
-        match connect(core, addr, timeout).await {
+        match connect(core, addr, timeout, &first).await {
             Ok(s) => break (s, addr),
             Err(e) => {
                 stats.connect_failures.inc();
@@ -267,9 +270,11 @@ async fn route<'c>(
     core.endpoint_opened(upstream);
     // Bounded like the connect it follows: an upstream that accepts but never reads (a zero window)
     // must not hold the connection for the idle timeout.
-    let first = reader.into_buffered();
-    debug_assert!(first.len() >= hello.consumed);
-    let written = within(settings.connect_timeout(), relay::write_all(&up, &first)).await;
+    let written = within(
+        settings.connect_timeout(),
+        relay::write_all(&up.side, &first[up.sent..]),
+    )
+    .await;
     if let Some(Err(_)) | None = written {
         let error = written.map_or_else(
             || format!("not taken within {:?}", settings.connect_timeout()),
@@ -285,7 +290,7 @@ async fn route<'c>(
     stats.bytes_to_upstream.add(first.len() as u64);
     let alpn = hello.alpn_display();
     Ok(Routed {
-        up,
+        up: up.side,
         upstream,
         attempts,
         snapshot,
@@ -296,16 +301,47 @@ async fn route<'c>(
     })
 }
 
-/// Connects to `addr` within `timeout`, waiting on the core's readiness set.
-async fn connect<'c>(core: &'c Core, addr: SocketAddr, timeout: Duration) -> io::Result<Side<'c>> {
-    let up = Side::connecting(core.poller(), sys::connect_start(addr)?);
-    match within(timeout, up.writable()).await {
+/// An upstream socket whose connect ended, and how much of the first bytes it already took.
+struct Connected<'c> {
+    side: Side<'c>,
+    sent: usize,
+}
+
+/// Connects to `addr` within `timeout`, waiting on the core's readiness set, and sends what it can of
+/// `first` (the ClientHello).
+///
+/// The send is tried right after `connect` returns: on loopback and on a fast local network the
+/// handshake has often completed by then, and a socket that took the bytes needs no wait for
+/// "writable" (an `epoll_ctl` to arm it, a turn of the set to report it and one to disarm it). A
+/// socket still connecting refuses with `EAGAIN` and the connect is waited for as usual; one whose
+/// connect already failed returns its error, a connect failure like any other (nothing was sent).
+async fn connect<'c>(
+    core: &'c Core,
+    addr: SocketAddr,
+    timeout: Duration,
+    first: &[u8],
+) -> io::Result<Connected<'c>> {
+    let fd = sys::connect_start(addr)?;
+    match sys::send(fd.as_fd(), first) {
+        Ok(sent) => {
+            return Ok(Connected {
+                side: Side::new(core.poller(), fd),
+                sent,
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) => return Err(e),
+    }
+    let side = Side::connecting(core.poller(), fd);
+    let connected = match within(timeout, side.writable()).await {
         None => Err(io::ErrorKind::TimedOut.into()),
         Some(Err(e)) => Err(e),
         // A failed connect is reported as an error or hang-up; only then ask the socket which.
-        Some(Ok(())) if up.may_have_failed() => sys::connect_result(up.fd()).map(|()| up),
-        Some(Ok(())) => Ok(up),
-    }
+        Some(Ok(())) if side.may_have_failed() => sys::connect_result(side.fd()),
+        Some(Ok(())) => Ok(()),
+    };
+    connected.map(|()| Connected { side, sent: 0 })
 }
 
 /// Reads until the reader has a whole ClientHello (or refuses the bytes).

@@ -249,13 +249,15 @@ async fn accept_loop(
         let Some(permits) = limits.acquire(li).await else {
             return;
         };
+        // One connection per report of the listener: the set is level-triggered, so a queue with more
+        // waiting is reported again on the next turn, and an accept that could only fail with `EAGAIN`
+        // (one per connection when they arrive one at a time) is never made.
         let accepted = loop {
+            if let Err(e) = listener.readable().await {
+                break Err(e);
+            }
             match sys::accept(listener.fd()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = listener.readable().await {
-                        break Err(e);
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => break other,
             }
         };

@@ -286,6 +286,51 @@ fn failover_to_next_endpoint_and_group() {
     gw.wait_metric("meshgate_upstream_connect_failures_total", 3.0);
 }
 
+/// A listener whose accept queue is full, and the connection that fills it: the kernel drops the SYNs
+/// of further connects, which stay connecting.
+fn full_listener() -> (socket2::Socket, std::net::TcpStream) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    // A backlog of 0 queues one connection.
+    listener.listen(0).expect("listen");
+    let addr = listener
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let filler = std::net::TcpStream::connect(addr).expect("fill the queue");
+    (listener, filler)
+}
+
+#[test]
+fn an_upstream_still_connecting_is_waited_for_until_the_connect_timeout() {
+    // The ClientHello is sent right after connect when the connect has already ended; here it has
+    // not, so the send is refused and the gateway waits for the connect, gives up at the route's
+    // connect timeout and takes the next endpoint.
+    let pki = Pki::new("test CA").expect("ca");
+    let name = sni("api", "dc1");
+    let live = backend(&pki, "live", &[&name]);
+    let (full, _filler) = full_listener();
+    let full = full.local_addr().expect("addr").as_socket().expect("inet");
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}connect_timeout_ms = 300
+",
+            route(&name, &[full, live.addr()])
+        ),
+    );
+    let client = pki.client_config(&[]).expect("client");
+    for _ in 0..4 {
+        let a = meshgate_tlskit::hello(gw.listen, &name, client.clone()).expect("next endpoint");
+        assert!(a.starts_with("backend=live "), "{a}");
+    }
+    gw.wait_metric("meshgate_upstream_connect_timeouts_total", 1.0);
+}
+
 #[test]
 fn all_endpoints_down_closes_and_counts() {
     let gw = Gateway::start("", &route("down.example", &[dead_addr(), dead_addr()]));
