@@ -310,11 +310,12 @@ struct Connected<'c> {
 /// Connects to `addr` within `timeout`, waiting on the core's readiness set, and sends what it can of
 /// `first` (the ClientHello).
 ///
-/// The send is tried right after `connect` returns: on loopback and on a fast local network the
-/// handshake has often completed by then, and a socket that took the bytes needs no wait for
-/// "writable" (an `epoll_ctl` to arm it, a turn of the set to report it and one to disarm it). A
-/// socket still connecting refuses with `EAGAIN` and the connect is waited for as usual; one whose
-/// connect already failed returns its error, a connect failure like any other (nothing was sent).
+/// To a loopback address the send is tried right after `connect` returns: the kernel runs the whole
+/// handshake inside the `connect` call there, so the socket takes the bytes at once and needs no wait
+/// for "writable" (an `epoll_ctl` to arm it, a turn of the set to report it and one to disarm it). A
+/// socket still connecting refuses with `EAGAIN` and is waited for as usual; one whose connect already
+/// failed returns its error, a connect failure like any other (nothing was sent). To any other address
+/// a connect takes at least a round trip, so the send could only fail: it is not tried.
 async fn connect<'c>(
     core: &'c Core,
     addr: SocketAddr,
@@ -322,16 +323,18 @@ async fn connect<'c>(
     first: &[u8],
 ) -> io::Result<Connected<'c>> {
     let fd = sys::connect_start(addr)?;
-    match sys::send(fd.as_fd(), first) {
-        Ok(sent) => {
-            return Ok(Connected {
-                side: Side::new(core.poller(), fd),
-                sent,
-            })
+    if addr.ip().is_loopback() {
+        match sys::send(fd.as_fd(), first) {
+            Ok(sent) => {
+                return Ok(Connected {
+                    side: Side::new(core.poller(), fd),
+                    sent,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-        Err(e) => return Err(e),
     }
     let side = Side::connecting(core.poller(), fd);
     let connected = match within(timeout, side.writable()).await {

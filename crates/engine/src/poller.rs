@@ -34,6 +34,9 @@ const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 /// Reports taken per `epoll_wait`; more ready sockets are taken on the next turn (the set stays
 /// readable while any are left).
 const BATCH: usize = 256;
+/// How often a failing `epoll_wait` is logged, and how long a blocking wait pauses after one.
+const ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 /// Tag of glommio's ring descriptors in the set: no slot has this index, so `dispatch` skips them (the
 /// executor reaps the rings itself once the wait returns).
 const RINGS: u64 = u64::MAX;
@@ -70,6 +73,8 @@ pub(crate) struct Poller {
     rounds: std::cell::Cell<u64>,
     /// Blocking waits of the core in the set (for tests: an idle core sleeps, it does not spin).
     sleeps: std::cell::Cell<u64>,
+    /// When a failed `epoll_wait` was last logged.
+    error_said: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 /// How a core waits for its set's reports (what [`Poller::start`] managed to set up).
@@ -92,6 +97,7 @@ impl Poller {
             slots: RefCell::new(Slots::default()),
             rounds: std::cell::Cell::new(0),
             sleeps: std::cell::Cell::new(0),
+            error_said: std::cell::Cell::new(None),
         })
     }
 
@@ -269,7 +275,24 @@ impl Poller {
             // A signal, or io_uring task work for this thread (a ring completion on its way).
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return 0,
             Err(e) => {
-                tracing::error!(error = %e, "epoll_wait failed");
+                // Not expected on the core's own set. Said once a second at most, and a wait that may
+                // block pauses (at most 10 ms) rather than letting the executor spin on the error.
+                #[allow(clippy::disallowed_methods)] // the error path only, never per event
+                let now = std::time::Instant::now();
+                if self
+                    .error_said
+                    .get()
+                    .is_none_or(|t| now.duration_since(t) >= ERROR_EVERY)
+                {
+                    self.error_said.set(Some(now));
+                    tracing::error!(error = %e, "epoll_wait on the core's set failed");
+                }
+                if let Some(pause) = timeout.map_or(Some(ERROR_PAUSE), |t| {
+                    (!t.is_zero()).then(|| t.min(ERROR_PAUSE))
+                }) {
+                    #[allow(clippy::disallowed_methods)] // as above: bounded, on the error path
+                    std::thread::sleep(pause);
+                }
                 return 0;
             }
         };
@@ -609,9 +632,9 @@ mod tests {
         on_executor(|| async {
             let poller = driven(Waiting::InTheSet);
             // Idle for 30 ms: a few sleeps (the timer's, the executor's own), not a spin.
-            let before = poller.sleeps.get();
+            let sleeps_before = poller.sleeps.get();
             glommio::timer::Timer::new(Duration::from_millis(30)).await;
-            let slept = poller.sleeps.get() - before;
+            let slept = poller.sleeps.get() - sleeps_before;
             assert!((1..=10).contains(&slept), "{slept} sleeps in 30 ms");
             // A wait glommio serves through io_uring (a socket outside the set) completes while the
             // core sleeps in the set: the ring's descriptor is in it.
@@ -621,13 +644,67 @@ mod tests {
                 client.write_all(b"x").expect("write");
                 client
             });
-            let woke = within(
+            let woke = before(
                 Duration::from_secs(5),
                 glommio::net::wait_readable(server.as_raw_fd()),
             )
             .await;
             assert!(matches!(woke, Some(Ok(()))), "io_uring poll not seen");
             drop(writer.join().expect("writer"));
+        });
+    }
+
+    /// `f`'s output if it is ready before `limit`; `None` if the limit's timer is (the timer is polled
+    /// first, so a wake-up that was missed and only caught when the timer woke the core fails).
+    async fn before<F: std::future::Future>(limit: Duration, f: F) -> Option<F::Output> {
+        futures_lite::future::or(
+            async {
+                glommio::timer::Timer::new(limit).await;
+                None
+            },
+            async { Some(f.await) },
+        )
+        .await
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_the_sleep_in_the_set() {
+        use std::sync::{Arc, Mutex};
+        on_executor(|| async {
+            let _poller = driven(Waiting::InTheSet);
+            // The task's waker, handed to another thread that wakes it while the core sleeps.
+            let slot: Arc<Mutex<Option<Waker>>> = Arc::default();
+            let theirs = slot.clone();
+            let waker = std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while std::time::Instant::now() < deadline {
+                    let taken = theirs.lock().expect("lock").take();
+                    if let Some(w) = taken {
+                        std::thread::sleep(Duration::from_millis(20));
+                        w.wake();
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
+            });
+            let mut polled = false;
+            let woken = std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut polled, true) {
+                    return Poll::Ready(());
+                }
+                *slot.lock().expect("lock") = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            let woke = before(Duration::from_secs(5), woken).await;
+            assert!(
+                waker.join().expect("waker thread"),
+                "the waker was never handed over"
+            );
+            assert!(
+                woke.is_some(),
+                "a wake-up from another thread was not seen while sleeping"
+            );
         });
     }
 }

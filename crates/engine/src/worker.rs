@@ -158,6 +158,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
             "drain timeout: closing remaining connections"
         );
     }
+    // The executor's idle wait holds the readiness set; let it go while this executor is current, so
+    // the set and what still waits in it are freed with the core rather than with the reactor.
+    if waiting == Some(crate::poller::Waiting::InTheSet) {
+        glommio::net::set_idle_waiter(None);
+    }
     shared.life.exited();
 }
 
@@ -249,15 +254,15 @@ async fn accept_loop(
         let Some(permits) = limits.acquire(li).await else {
             return;
         };
-        // One connection per report of the listener: the set is level-triggered, so a queue with more
-        // waiting is reported again on the next turn, and an accept that could only fail with `EAGAIN`
-        // (one per connection when they arrive one at a time) is never made.
+        // Drains the queue while the permits last: under a burst a core takes every waiting connection
+        // in one turn, rather than one per turn of its set (which a busy core makes slowly).
         let accepted = loop {
-            if let Err(e) = listener.readable().await {
-                break Err(e);
-            }
             match sys::accept(listener.fd()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = listener.readable().await {
+                        break Err(e);
+                    }
+                }
                 other => break other,
             }
         };

@@ -164,6 +164,11 @@ pub async fn wait_writable(fd: RawFd) -> io::Result<()> {
 /// reactor: it may wake wakers and make system calls, but must not create or
 /// drop glommio I/O or timers, spawn, or call this function.
 ///
+/// This relies on how the rings are set up (no `IORING_SETUP_COOP_TASKRUN` or
+/// `IORING_SETUP_DEFER_TASKRUN`): a completion the kernel posts through task
+/// work interrupts the waiter's wait (`EINTR`) and is in the ring when it
+/// returns. A rebase that sets either flag must wake the waiter another way.
+///
 /// Must be called from inside a glommio executor.
 pub fn set_idle_waiter(waiter: Option<Box<dyn FnMut(Option<std::time::Duration>) -> usize>>) {
     crate::executor().reactor().sys.set_idle_waiter(waiter);
