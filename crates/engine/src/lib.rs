@@ -229,8 +229,9 @@ impl Engine {
             match (settings.balance == meshgate_config::Balance::Connections && workers > 1)
                 .then(|| {
                     // A core's share of the limit, less the permit each accept loop holds while
-                    // it waits (worker.rs divides the limit the same way).
-                    let share = (settings.max_connections as usize).div_ceil(workers).max(1);
+                    // it waits.
+                    let share = worker::core_share(settings.max_connections, workers);
+                    let share = usize::try_from(share).unwrap_or(usize::MAX);
                     balance::Balance::new(workers, share.saturating_sub(settings.listen.len()))
                 })
                 .transpose()

@@ -63,7 +63,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
         }
     };
     let settings = shared.snapshot.load_full().settings.clone();
-    let workers = stats.len() as u64;
+    let workers = stats.len();
     let core = Rc::new(Core::new(index, shared.clone(), stats, hook));
     // Lives as long as the executor: dropped with it when the core's run ends.
     let waiting = core.start_poller();
@@ -81,14 +81,17 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
         }
     }
     // Limits are split evenly per core: no shared counter on the accept path.
-    let per_core = |total: u32| u64::from(total).div_ceil(workers).max(1);
     let limits = Rc::new(Limits {
-        global: Rc::new(Semaphore::new(per_core(settings.max_connections))),
+        global: Rc::new(Semaphore::new(core_share(
+            settings.max_connections,
+            workers,
+        ))),
         per_listener: (0..addrs.len())
             .map(|_| {
                 (settings.max_connections_per_listener > 0).then(|| {
-                    Rc::new(Semaphore::new(per_core(
+                    Rc::new(Semaphore::new(core_share(
                         settings.max_connections_per_listener,
+                        workers,
                     )))
                 })
             })
@@ -164,6 +167,12 @@ pub(crate) async fn run(shared: Arc<Shared>, stats: Arc<[CoreStats]>, start: Sta
         glommio::net::set_idle_waiter(None);
     }
     shared.life.exited();
+}
+
+/// A core's share of a connection limit of `total` over `workers` cores, at least one: limits are split
+/// evenly per core, with no shared counter on the accept path. The balance's room is derived from it.
+pub(crate) fn core_share(total: u32, workers: usize) -> u64 {
+    u64::from(total).div_ceil(workers.max(1) as u64).max(1)
 }
 
 /// A core's share of the connection limits: the whole gateway's, and each listener's (if set).
