@@ -1,7 +1,10 @@
 //! The SNI route table: which upstream endpoints a server name goes to. Pure data, no IO, no clock.
 //!
 //! A [`RouteTable`] is built once by [`RouteTableBuilder`], validated, and never mutated afterwards; the
-//! data plane holds it behind an `Arc` and swaps in a whole new table on reload. Lookup rules:
+//! data plane holds it behind an `Arc` and swaps in a whole new table on reload. A catalog change that
+//! touches a few routes makes its new table with [`RouteTable::patched`]: the routes are shared
+//! (`Arc`) between the two tables, so the copy costs a reference count per route, not a rebuild.
+//! Lookup rules:
 //! - an exact name beats any wildcard (one hash lookup);
 //! - `*.suffix` matches any name with one or more labels before `suffix` (so `*.dc2.internal.td.consul`
 //!   covers `api.default.dc2.internal.td.consul`), and the longest matching suffix wins (one hash lookup per
@@ -23,6 +26,7 @@ pub use plan::{LbState, Liveness, Plan, MAX_ATTEMPTS_PER_GROUP, NEAR_FACTOR, NEA
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -96,6 +100,10 @@ pub struct Route {
     pub connect_timeout: Option<Duration>,
     /// Where the route came from (`config`, a plugin name...), for `/routes` and logs.
     pub source: String,
+}
+
+fn ser_routes<S: serde::Serializer>(routes: &[Arc<Route>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().map(|r| &**r))
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -228,16 +236,18 @@ impl<'t> Match<'t> {
     }
 }
 
-/// An immutable, validated route table.
+/// An immutable, validated route table. Cloning it shares its routes (a reference count each).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RouteTable {
-    /// All routes; ids index this vector. Exact and wildcard routes first, then the fallbacks.
-    routes: Vec<Route>,
+    /// All routes; ids index this vector (in the order added; a patch moves the last route into a
+    /// removed one's place).
+    #[serde(serialize_with = "ser_routes")]
+    routes: Vec<Arc<Route>>,
     #[serde(skip)]
-    exact: HashMap<Box<str>, RouteId>,
+    exact: HashMap<Arc<str>, RouteId>,
     /// Keyed by the suffix after `*.`.
     #[serde(skip)]
-    wildcard: HashMap<Box<str>, RouteId>,
+    wildcard: HashMap<Arc<str>, RouteId>,
     /// Route for unmatched names, if any.
     #[serde(skip)]
     default_route: Option<RouteId>,
@@ -278,8 +288,84 @@ impl RouteTable {
     }
 
     /// Every route, ids in order.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// Whether a route with this pattern (after normalisation) is in the table (fallbacks are not
+    /// patterns).
+    pub fn contains(&self, pattern: &str) -> bool {
+        match parse_pattern(pattern) {
+            Ok(Pattern::Exact(n)) => self.exact.contains_key(n.as_str()),
+            Ok(Pattern::Wildcard(s)) => self.wildcard.contains_key(s.as_str()),
+            Err(_) => false,
+        }
+    }
+
+    /// A new table: this one without the routes of `removed` (patterns not in it are ignored), with
+    /// each of `upserts` added, or replacing the route of the same pattern. The routes not named are
+    /// shared with this table, so the cost is a reference count per route plus the named ones' work.
+    /// Validated as the builder validates; an error leaves no table (this one is untouched).
+    pub fn patched(
+        &self,
+        removed: &[String],
+        upserts: Vec<RouteSpec>,
+    ) -> Result<RouteTable, BuildError> {
+        let mut table = self.clone();
+        for pattern in removed {
+            let Ok(parsed) = parse_pattern(pattern) else {
+                continue;
+            };
+            let (map, key) = match &parsed {
+                Pattern::Exact(n) => (&mut table.exact, n.as_str()),
+                Pattern::Wildcard(s) => (&mut table.wildcard, s.as_str()),
+            };
+            if let Some(id) = map.remove(key) {
+                table.remove_id(id);
+            }
+        }
+        for spec in upserts {
+            let parsed = parse_pattern(&spec.pattern)?;
+            let (map, key, shown) = match parsed {
+                Pattern::Exact(n) => (&mut table.exact, n.clone(), n),
+                Pattern::Wildcard(s) => (&mut table.wildcard, s.clone(), format!("*.{s}")),
+            };
+            let route = Arc::new(make_route(shown, spec)?);
+            match map.get(key.as_str()) {
+                Some(&id) => table.routes[id] = route,
+                None => {
+                    let id = table.routes.len();
+                    map.insert(Arc::from(key), id);
+                    table.routes.push(route);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// Drops route `id` (already out of its map): the last route takes its id.
+    fn remove_id(&mut self, id: RouteId) {
+        let last = self.routes.len() - 1;
+        self.routes.swap_remove(id);
+        if id == last {
+            return;
+        }
+        // The route that moved answers under its new id, wherever it is referred to.
+        let moved = &self.routes[id].pattern;
+        for slot in [&mut self.default_route, &mut self.no_sni_route] {
+            if *slot == Some(last) {
+                *slot = Some(id);
+                return;
+            }
+        }
+        let entry = match parse_pattern(moved) {
+            Ok(Pattern::Exact(n)) => self.exact.get_mut(n.as_str()),
+            Ok(Pattern::Wildcard(s)) => self.wildcard.get_mut(s.as_str()),
+            Err(_) => None,
+        };
+        if let Some(slot) = entry {
+            *slot = id;
+        }
     }
 
     /// Number of routes (fallbacks included).
@@ -307,11 +393,17 @@ impl RouteTableBuilder {
 
     /// Whether a route with this pattern (after normalisation) is already present.
     pub fn contains(&self, pattern: &str) -> bool {
-        match parse_pattern(pattern) {
-            Ok(Pattern::Exact(n)) => self.table.exact.contains_key(n.as_str()),
-            Ok(Pattern::Wildcard(s)) => self.table.wildcard.contains_key(s.as_str()),
-            Err(_) => false,
-        }
+        self.table.contains(pattern)
+    }
+
+    /// Routes added so far (fallbacks included).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when nothing was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 
     /// Adds a route; a duplicate or invalid pattern is an error.
@@ -326,8 +418,8 @@ impl RouteTableBuilder {
         }
         let route = make_route(shown, spec)?;
         let id = self.table.routes.len();
-        map.insert(key.into_boxed_str(), id);
-        self.table.routes.push(route);
+        map.insert(Arc::from(key), id);
+        self.table.routes.push(Arc::new(route));
         Ok(id)
     }
 
@@ -336,7 +428,7 @@ impl RouteTableBuilder {
         let id = self.table.routes.len();
         self.table
             .routes
-            .push(make_route("<default>".to_owned(), spec)?);
+            .push(Arc::new(make_route("<default>".to_owned(), spec)?));
         self.table.default_route = Some(id);
         Ok(id)
     }
@@ -346,7 +438,7 @@ impl RouteTableBuilder {
         let id = self.table.routes.len();
         self.table
             .routes
-            .push(make_route("<no-sni>".to_owned(), spec)?);
+            .push(Arc::new(make_route("<no-sni>".to_owned(), spec)?));
         self.table.no_sni_route = Some(id);
         Ok(id)
     }
@@ -626,5 +718,108 @@ mod tests {
             json["routes"][0]["groups"][0]["weights"],
             serde_json::json!([9, 1])
         );
+    }
+
+    /// What a name resolves to, comparable across tables (ids differ between a patched table and one
+    /// built whole).
+    fn resolved(t: &RouteTable, name: &str) -> Option<(String, Vec<EndpointGroup>)> {
+        t.lookup(name)
+            .route()
+            .map(|(r, _)| (r.pattern.clone(), r.groups.clone()))
+    }
+
+    #[test]
+    fn a_patch_removes_replaces_and_adds_and_keeps_the_fallbacks() {
+        let mut b = RouteTableBuilder::new();
+        for (i, p) in ["a.td", "b.td", "*.dc2.td", "c.td"].iter().enumerate() {
+            b.add(RouteSpec::new(*p, ep(u16::try_from(i).expect("small") + 1)))
+                .expect("add");
+        }
+        b.default_route(RouteSpec::new("x", ep(90)))
+            .expect("default");
+        b.no_sni_route(RouteSpec::new("x", ep(91))).expect("no sni");
+        let before = b.build();
+        let after = before
+            .patched(
+                // The first route, a wildcard, one that is not there, one that is not a pattern.
+                &[
+                    "A.td".into(),
+                    "*.dc2.td".into(),
+                    "gone.td".into(),
+                    "*x*".into(),
+                ],
+                vec![
+                    RouteSpec::new("b.td", ep(20)),
+                    RouteSpec::new("d.td", ep(40)),
+                ],
+            )
+            .expect("patch");
+        assert_eq!(
+            port(after.lookup("a.td")),
+            Some(90),
+            "removed: the default answers"
+        );
+        assert_eq!(port(after.lookup("b.td")), Some(20), "replaced");
+        assert_eq!(port(after.lookup("c.td")), Some(4), "kept, though it moved");
+        assert_eq!(port(after.lookup("d.td")), Some(40), "added");
+        assert_eq!(port(after.lookup("api.dc2.td")), Some(90));
+        assert_eq!(port(after.no_sni()), Some(91));
+        assert!(!after.contains("a.td") && after.contains("B.TD") && !after.contains("*.dc2.td"));
+        assert_eq!(after.len(), 5);
+        // The table it was made from is untouched.
+        assert_eq!(port(before.lookup("a.td")), Some(1));
+        assert_eq!(port(before.lookup("b.td")), Some(2));
+        // An invalid route refuses the whole patch.
+        assert!(before
+            .patched(&[], vec![RouteSpec::new("bad*.td", ep(1))])
+            .is_err());
+        assert!(before
+            .patched(&[], vec![RouteSpec::new("e.td", Vec::new())])
+            .is_err());
+    }
+
+    proptest::proptest! {
+        /// Any sequence of patches answers every name exactly as the same routes built whole.
+        #[test]
+        fn patches_answer_as_a_table_built_whole(
+            start in proptest::collection::btree_map(0u8..24, 1u16..100, 0..16),
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u8..24, 0..6),
+                 proptest::collection::btree_map(0u8..24, 100u16..200, 0..6)),
+                1..6),
+            fallback in proptest::bool::ANY,
+        ) {
+            // Names 0..12 exact, 12..24 wildcards over a suffix a few names fall under.
+            let pattern = |k: u8| if k < 12 { format!("n{k}.dc.td") } else { format!("*.w{}.td", k - 12) };
+            let build = |routes: &std::collections::BTreeMap<u8, u16>| {
+                let mut b = RouteTableBuilder::new();
+                for (k, p) in routes {
+                    b.add(RouteSpec::new(pattern(*k), ep(*p))).expect("add");
+                }
+                if fallback {
+                    b.default_route(RouteSpec::new("x", ep(999))).expect("default");
+                }
+                b.build()
+            };
+            let mut model = start.clone();
+            let mut table = build(&start);
+            for (removed, upserts) in steps {
+                for k in &removed {
+                    model.remove(k);
+                }
+                for (k, p) in &upserts {
+                    model.insert(*k, *p);
+                }
+                let removed: Vec<String> = removed.iter().map(|k| pattern(*k)).collect();
+                let upserts = upserts.iter().map(|(k, p)| RouteSpec::new(pattern(*k), ep(*p))).collect();
+                table = table.patched(&removed, upserts).expect("patch");
+                let whole = build(&model);
+                proptest::prop_assert_eq!(table.len(), whole.len());
+                for k in 0..24u8 {
+                    let name = if k < 12 { format!("n{k}.dc.td") } else { format!("a.w{}.td", k - 12) };
+                    proptest::prop_assert_eq!(resolved(&table, &name), resolved(&whole, &name));
+                }
+            }
+        }
     }
 }

@@ -391,7 +391,7 @@ mod tests {
         spec.weights = weights;
         spec.lb = lb;
         b.add(spec).expect("route");
-        b.build().routes()[0].clone()
+        (*b.build().routes()[0]).clone()
     }
 
     fn all(route: &Route, state: &mut LbState) -> Vec<u16> {
