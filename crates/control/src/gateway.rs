@@ -15,6 +15,7 @@
 use crate::clock::{Clock, Schedule, SystemClock};
 use crate::consul::register::{self, Registrar};
 use crate::consul::watches::Waker;
+use crate::delta::Change;
 use crate::dirwatch::DirWatch;
 use crate::error::ControlError;
 use crate::plugins::{self, CatalogWatch, ConsulLink, PluginMetrics, Reporter, Router};
@@ -23,8 +24,10 @@ use meshgate_admin::AdminSource;
 use meshgate_config::{Config, GatewaySettings, PluginSection};
 use meshgate_engine::hook::HookFactory;
 use meshgate_engine::Engine;
+use meshgate_plugin::types::{CatalogChange, Route};
 use meshgate_plugin::{PluginError, PluginHost};
-use meshgate_route::{LbPolicy, RouteSpec, RouteTable};
+use meshgate_route::{LbPolicy, RouteSpec, RouteTable, RouteTableBuilder};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -67,6 +70,29 @@ pub struct GatewayControl {
     files: PluginFiles,
     /// Where the table being made spent its time, logged with it (what a catalog change costs).
     phases: Phases,
+    /// An incremental router's routes and the table they were patched into.
+    incremental: Incremental,
+}
+
+/// What the gateway keeps for an incremental router (world `incremental-router-plugin`), so a catalog
+/// delta costs the routes it touches: the router's routes by pattern, whether its instance holds the
+/// catalog the host has, and the last table made (the base of the next patch).
+#[derive(Default)]
+struct Incremental {
+    /// The router's routes, as given (a pattern the static routes define is kept here but not used).
+    specs: HashMap<String, RouteSpec>,
+    /// The router instance was told the host's catalog (whole, then every delta since).
+    synced: bool,
+    /// The last table made from the static routes and `specs`; `None`: make the next one whole (after
+    /// a reload, whose static routes may differ, or a failure).
+    table: Option<RouteTable>,
+}
+
+impl Incremental {
+    /// Forget everything: the next table is made from the whole catalog.
+    fn reset(&mut self) {
+        *self = Incremental::default();
+    }
 }
 
 /// Wall-clock time of each step from a catalog change to its installed table, on the control thread.
@@ -103,6 +129,7 @@ impl GatewayControl {
             waker,
             files: PluginFiles::default(),
             phases: Phases::default(),
+            incremental: Incremental::default(),
         };
         control.files = PluginFiles::of(&control.config);
         control.plugins = control.load_plugins(&control.config.clone())?;
@@ -130,15 +157,18 @@ impl GatewayControl {
             section: config.consul.as_ref(),
             waker: self.waker.clone(),
         };
-        plugins::load_catalog_and_router(
+        let (mut watch, router) = plugins::load_catalog_and_router(
             &host,
             &catalog,
             &router,
             &config.base_dir,
             &self.metrics,
             &link,
-        )
-        .map(Some)
+        )?;
+        if router.plugin.is_incremental() {
+            watch.track_changes();
+        }
+        Ok(Some((watch, router)))
     }
 
     /// The process's plugin host, made on first use: the catalog, the router and the hook share its
@@ -167,7 +197,7 @@ impl GatewayControl {
 
     /// The table to start with: static routes plus whatever the plugins give on a first try.
     pub fn initial_table(&mut self) -> Result<RouteTable, ControlError> {
-        self.poll_catalog();
+        self.poll_catalog(None);
         match self.compute() {
             Ok(t) => {
                 let have_catalog = self.have_catalog();
@@ -188,7 +218,13 @@ impl GatewayControl {
 
     /// One poll: fetch the catalog and install a new table if anything changed.
     pub fn tick(&mut self, sink: &dyn Publish) {
-        self.poll_catalog();
+        self.tick_with(sink, None);
+    }
+
+    /// As [`GatewayControl::tick`], telling the catalog plugin which files changed since the previous
+    /// poll (`changed-files`; `None`: unknown, the plugin looks at everything).
+    pub fn tick_with(&mut self, sink: &dyn Publish, changed_files: Option<Vec<String>>) {
+        self.poll_catalog(changed_files);
         if self.dirty {
             self.recompute(sink);
         }
@@ -245,8 +281,10 @@ impl GatewayControl {
         }
         let old_config = std::mem::replace(&mut self.config, config);
         let old_plugins = staged.map(|p| std::mem::replace(&mut self.plugins, p));
+        // The static routes may differ, or the router: the next table is made whole.
+        self.incremental.reset();
         if old_plugins.is_none() {
-            self.poll_catalog();
+            self.poll_catalog(None);
         }
         match self.compute() {
             Ok(table) => {
@@ -283,12 +321,12 @@ impl GatewayControl {
             .is_some_and(|(c, _)| c.current().is_some())
     }
 
-    fn poll_catalog(&mut self) {
+    fn poll_catalog(&mut self, changed_files: Option<Vec<String>>) {
         let Some((catalog, _)) = &mut self.plugins else {
             return;
         };
         let started = Instant::now();
-        match catalog.poll(&self.metrics) {
+        match catalog.poll(&self.metrics, changed_files) {
             Ok(changed) => {
                 if changed {
                     self.phases.fetch = started.elapsed();
@@ -337,99 +375,254 @@ impl GatewayControl {
     fn compute(&mut self) -> Result<RouteTable, ControlError> {
         let started = Instant::now();
         let mut router_time = Duration::ZERO;
-        let mut builder = self
+        let builder = self
             .config
             .route_builder()
             .map_err(|e| ControlError::Config(e.to_string()))?;
-        let mut from_plugin = 0;
-        if let Some((watch, router)) = &mut self.plugins {
-            if let Some(catalog) = watch.current() {
-                let name = router.plugin.name().to_owned();
-                let metrics = &self.metrics;
-                metrics.called(&name);
-                let plugin_error = |source: PluginError| {
-                    metrics.failed(&source, &name);
-                    ControlError::Plugin {
-                        section: "[router]",
-                        source,
-                    }
-                };
-                let invalid = |message: String| {
-                    plugin_error(PluginError::Invalid {
-                        plugin: name.clone(),
-                        message,
-                    })
-                };
-                let called = Instant::now();
-                let routes = router
-                    .plugin
-                    .gateway_routes(
-                        &router.section.settings(),
-                        catalog,
-                        &self.config.gateway.datacenter,
-                    )
-                    .map_err(plugin_error)?;
-                router_time = called.elapsed();
-                for r in routes {
-                    if builder.contains(&r.pattern) {
-                        tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
-                        continue;
-                    }
-                    if !r.weights.is_empty() && r.weights.len() != r.endpoints.len() {
-                        return Err(invalid(format!(
-                            "route {}: {} weights for {} endpoints",
-                            r.pattern,
-                            r.weights.len(),
-                            r.endpoints.len()
-                        )));
-                    }
-                    // The first group, then the router's failover groups, in order.
-                    let mut groups = Vec::with_capacity(1 + r.failover.len());
-                    let mut weights = Vec::new();
-                    for (g, group) in std::iter::once(&r.endpoints).chain(&r.failover).enumerate() {
-                        let mut endpoints = Vec::new();
-                        for (i, e) in group.iter().enumerate() {
-                            let addrs: Vec<SocketAddr> = e
-                                .to_socket_addrs()
-                                .map_err(|err| {
-                                    invalid(format!("route {}: endpoint {e}: {err}", r.pattern))
-                                })?
-                                .collect();
-                            // A name with several addresses: each carries the endpoint's weight.
-                            if g == 0 {
-                                if let Some(w) = r.weights.get(i) {
-                                    weights.extend(std::iter::repeat_n(*w, addrs.len()));
-                                }
-                            }
-                            endpoints.extend(addrs);
-                        }
-                        groups.push(endpoints);
-                    }
-                    builder
-                        .add(RouteSpec {
-                            pattern: r.pattern.clone(),
-                            groups,
-                            // Only the first group is weighted (empty: all equal).
-                            weights: if weights.is_empty() {
-                                Vec::new()
-                            } else {
-                                vec![weights]
-                            },
-                            lb: LbPolicy::RoundRobin,
-                            connect_timeout: None,
-                            source: format!("plugin {name}: {}", r.reason),
-                        })
-                        .map_err(|err| invalid(err.to_string()))?;
-                    from_plugin += 1;
-                }
+        let static_len = builder.len();
+        let incremental = self
+            .plugins
+            .as_ref()
+            .is_some_and(|(w, r)| r.plugin.is_incremental() && w.current().is_some());
+        let made = if incremental {
+            self.compute_incremental(builder, &mut router_time)
+        } else {
+            self.compute_whole(builder, &mut router_time)
+        };
+        let table = match made {
+            Ok(t) => t,
+            Err(e) => {
+                self.incremental.reset();
+                return Err(e);
             }
-        }
-        self.metrics.plugin_routes.set(from_plugin);
-        let table = builder.build();
+        };
+        self.metrics
+            .plugin_routes
+            .set(i64::try_from(table.len().saturating_sub(static_len)).unwrap_or(i64::MAX));
         self.phases.router = router_time;
         self.phases.build = started.elapsed().saturating_sub(router_time);
         Ok(table)
     }
+
+    /// The table from the router's `gateway-routes` over the whole catalog (a router that is not
+    /// incremental, or no catalog yet).
+    fn compute_whole(
+        &mut self,
+        mut builder: RouteTableBuilder,
+        router_time: &mut Duration,
+    ) -> Result<RouteTable, ControlError> {
+        let Some((watch, router)) = &mut self.plugins else {
+            return Ok(builder.build());
+        };
+        let Some(catalog) = watch.current() else {
+            return Ok(builder.build());
+        };
+        let name = router.plugin.name().to_owned();
+        self.metrics.called(&name);
+        let called = Instant::now();
+        let routes = router
+            .plugin
+            .gateway_routes(
+                &router.section.settings(),
+                catalog,
+                &self.config.gateway.datacenter,
+            )
+            .map_err(|e| router_error(&self.metrics, &name, e))?;
+        *router_time = called.elapsed();
+        for r in &routes {
+            if builder.contains(&r.pattern) {
+                tracing::debug!(pattern = %r.pattern, "static route wins over the plugin's");
+                continue;
+            }
+            let spec = route_spec(r, &name).map_err(|m| invalid(&self.metrics, &name, m))?;
+            builder
+                .add(spec)
+                .map_err(|err| invalid(&self.metrics, &name, err.to_string()))?;
+        }
+        Ok(builder.build())
+    }
+
+    /// The table from an incremental router: the whole catalog to an instance that does not hold it,
+    /// else only what moved; the routes it answers patched into the last table (made whole when there
+    /// is none to patch).
+    fn compute_incremental(
+        &mut self,
+        builder: RouteTableBuilder,
+        router_time: &mut Duration,
+    ) -> Result<RouteTable, ControlError> {
+        let Some((watch, router)) = &mut self.plugins else {
+            return Ok(builder.build());
+        };
+        let change = watch.take_change();
+        let Some(catalog) = watch.current() else {
+            return Ok(builder.build());
+        };
+        let state = &mut self.incremental;
+        let whole = !state.synced || !router.plugin.is_live() || change == Change::Whole;
+        let change = if whole {
+            Some(CatalogChange::Whole(catalog.clone()))
+        } else {
+            match change {
+                Change::Delta(d) if !crate::delta::is_empty(&d) => Some(CatalogChange::Delta(d)),
+                _ => None,
+            }
+        };
+        let name = router.plugin.name().to_owned();
+        let Some(change) = change else {
+            // Nothing moved for the router (a reload of the static routes, or an empty delta).
+            return match &state.table {
+                Some(t) => Ok(t.clone()),
+                None => whole_table(builder, &state.specs, &mut state.table),
+            };
+        };
+        self.metrics.called(&name);
+        let called = Instant::now();
+        // Whatever happens next, the instance holds this change only if the host keeps it too.
+        state.synced = false;
+        let answer = router
+            .plugin
+            .update_routes(
+                &router.section.settings(),
+                &change,
+                &self.config.gateway.datacenter,
+            )
+            .map_err(|e| router_error(&self.metrics, &name, e))?;
+        *router_time = called.elapsed();
+        let fail = |m: String| invalid(&self.metrics, &name, m);
+        if whole {
+            let mut specs = HashMap::with_capacity(answer.upserts.len());
+            for r in &answer.upserts {
+                let spec = route_spec(r, &name).map_err(fail)?;
+                if specs.insert(r.pattern.clone(), spec).is_some() {
+                    return Err(fail(format!("route `{}` is defined twice", r.pattern)));
+                }
+            }
+            state.specs = specs;
+            let table = whole_table(builder, &state.specs, &mut state.table)?;
+            state.synced = true;
+            return Ok(table);
+        }
+        let mut removed = Vec::new();
+        for p in answer.removed {
+            if state.specs.remove(&p).is_some() && !builder.contains(&p) {
+                removed.push(p);
+            }
+        }
+        let mut upserts = Vec::with_capacity(answer.upserts.len());
+        for r in &answer.upserts {
+            let spec = route_spec(r, &name).map_err(fail)?;
+            if !builder.contains(&r.pattern) {
+                upserts.push(spec.clone());
+            }
+            state.specs.insert(r.pattern.clone(), spec);
+        }
+        let table = match &state.table {
+            Some(base) => base
+                .patched(&removed, upserts)
+                .map_err(|e| fail(e.to_string()))?,
+            None => whole_table(builder, &state.specs, &mut state.table)?,
+        };
+        state.table = Some(table.clone());
+        state.synced = true;
+        Ok(table)
+    }
+}
+
+/// The static routes, then every route of `specs` whose pattern they do not define (in pattern
+/// order); kept in `last` as the next patch's base.
+fn whole_table(
+    mut builder: RouteTableBuilder,
+    specs: &HashMap<String, RouteSpec>,
+    last: &mut Option<RouteTable>,
+) -> Result<RouteTable, ControlError> {
+    let mut sorted: Vec<&RouteSpec> = specs.values().collect();
+    sorted.sort_unstable_by(|a, b| a.pattern.cmp(&b.pattern));
+    for spec in sorted {
+        if builder.contains(&spec.pattern) {
+            continue;
+        }
+        builder
+            .add(spec.clone())
+            .map_err(|e| ControlError::Plugin {
+                section: "[router]",
+                source: PluginError::Invalid {
+                    plugin: spec.source.clone(),
+                    message: e.to_string(),
+                },
+            })?;
+    }
+    let table = builder.build();
+    *last = Some(table.clone());
+    Ok(table)
+}
+
+/// A router call's failure, counted.
+fn router_error(metrics: &PluginMetrics, name: &str, source: PluginError) -> ControlError {
+    metrics.failed(&source, name);
+    ControlError::Plugin {
+        section: "[router]",
+        source,
+    }
+}
+
+/// A router's answer the host refuses, counted.
+fn invalid(metrics: &PluginMetrics, name: &str, message: String) -> ControlError {
+    router_error(
+        metrics,
+        name,
+        PluginError::Invalid {
+            plugin: name.to_owned(),
+            message,
+        },
+    )
+}
+
+/// A router's route as the table takes it: each endpoint resolved (a name with several addresses
+/// gives each the endpoint's weight), the failover groups after the first, in order.
+fn route_spec(r: &Route, plugin: &str) -> Result<RouteSpec, String> {
+    if !r.weights.is_empty() && r.weights.len() != r.endpoints.len() {
+        return Err(format!(
+            "route {}: {} weights for {} endpoints",
+            r.pattern,
+            r.weights.len(),
+            r.endpoints.len()
+        ));
+    }
+    let mut groups = Vec::with_capacity(1 + r.failover.len());
+    let mut weights = Vec::new();
+    for (g, group) in std::iter::once(&r.endpoints).chain(&r.failover).enumerate() {
+        let mut endpoints = Vec::with_capacity(group.len());
+        for (i, e) in group.iter().enumerate() {
+            // An IP literal (what routers give) needs no resolver.
+            let addrs: Vec<SocketAddr> = match e.parse::<SocketAddr>() {
+                Ok(a) => vec![a],
+                Err(_) => e
+                    .to_socket_addrs()
+                    .map_err(|err| format!("route {}: endpoint {e}: {err}", r.pattern))?
+                    .collect(),
+            };
+            if g == 0 {
+                if let Some(w) = r.weights.get(i) {
+                    weights.extend(std::iter::repeat_n(*w, addrs.len()));
+                }
+            }
+            endpoints.extend(addrs);
+        }
+        groups.push(endpoints);
+    }
+    Ok(RouteSpec {
+        pattern: r.pattern.clone(),
+        groups,
+        // Only the first group is weighted (empty: all equal).
+        weights: if weights.is_empty() {
+            Vec::new()
+        } else {
+            vec![weights]
+        },
+        lb: LbPolicy::RoundRobin,
+        connect_timeout: None,
+        source: format!("plugin {plugin}: {}", r.reason),
+    })
 }
 
 /// A digest of each plugin file a config names (`None` for a shipped plugin, or a file that cannot be
@@ -622,10 +815,8 @@ pub fn start_with(
                         schedule.set_interval(control.poll_interval(), clock.now());
                     }
                     Ok(Event::Wake) => {
-                        if let Some(w) = &dirwatch {
-                            w.taken();
-                        }
-                        control.tick(&*eng);
+                        let changed = dirwatch.as_ref().and_then(DirWatch::taken);
+                        control.tick_with(&*eng, changed);
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         if schedule.due(clock.now()) {
@@ -654,10 +845,10 @@ fn catalog_dirwatch(config: &Config, consul: bool, waker: &Waker) -> Option<DirW
         return None;
     }
     let (catalog, _) = plugin_sections(config)?;
-    let dirs: Vec<PathBuf> = catalog
+    let dirs: Vec<(PathBuf, String)> = catalog
         .allow_dirs
         .iter()
-        .map(|d| config.base_dir.join(d))
+        .map(|d| (config.base_dir.join(d), d.to_string_lossy().into_owned()))
         .collect();
     if dirs.is_empty() {
         return None;

@@ -6,7 +6,9 @@
 //!   reloads, the drain;
 //! - [`sidecar`]: the same for a sidecar's plan, plus certificate watching;
 //! - [`plugins`]: loading and polling the catalog and router plugins, their metrics;
-//! - [`dirwatch`]: inotify on a polled catalog's directories, so an edit is polled at once;
+//! - [`dirwatch`]: inotify on a polled catalog's directories, so an edit is polled at once, with the
+//!   files it names (a hint the catalog plugin may use instead of listing everything);
+//! - [`delta`]: catalog deltas on the host's side (apply, fold, diff) for an incremental router;
 //! - [`consul`]: the live Consul agent: watches run for a watch-catalog plugin, the gateway's own
 //!   registration (ACL preflight, re-registration, maintenance → drain → deregister), their metrics;
 //! - [`hook`]: the Wasm connection hook adapted to the engine;
@@ -19,6 +21,7 @@
 
 pub mod clock;
 pub mod consul;
+pub mod delta;
 pub mod dirwatch;
 pub mod error;
 pub mod gateway;

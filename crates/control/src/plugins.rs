@@ -5,6 +5,7 @@
 
 use crate::consul::watches::{Waker, WatchSet};
 use crate::consul::ConsulMetrics;
+use crate::delta::Change;
 use crate::error::ControlError;
 use meshgate_config::{ConsulSection, PluginSection};
 use meshgate_plugin::types::{Catalog, CatalogUpdate};
@@ -192,6 +193,9 @@ pub struct CatalogWatch {
     source: Source,
     section: PluginSection,
     current: Option<(u64, Catalog)>,
+    /// What moved since [`CatalogWatch::take_change`] was last called; `None`: not tracked (a
+    /// sidecar's control plane reads the whole catalog every time).
+    change: Option<Change>,
 }
 
 impl CatalogWatch {
@@ -213,23 +217,51 @@ impl CatalogWatch {
         }
     }
 
+    /// From now on, remember what moved between calls of [`CatalogWatch::take_change`] (an incremental
+    /// router is told only that). The first take answers [`Change::Whole`].
+    pub fn track_changes(&mut self) {
+        self.change = Some(Change::Whole);
+    }
+
+    /// What moved since the previous call ([`Change::Whole`] when not tracked).
+    pub fn take_change(&mut self) -> Change {
+        match &mut self.change {
+            Some(c) => std::mem::take(c),
+            None => Change::Whole,
+        }
+    }
+
+    fn moved(&mut self, change: Change) {
+        if let Some(c) = &mut self.change {
+            c.then(change);
+        }
+    }
+
     /// Forgets the catalog read so far: the next poll fetches it whole.
     pub fn forget(&mut self) {
         self.current = None;
+        self.moved(Change::Whole);
         if let Source::Watched { planned, .. } = &mut self.source {
             *planned = false;
         }
     }
 
-    /// One poll: `Ok(true)` when a new catalog replaced the current one.
-    pub fn poll(&mut self, metrics: &PluginMetrics) -> Result<bool, PluginError> {
+    /// One poll: `Ok(true)` when the catalog changed. `changed_files` is what the plugin's
+    /// `changed-files` answers (the directory watch's names since the previous poll; `None`: unknown).
+    pub fn poll(
+        &mut self,
+        metrics: &PluginMetrics,
+        changed_files: Option<Vec<String>>,
+    ) -> Result<bool, PluginError> {
         let since = self.current.as_ref().map_or(0, |c| c.0);
         let name = self.name().to_owned();
         let settings = self.section.settings();
+        let tracking = self.change.is_some();
+        let mut diffed = None;
         let update = match &mut self.source {
             Source::Polled(plugin) => {
                 metrics.called(&name);
-                plugin.fetch(&settings, since)
+                plugin.fetch(&settings, since, changed_files)
             }
             Source::Watched {
                 plugin,
@@ -256,6 +288,15 @@ impl CatalogWatch {
                         Some(c) if self.current.as_ref().map(|x| &x.1) != Some(&c) => {
                             *version += 1;
                             consul.catalog_changes.inc();
+                            // A watch-fed catalog answers whole catalogs; what moved is their
+                            // difference (same trust domain), for an incremental router.
+                            if tracking {
+                                if let Some((_, old)) = &self.current {
+                                    if old.trust_domain == c.trust_domain {
+                                        diffed = Some(crate::delta::diff(old, &c));
+                                    }
+                                }
+                            }
                             CatalogUpdate::Changed((*version, c))
                         }
                         _ => CatalogUpdate::Unchanged,
@@ -271,6 +312,35 @@ impl CatalogWatch {
                     .catalog_version
                     .set(i64::try_from(version & (u64::MAX >> 1)).unwrap_or(0));
                 self.current = Some((version, catalog));
+                self.moved(diffed.map_or(Change::Whole, Change::Delta));
+                Ok(true)
+            }
+            Ok(CatalogUpdate::Delta((version, delta))) => {
+                let invalid = |message: String| PluginError::Invalid {
+                    plugin: name.clone(),
+                    message,
+                };
+                let applied = match &mut self.current {
+                    Some((v, catalog)) if since > 0 && *v == since => {
+                        crate::delta::apply(catalog, &delta).map(|()| *v = version)
+                    }
+                    _ => Err(format!(
+                        "a delta from version {since}, which the host does not have"
+                    )),
+                };
+                if let Err(message) = applied {
+                    // The next poll asks for the whole catalog.
+                    self.current = None;
+                    self.moved(Change::Whole);
+                    let e = invalid(message);
+                    metrics.failed(&e, &name);
+                    return Err(e);
+                }
+                tracing::info!(plugin = %name, version, names = delta.instances.len(), entries = delta.config_entries.is_some(), "catalog changed (delta)");
+                metrics
+                    .catalog_version
+                    .set(i64::try_from(version & (u64::MAX >> 1)).unwrap_or(0));
+                self.moved(Change::Delta(delta));
                 Ok(true)
             }
             Err(e) => {
@@ -289,7 +359,7 @@ impl CatalogWatch {
     ) -> Result<bool, PluginError> {
         let end = std::time::Instant::now() + within;
         loop {
-            self.poll(metrics)?;
+            self.poll(metrics, None)?;
             if self.current.is_some() {
                 return Ok(true);
             }
@@ -373,6 +443,7 @@ pub fn load_catalog_and_router(
             source,
             section: catalog.clone(),
             current: None,
+            change: None,
         },
         Router {
             plugin: router_plugin,

@@ -225,7 +225,7 @@ impl SidecarControl {
                 self.errors.report(e);
             }
         }
-        match self.catalog.poll(&self.metrics) {
+        match self.catalog.poll(&self.metrics, None) {
             Ok(c) => changed |= c,
             Err(e) => {
                 self.errors.report(e.to_string());
@@ -470,7 +470,7 @@ pub fn explain(config: &SidecarConfig) -> Result<String, ControlError> {
     let metrics = PluginMetrics::new()?;
     let (mut catalog, mut router) = load_plugins(config, &metrics)?;
     catalog
-        .poll(&metrics)
+        .poll(&metrics, None)
         .map_err(|e| ControlError::Config(format!("catalog: {e}")))?;
     let Some(current) = catalog.current() else {
         return Ok("  upstream targets: the catalog gave nothing yet\n".into());

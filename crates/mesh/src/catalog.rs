@@ -6,7 +6,7 @@ use crate::model::{ConfigEntry, EntryKind, GatewayMode, Health, Service, Service
 use crate::names::{self, SniName};
 pub use crate::resolver::{Origin, TargetId};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Meta key that marks a gateway as exposing Consul servers over WAN federation.
 pub const WAN_FEDERATION_META: &str = "consul-wan-federation";
@@ -172,7 +172,21 @@ impl Catalog {
     /// sidecars; `*.<dc>.internal.<td>` for every other datacenter to that datacenter's healthy gateways
     /// (WAN addresses); with WAN federation, Consul server names too. Anything else is not routed.
     pub fn gateway_routes(&self, local_dc: &str, wan_federation: bool) -> Vec<RouteDef> {
+        let mut routes = self.local_service_routes(local_dc, None);
+        self.remote_routes(local_dc, wan_federation, &mut routes);
+        routes
+    }
+
+    /// The routes [`Catalog::gateway_routes`] gives to local services (each one's SNI, and its
+    /// subsets'), for the services named in `only` (every one when `None`): what a change to those
+    /// services' instances can change, when no gateway and no config entry moved with it.
+    pub fn local_service_routes(
+        &self,
+        local_dc: &str,
+        only: Option<&BTreeSet<String>>,
+    ) -> Vec<RouteDef> {
         let td = &self.trust_domain;
+        let wanted = |svc: &str| only.is_none_or(|o| o.contains(svc));
         let mut routes = Vec::new();
         // A resolver's `DefaultSubset`: the plain service name routes to that subset only (Consul's
         // gateway builds the plain name's cluster from the default subset's filter).
@@ -184,7 +198,7 @@ impl Catalog {
         // One pass over the local instances: every mesh-capable service, with its healthy endpoints.
         let mut services: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for i in self.instances.iter().filter(|i| i.datacenter == local_dc) {
-            let Some(svc) = i.mesh_service() else {
+            let Some(svc) = i.mesh_service().filter(|s| wanted(s)) else {
                 continue;
             };
             let endpoints = services
@@ -198,7 +212,7 @@ impl Catalog {
         for entry in self
             .config_entries
             .iter()
-            .filter(|e| e.kind == EntryKind::ServiceResolver)
+            .filter(|e| e.kind == EntryKind::ServiceResolver && wanted(&e.name))
         {
             for subset in &entry.subsets {
                 let endpoints = sorted_unique(
@@ -246,6 +260,12 @@ impl Catalog {
                 reason: format!("local service {svc}"),
             });
         }
+        routes
+    }
+
+    /// The routes to other datacenters' gateways (and, with WAN federation, to Consul servers).
+    fn remote_routes(&self, local_dc: &str, wan_federation: bool, routes: &mut Vec<RouteDef>) {
+        let td = &self.trust_domain;
         // One pass over the gateways too: WAN endpoints of every datacenter's healthy gateways.
         let mut gateways: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for g in self
@@ -306,7 +326,6 @@ impl Catalog {
                 });
             }
         }
-        routes
     }
 
     /// Healthy gateways of `dc` by their `tag` address (`wan`, `lan`), else their address.

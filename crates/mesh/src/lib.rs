@@ -2,7 +2,7 @@
 //! manual: SNI names ([`names`]), registrations and config entries ([`model`]) in HCL, JSON, YAML or TOML
 //! ([`formats`], [`hcl`]), gateway-mode precedence, and the compilation of a catalog into a gateway's routes
 //! or a sidecar's upstream plan ([`catalog`], with a resolver's redirect and failover targets from
-//! [`resolver`]).
+//! [`resolver`]), and keeping a gateway's routes current through catalog deltas ([`incremental`]).
 //!
 //! Pure: no IO, no clock. Used natively by the gateway and inside Wasm plugins.
 #![forbid(unsafe_code)]
@@ -12,6 +12,7 @@ pub mod dc_failover;
 pub mod filter;
 pub mod formats;
 pub mod hcl;
+pub mod incremental;
 pub mod model;
 pub mod names;
 pub mod resolver;

@@ -47,6 +47,8 @@ pub struct State {
     pub(crate) deadline: Instant,
     /// The plugin's log budget, shared by its instances.
     pub(crate) log_budget: std::sync::Arc<std::sync::Mutex<LogBudget>>,
+    /// What `changed-files` answers during the current call (set by the caller for this call only).
+    pub(crate) changed_files: Option<Vec<String>>,
 }
 
 impl types::Host for State {}
@@ -134,20 +136,53 @@ impl catalog_world::meshgate::plugin::host::Host for State {
             self.remaining().map_err(|e| format!("{path}: {e}"))?;
             let entry = entry.map_err(|e| format!("{path}: {e}"))?;
             let Ok(meta) = entry.metadata() else { continue };
-            let modified_ms = meta
-                .modified()
-                .ok()
-                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             out.push(types::DirEntry {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 is_dir: meta.is_dir(),
                 size: meta.len(),
-                modified_ms,
+                modified_ms: modified_ms(&meta),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn file_info(&mut self, path: String) -> Result<Option<types::DirEntry>, String> {
+        self.remaining().map_err(|e| format!("{path}: {e}"))?;
+        // A file that is not there is an answer, not an error: the path is checked as far as it goes.
+        let p = match self.granted_path(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                let raw = Path::new(&path);
+                let parent_granted = raw
+                    .parent()
+                    .and_then(|d| d.to_str())
+                    .is_some_and(|d| self.granted_path(d).is_ok());
+                let missing = !self.grants.base.join(raw).exists();
+                return if parent_granted && missing {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{path}: {e}")),
+        };
+        Ok(Some(types::DirEntry {
+            name: p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            is_dir: meta.is_dir(),
+            size: meta.len(),
+            modified_ms: modified_ms(&meta),
+        }))
+    }
+
+    fn changed_files(&mut self) -> Option<Vec<String>> {
+        self.changed_files.take()
     }
 
     fn http_get(&mut self, url: String) -> Result<types::HttpResponse, String> {
@@ -213,6 +248,14 @@ impl State {
             ))
         }
     }
+}
+
+/// A file's modification time in milliseconds since the Unix epoch (0 when the system cannot say).
+fn modified_ms(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What remains until `deadline`; a `TimedOut` error once it has passed.

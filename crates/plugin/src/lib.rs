@@ -27,7 +27,9 @@ mod host;
 mod plugins;
 mod sandbox;
 
-pub use bindings::{catalog_world, hook_world, router_world, watch_world};
+pub use bindings::{
+    catalog_world, hook_world, incremental_router_world, router_world, watch_world,
+};
 pub use error::PluginError;
 pub use grants::{
     Grants, State, HTTP_TIMEOUT, LOG_BURST, LOG_PER_SECOND, LOG_TARGET, MAX_READ, MAX_URL,

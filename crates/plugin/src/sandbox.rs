@@ -147,6 +147,7 @@ impl Loaded {
                 limiter: Limiter::new(self.sandbox.memory),
                 deadline: Instant::now() + self.sandbox.deadline,
                 log_budget: self.log_budget.clone(),
+                changed_files: None,
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -245,14 +245,14 @@ fn file_catalog_and_consul_router() {
         .catalog("file-catalog", sandbox.clone())
         .expect("file-catalog");
     let cfg = settings(&[("dir", "dc1"), ("trust_domain", TD), ("datacenter", "dc1")]);
-    let (version, cat) = match catalog.fetch(&cfg, 0).expect("fetch") {
+    let (version, cat) = match catalog.fetch(&cfg, 0, None).expect("fetch") {
         CatalogUpdate::Changed((v, c)) => (v, c),
-        CatalogUpdate::Unchanged => panic!("first fetch must change"),
+        other => panic!("first fetch must answer the whole catalog: {other:?}"),
     };
     assert_eq!(cat.instances.len(), 3, "web, its sidecar, dc2's gateway");
     assert_eq!(cat.config_entries.len(), 1);
     assert!(matches!(
-        catalog.fetch(&cfg, version).expect("fetch"),
+        catalog.fetch(&cfg, version, None).expect("fetch"),
         CatalogUpdate::Unchanged
     ));
 
@@ -321,7 +321,7 @@ fn file_catalog_and_consul_router() {
         "service {\n  name = \"web\"\n  port = \n}\n",
     )
     .expect("write");
-    let e = catalog.fetch(&cfg, version).expect_err("broken file");
+    let e = catalog.fetch(&cfg, version, None).expect_err("broken file");
     assert!(matches!(e, PluginError::Refused { .. }), "{e}");
     assert!(e.to_string().contains("web.hcl:4:1"), "{e}");
 }

@@ -163,7 +163,7 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
                 .map_err(|e| fail(file, e))?;
             out.push_str(CONFIGURED);
             match catalog
-                .fetch(&inputs.settings, 0)
+                .fetch(&inputs.settings, 0, None)
                 .map_err(|e| fail(file, e))?
             {
                 CatalogUpdate::Unchanged => {
@@ -175,6 +175,12 @@ pub fn run(file: &Path, inputs: &Inputs) -> Result<String, AuthorError> {
                 CatalogUpdate::Changed((version, c)) => {
                     let _ = writeln!(out, "version {version}:");
                     out.push_str(&describe(&c));
+                }
+                CatalogUpdate::Delta((version, _)) => {
+                    let _ = writeln!(
+                        out,
+                        "a delta to version {version} (asked with version 0: a catalog plugin should answer the whole catalog)"
+                    );
                 }
             }
         }
@@ -211,11 +217,12 @@ fn read_catalog(host: &PluginHost, dir: &Path, inputs: &Inputs) -> Result<Catalo
         .catalog("file-catalog", sandbox)
         .map_err(|e| fail(dir, e))?;
     files.configure(&settings).map_err(|e| fail(dir, e))?;
-    match files.fetch(&settings, 0).map_err(|e| fail(dir, e))? {
+    match files.fetch(&settings, 0, None).map_err(|e| fail(dir, e))? {
         CatalogUpdate::Changed((_, c)) => Ok(c),
-        CatalogUpdate::Unchanged => {
-            Err(fail(dir, "file-catalog answered `unchanged` to version 0"))
-        }
+        CatalogUpdate::Unchanged | CatalogUpdate::Delta(_) => Err(fail(
+            dir,
+            "file-catalog answered `unchanged` or a delta to version 0",
+        )),
     }
 }
 

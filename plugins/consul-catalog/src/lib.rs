@@ -46,8 +46,8 @@ wit_bindgen::generate!({
     world: "watch-catalog-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.6.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.6.0": meshgate_guest::host,
     },
 });
 

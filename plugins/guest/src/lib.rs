@@ -154,106 +154,106 @@ pub fn catalog_to_wit(c: &Catalog) -> types::Catalog {
 pub fn catalog_from_wit(c: types::Catalog) -> Catalog {
     Catalog {
         trust_domain: c.trust_domain,
-        instances: c
-            .instances
-            .into_iter()
-            .map(|i| {
-                let mut tagged = std::collections::BTreeMap::new();
-                for (tag, hp) in [("lan", i.lan), ("wan", i.wan)] {
-                    if let Some(hp) = hp {
-                        tagged.insert(
-                            tag.to_owned(),
-                            HostPort {
-                                address: hp.address,
-                                port: hp.port,
-                            },
-                        );
-                    }
-                }
-                let status = match i.health {
-                    types::Health::Passing => Health::Passing,
-                    types::Health::Warning => Health::Warning,
-                    types::Health::Critical => Health::Critical,
-                    types::Health::Maintenance => Health::Maintenance,
-                };
-                Instance {
-                    datacenter: i.datacenter,
-                    node_address: i.node_address,
-                    service: Service {
-                        id: i.id,
-                        name: i.name,
-                        kind: match i.kind {
-                            types::ServiceKind::Typical => ServiceKind::Typical,
-                            types::ServiceKind::ConnectProxy => ServiceKind::ConnectProxy,
-                            types::ServiceKind::MeshGateway => ServiceKind::MeshGateway,
-                        },
-                        namespace: i.namespace,
-                        address: i.address,
-                        port: i.port,
-                        tags: i.tags,
-                        meta: i.meta.into_iter().collect(),
-                        tagged_addresses: tagged,
-                        proxy: i.proxy.map(|p| Proxy {
-                            destination_service_name: p.destination_service_name,
-                            destination_service_id: None,
-                            local_service_address: p.local_service_address,
-                            local_service_port: p.local_service_port,
-                            mesh_gateway: p.mesh_gateway.map(mode_from),
-                            upstreams: p.upstreams.into_iter().map(upstream_from).collect(),
-                        }),
-                        sidecar: None,
-                        connect_native: i.connect_native,
-                        checks: vec![meshgate_mesh::model::Check {
-                            name: "catalog".to_owned(),
-                            status,
-                        }],
-                    },
-                }
-            })
-            .collect(),
-        config_entries: c
-            .config_entries
-            .into_iter()
-            .map(|e| ConfigEntry {
-                kind: match e.kind {
-                    types::EntryKind::ProxyDefaults => EntryKind::ProxyDefaults,
-                    types::EntryKind::ServiceDefaults => EntryKind::ServiceDefaults,
-                    types::EntryKind::ServiceResolver => EntryKind::ServiceResolver,
-                    types::EntryKind::ServiceIntentions => EntryKind::ServiceIntentions,
+        instances: c.instances.into_iter().map(instance_from_wit).collect(),
+        config_entries: c.config_entries.into_iter().map(entry_from_wit).collect(),
+    }
+}
+
+/// The model form of one instance received from the host.
+pub fn instance_from_wit(i: types::Instance) -> Instance {
+    let mut tagged = std::collections::BTreeMap::new();
+    for (tag, hp) in [("lan", i.lan), ("wan", i.wan)] {
+        if let Some(hp) = hp {
+            tagged.insert(
+                tag.to_owned(),
+                HostPort {
+                    address: hp.address,
+                    port: hp.port,
                 },
-                name: e.name,
-                mesh_gateway: e.mesh_gateway.map(mode_from),
-                // Filters were validated when the catalog read them; one that no longer parses is dropped.
-                subsets: e
-                    .subsets
-                    .into_iter()
-                    .filter_map(|(name, filter)| {
-                        let parsed = meshgate_mesh::filter::Filter::parse(&filter).ok()?;
-                        Some(meshgate_mesh::model::Subset {
-                            name,
-                            filter,
-                            parsed,
-                        })
-                    })
-                    .collect(),
-                default_subset: e.default_subset,
-                sources: e
-                    .sources
-                    .into_iter()
-                    .map(|s| IntentionSource {
-                        name: s.name,
-                        namespace: s.namespace,
-                        action: match s.action {
-                            types::IntentionAction::Allow => IntentionAction::Allow,
-                            types::IntentionAction::Deny => IntentionAction::Deny,
-                        },
-                    })
-                    .collect(),
-                failover: e.failover.into_iter().map(failover_from).collect(),
-                redirect: e.redirect.map(redirect_from),
-                other: Default::default(),
+            );
+        }
+    }
+    let status = match i.health {
+        types::Health::Passing => Health::Passing,
+        types::Health::Warning => Health::Warning,
+        types::Health::Critical => Health::Critical,
+        types::Health::Maintenance => Health::Maintenance,
+    };
+    Instance {
+        datacenter: i.datacenter,
+        node_address: i.node_address,
+        service: Service {
+            id: i.id,
+            name: i.name,
+            kind: match i.kind {
+                types::ServiceKind::Typical => ServiceKind::Typical,
+                types::ServiceKind::ConnectProxy => ServiceKind::ConnectProxy,
+                types::ServiceKind::MeshGateway => ServiceKind::MeshGateway,
+            },
+            namespace: i.namespace,
+            address: i.address,
+            port: i.port,
+            tags: i.tags,
+            meta: i.meta.into_iter().collect(),
+            tagged_addresses: tagged,
+            proxy: i.proxy.map(|p| Proxy {
+                destination_service_name: p.destination_service_name,
+                destination_service_id: None,
+                local_service_address: p.local_service_address,
+                local_service_port: p.local_service_port,
+                mesh_gateway: p.mesh_gateway.map(mode_from),
+                upstreams: p.upstreams.into_iter().map(upstream_from).collect(),
+            }),
+            sidecar: None,
+            connect_native: i.connect_native,
+            checks: vec![meshgate_mesh::model::Check {
+                name: "catalog".to_owned(),
+                status,
+            }],
+        },
+    }
+}
+
+/// The model form of one config entry received from the host.
+pub fn entry_from_wit(e: types::ConfigEntry) -> ConfigEntry {
+    ConfigEntry {
+        kind: match e.kind {
+            types::EntryKind::ProxyDefaults => EntryKind::ProxyDefaults,
+            types::EntryKind::ServiceDefaults => EntryKind::ServiceDefaults,
+            types::EntryKind::ServiceResolver => EntryKind::ServiceResolver,
+            types::EntryKind::ServiceIntentions => EntryKind::ServiceIntentions,
+        },
+        name: e.name,
+        mesh_gateway: e.mesh_gateway.map(mode_from),
+        // Filters were validated when the catalog read them; one that no longer parses is dropped.
+        subsets: e
+            .subsets
+            .into_iter()
+            .filter_map(|(name, filter)| {
+                let parsed = meshgate_mesh::filter::Filter::parse(&filter).ok()?;
+                Some(meshgate_mesh::model::Subset {
+                    name,
+                    filter,
+                    parsed,
+                })
             })
             .collect(),
+        default_subset: e.default_subset,
+        sources: e
+            .sources
+            .into_iter()
+            .map(|s| IntentionSource {
+                name: s.name,
+                namespace: s.namespace,
+                action: match s.action {
+                    types::IntentionAction::Allow => IntentionAction::Allow,
+                    types::IntentionAction::Deny => IntentionAction::Deny,
+                },
+            })
+            .collect(),
+        failover: e.failover.into_iter().map(failover_from).collect(),
+        redirect: e.redirect.map(redirect_from),
+        other: Default::default(),
     }
 }
 

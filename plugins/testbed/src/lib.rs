@@ -9,8 +9,8 @@ wit_bindgen::generate!({
     world: "router-plugin",
     path: "../wit",
     with: {
-        "meshgate:plugin/types@0.5.0": meshgate_guest::types,
-        "meshgate:plugin/host@0.5.0": meshgate_guest::host,
+        "meshgate:plugin/types@0.6.0": meshgate_guest::types,
+        "meshgate:plugin/host@0.6.0": meshgate_guest::host,
     },
 });
 
