@@ -1169,6 +1169,111 @@ mod tests {
         assert!(sink.last_endpoints(&db).is_none(), "db gone");
     }
 
+    /// The table as lookups see it: every route, in pattern order.
+    fn routes_of(table: &RouteTable) -> Vec<meshgate_route::Route> {
+        let mut routes: Vec<meshgate_route::Route> =
+            table.routes().iter().map(|r| (**r).clone()).collect();
+        routes.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        routes
+    }
+
+    /// What a control plane started afresh on the catalog as it is now would install.
+    fn whole(dir: &TempDir, extra: &str) -> Vec<meshgate_route::Route> {
+        let mut control = GatewayControl::new(config(dir, extra)).expect("plugins load");
+        routes_of(&control.initial_table().expect("table"))
+    }
+
+    #[test]
+    fn patched_tables_answer_as_tables_built_from_the_whole_catalog() {
+        let dir = TempDir::with_demo_catalog("patched", "dc1");
+        let extra = "\n[[routes]]\nsni = \"db.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul\"\nendpoints = [\"127.0.0.9:9\"]\n";
+        let mut control = GatewayControl::new(config(&dir, extra)).expect("plugins load");
+        assert!(control
+            .plugins
+            .as_ref()
+            .is_some_and(|(_, r)| r.plugin.is_incremental()));
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        let hint = |names: &[&str]| Some(names.iter().map(|n| format!("catalog/{n}")).collect());
+        let web_port = |port: u16| {
+            format!("service {{\n  name = \"web\"\n  port = 8080\n  connect {{ sidecar_service {{ port = {port} }} }}\n}}\n")
+        };
+        // Each step: what changes, and the hints the directory watch would give (None: it cannot say).
+        type Step<'a> = (Box<dyn Fn() + 'a>, Option<Vec<String>>);
+        let steps: Vec<Step<'_>> = vec![
+            (Box::new(|| dir.register_db()), hint(&["db.hcl"])),
+            (
+                Box::new(|| dir.write("catalog/web.hcl", &web_port(21009))),
+                hint(&["web.hcl"]),
+            ),
+            (
+                Box::new(|| {
+                    dir.write(
+                        "catalog/dc3/mesh-gateway.json",
+                        r#"{"service": {"name": "mesh-gateway", "kind": "mesh-gateway", "port": 8445, "tagged_addresses": {"wan": {"address": "127.0.0.3", "port": 8445}}}}"#,
+                    )
+                }),
+                None,
+            ),
+            (
+                Box::new(|| std::fs::remove_file(dir.0.join("catalog/db.hcl")).expect("rm")),
+                hint(&["db.hcl"]),
+            ),
+            (
+                Box::new(|| dir.write("catalog/web.hcl", &web_port(2100))),
+                None,
+            ),
+        ];
+        for (i, (change, hints)) in steps.into_iter().enumerate() {
+            change();
+            control.tick_with(&sink, hints);
+            assert_eq!(sink.installs(), i + 1, "step {i} installs once");
+            let patched = routes_of(sink.0.borrow().last().expect("installed"));
+            assert_eq!(patched, whole(&dir, extra), "step {i}");
+        }
+        // The static route stayed in force while db came and went in the catalog.
+        let (eps, source) = sink
+            .last_endpoints("db.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul")
+            .expect("static db");
+        assert_eq!((eps[0].port(), source.as_str()), (9, "config"));
+        assert_eq!(sink.last_endpoints(&web()).expect("web").0[0].port(), 2100);
+    }
+
+    #[test]
+    fn a_patch_the_table_refuses_keeps_the_last_table_and_the_next_change_resyncs_whole() {
+        let dir = TempDir::with_demo_catalog("resync", "dc1");
+        let mut control = GatewayControl::new(config(&dir, "")).expect("plugins load");
+        let metrics = control.metrics();
+        control.initial_table().expect("table");
+        let sink = Recorder::default();
+        // A label longer than DNS allows: the router names it, the table refuses the pattern.
+        let long = "a".repeat(64);
+        dir.write(
+            "catalog/long.hcl",
+            &format!("service {{\n  name = \"{long}\"\n  port = 1\n  connect {{ sidecar_service {{ port = 21003 }} }}\n}}\n"),
+        );
+        control.tick_with(&sink, Some(vec!["catalog/long.hcl".into()]));
+        assert_eq!(sink.installs(), 0, "the last table stays");
+        assert_eq!(
+            metrics.failures("consul-router", "invalid"),
+            1,
+            "{}",
+            metrics.render()
+        );
+        std::fs::remove_file(dir.0.join("catalog/long.hcl")).expect("rm");
+        dir.register_db();
+        control.tick_with(
+            &sink,
+            Some(vec!["catalog/long.hcl".into(), "catalog/db.hcl".into()]),
+        );
+        assert_eq!(sink.installs(), 1);
+        let patched = routes_of(sink.0.borrow().last().expect("installed"));
+        assert_eq!(patched, whole(&dir, ""));
+        assert!(sink
+            .last_endpoints(&format!("db.default.dc1.internal.{TD}"))
+            .is_some());
+    }
+
     #[test]
     fn a_failing_plugin_keeps_the_last_table_and_is_counted() {
         let dir = TempDir::with_demo_catalog("failing", "dc1");

@@ -325,3 +325,181 @@ fn file_catalog_and_consul_router() {
     assert!(matches!(e, PluginError::Refused { .. }), "{e}");
     assert!(e.to_string().contains("web.hcl:4:1"), "{e}");
 }
+
+fn names(delta: &meshgate_plugin::types::CatalogDelta) -> Vec<(String, String, usize)> {
+    let mut out: Vec<_> = delta
+        .instances
+        .iter()
+        .map(|n| (n.datacenter.clone(), n.name.clone(), n.instances.len()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The incremental path end to end through real components: the file catalog answers a delta for the
+/// files the host names (and lists everything when it cannot place a name), the Consul router patches
+/// its routes from that delta, and every way the two could disagree falls back to a whole answer.
+#[test]
+fn file_catalog_deltas_feed_the_incremental_router() {
+    use meshgate_plugin::types::CatalogChange;
+    let host = PluginHost::new().expect("host");
+    let dir = TempDir::new("delta");
+    let cat_dir = dir.0.join("dc1");
+    std::fs::create_dir_all(cat_dir.join("dc2")).expect("mkdir");
+    let web = |port: u32| {
+        format!(
+            "service {{\n  name = \"web\"\n  port = 8080\n  connect {{ sidecar_service {{ port = {port} }} }}\n}}\n"
+        )
+    };
+    std::fs::write(cat_dir.join("web.hcl"), web(21000)).expect("write");
+    std::fs::write(
+        cat_dir.join("dc2/gateway.json"),
+        r#"{"service": {"name": "mesh-gateway", "kind": "mesh-gateway", "port": 8443,
+            "tagged_addresses": {"wan": {"address": "127.0.0.2", "port": 8444}}}}"#,
+    )
+    .expect("write");
+    let sandbox = Sandbox {
+        grants: Grants {
+            base: dir.0.clone(),
+            dirs: vec![PathBuf::from("dc1")],
+            ..Grants::default()
+        },
+        ..Sandbox::default()
+    };
+    let mut catalog = host
+        .catalog("file-catalog", sandbox.clone())
+        .expect("file-catalog");
+    let cfg = settings(&[("dir", "dc1"), ("trust_domain", TD), ("datacenter", "dc1")]);
+    let hint = |files: &[&str]| Some(files.iter().map(|f| f.to_string()).collect::<Vec<_>>());
+    // Hints before any answer are not enough: the first answer is whole.
+    let (v1, whole) = match catalog.fetch(&cfg, 0, hint(&[])).expect("fetch") {
+        CatalogUpdate::Changed(answer) => answer,
+        other => panic!("first fetch must answer the whole catalog: {other:?}"),
+    };
+    assert_eq!(whole.instances.len(), 3);
+
+    let mut router = host
+        .router("consul-router", sandbox.clone())
+        .expect("consul-router");
+    assert!(router.is_incremental());
+    assert!(!host
+        .router("export-control", sandbox.clone())
+        .expect("export-control")
+        .is_incremental());
+    let web_sni = format!("web.default.dc1.internal.{TD}");
+    let e = router
+        .update_routes(
+            &[],
+            &CatalogChange::Delta(meshgate_plugin::types::CatalogDelta {
+                instances: vec![],
+                config_entries: None,
+            }),
+            "dc1",
+        )
+        .expect_err("a delta before the whole catalog");
+    assert!(e.to_string().contains("before the whole catalog"), "{e}");
+    let first = router
+        .update_routes(&[], &CatalogChange::Whole(whole.clone()), "dc1")
+        .expect("whole");
+    assert!(first.removed.is_empty());
+    let mut patterns: Vec<_> = first.upserts.iter().map(|r| r.pattern.clone()).collect();
+    patterns.sort();
+    assert_eq!(
+        patterns,
+        vec![format!("*.dc2.internal.{TD}"), web_sni.clone()]
+    );
+
+    // An edit named by the host: a delta of web and its sidecar only, no config entries.
+    std::fs::write(cat_dir.join("web.hcl"), web(2100)).expect("write");
+    let (v2, delta) = match catalog
+        .fetch(&cfg, v1, hint(&["dc1/web.hcl", "dc1/web.hcl"]))
+        .expect("fetch")
+    {
+        CatalogUpdate::Delta(answer) => answer,
+        other => panic!("an edit after an answer is a delta: {other:?}"),
+    };
+    assert_ne!(v2, v1);
+    assert!(delta.config_entries.is_none());
+    assert_eq!(
+        names(&delta),
+        vec![
+            ("dc1".into(), "web".into(), 1),
+            ("dc1".into(), "web-sidecar-proxy".into(), 1)
+        ]
+    );
+    let patch = router
+        .update_routes(&[], &CatalogChange::Delta(delta), "dc1")
+        .expect("patch");
+    assert!(patch.removed.is_empty());
+    assert_eq!(patch.upserts.len(), 1, "only web's route: {patch:?}");
+    assert_eq!(patch.upserts[0].pattern, web_sni);
+    assert_eq!(
+        patch.upserts[0].endpoints,
+        vec!["127.0.0.1:2100".to_string()]
+    );
+
+    // The host's hints are trusted: a file it did not name is not looked for...
+    std::fs::write(
+        cat_dir.join("db.hcl"),
+        "service {\n  name = \"db\"\n  port = 5432\n}\n",
+    )
+    .expect("write");
+    assert!(matches!(
+        catalog.fetch(&cfg, v2, hint(&[])).expect("fetch"),
+        CatalogUpdate::Unchanged
+    ));
+    // ...until the host cannot say (no hints): then everything is listed.
+    let v3 = match catalog.fetch(&cfg, v2, None).expect("fetch") {
+        CatalogUpdate::Delta((v, d)) => {
+            assert_eq!(names(&d), vec![("dc1".into(), "db".into(), 1)]);
+            v
+        }
+        other => panic!("a new file is a delta: {other:?}"),
+    };
+    // A name the plugin cannot place (outside its directory) lists everything too; a deleted file is
+    // its services with no instances, and the router removes the route.
+    std::fs::remove_file(cat_dir.join("web.hcl")).expect("rm");
+    let (v4, delta) = match catalog
+        .fetch(&cfg, v3, hint(&["elsewhere/x.hcl"]))
+        .expect("fetch")
+    {
+        CatalogUpdate::Delta(answer) => answer,
+        other => panic!("a deletion is a delta: {other:?}"),
+    };
+    assert_eq!(
+        names(&delta),
+        vec![
+            ("dc1".into(), "web".into(), 0),
+            ("dc1".into(), "web-sidecar-proxy".into(), 0)
+        ]
+    );
+    let patch = router
+        .update_routes(&[], &CatalogChange::Delta(delta), "dc1")
+        .expect("patch");
+    assert_eq!((patch.upserts.len(), patch.removed), (0, vec![web_sni]));
+
+    // An answer the host does not hold (a stale version) is answered whole again.
+    match catalog.fetch(&cfg, v1, None).expect("fetch") {
+        CatalogUpdate::Changed((v, c)) => {
+            assert_eq!(v, v4);
+            assert_eq!(c.instances.len(), 2, "db and dc2's gateway");
+        }
+        other => panic!("a stale version is answered whole: {other:?}"),
+    }
+    // A config entry rides in the delta whole (entries are few and change together).
+    std::fs::write(
+        cat_dir.join("proxy-defaults.yaml"),
+        "Kind: proxy-defaults\nName: global\nMeshGateway:\n- Mode: local\n",
+    )
+    .expect("write");
+    match catalog
+        .fetch(&cfg, v4, hint(&["dc1/proxy-defaults.yaml"]))
+        .expect("fetch")
+    {
+        CatalogUpdate::Delta((_, d)) => {
+            assert!(d.instances.is_empty());
+            assert_eq!(d.config_entries.map(|e| e.len()), Some(1));
+        }
+        other => panic!("a new entry is a delta: {other:?}"),
+    }
+}
