@@ -185,6 +185,19 @@ impl Catalog {
         local_dc: &str,
         only: Option<&BTreeSet<String>>,
     ) -> Vec<RouteDef> {
+        let all: Vec<&Instance> = self.instances.iter().collect();
+        self.local_service_routes_among(&all, local_dc, only)
+    }
+
+    /// As [`Catalog::local_service_routes`], looking only at `instances` (this catalog's config
+    /// entries still apply): given every instance that serves the services in `only` — their own and
+    /// their sidecars' — it answers what looking at the whole catalog would, without walking it.
+    pub fn local_service_routes_among(
+        &self,
+        instances: &[&Instance],
+        local_dc: &str,
+        only: Option<&BTreeSet<String>>,
+    ) -> Vec<RouteDef> {
         let td = &self.trust_domain;
         let wanted = |svc: &str| only.is_none_or(|o| o.contains(svc));
         let mut routes = Vec::new();
@@ -197,7 +210,11 @@ impl Catalog {
         };
         // One pass over the local instances: every mesh-capable service, with its healthy endpoints.
         let mut services: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-        for i in self.instances.iter().filter(|i| i.datacenter == local_dc) {
+        for i in instances
+            .iter()
+            .copied()
+            .filter(|i| i.datacenter == local_dc)
+        {
             let Some(svc) = i.mesh_service().filter(|s| wanted(s)) else {
                 continue;
             };
@@ -216,8 +233,9 @@ impl Catalog {
         {
             for subset in &entry.subsets {
                 let endpoints = sorted_unique(
-                    self.instances
+                    instances
                         .iter()
+                        .copied()
                         .filter(|i| {
                             i.datacenter == local_dc
                                 && i.healthy()

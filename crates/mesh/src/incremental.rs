@@ -10,7 +10,7 @@
 use crate::catalog::{Catalog, Instance, RouteDef};
 use crate::model::{ConfigEntry, ServiceKind};
 use crate::DatacenterFailover;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Every instance named `name` in `datacenter`, replacing all of that name there (empty: none left).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,12 @@ pub struct RouteChanges {
 #[derive(Debug, Clone)]
 pub struct GatewayRoutes {
     catalog: Catalog,
+    /// Where each name's instances are in `catalog.instances`: datacenter → name → positions. A delta
+    /// finds what it replaces here instead of walking the catalog.
+    at: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// In the local datacenter: each mesh service → the names whose instances serve it (the service
+    /// itself when Connect-native, its sidecars).
+    serving: HashMap<String, BTreeSet<String>>,
     local_dc: String,
     wan_federation: bool,
     policy: DatacenterFailover,
@@ -60,12 +66,20 @@ impl GatewayRoutes {
         policy: DatacenterFailover,
     ) -> GatewayRoutes {
         let mut this = GatewayRoutes {
-            catalog,
+            catalog: Catalog {
+                instances: Vec::with_capacity(catalog.instances.len()),
+                ..catalog
+            },
+            at: HashMap::new(),
+            serving: HashMap::new(),
             local_dc: local_dc.to_owned(),
             wan_federation,
             policy,
             routes: BTreeMap::new(),
         };
+        for i in catalog.instances {
+            this.push(i);
+        }
         this.routes = this
             .all()
             .into_iter()
@@ -84,12 +98,12 @@ impl GatewayRoutes {
         self.local_dc == local_dc && self.wan_federation == wan_federation && &self.policy == policy
     }
 
-    /// Every route, in pattern order.
+    /// The routes now, in pattern order.
     pub fn routes(&self) -> impl Iterator<Item = &RouteDef> {
         self.routes.values()
     }
 
-    /// The catalog as the deltas so far made it.
+    /// The catalog as the deltas so far made it (its instances in no particular order).
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
@@ -99,19 +113,96 @@ impl GatewayRoutes {
             .gateway_routes_with_failover(&self.local_dc, self.wan_federation, &self.policy)
     }
 
+    /// The instances of `name` in `datacenter`.
+    fn named(&self, datacenter: &str, name: &str) -> impl Iterator<Item = &Instance> {
+        self.at
+            .get(datacenter)
+            .and_then(|names| names.get(name))
+            .into_iter()
+            .flatten()
+            .map(|&p| &self.catalog.instances[p])
+    }
+
+    /// The routes of the local `services`, from the instances that serve them only.
+    fn local_routes(&self, services: &BTreeSet<String>) -> Vec<RouteDef> {
+        let names: BTreeSet<&String> = services
+            .iter()
+            .filter_map(|s| self.serving.get(s))
+            .flatten()
+            .collect();
+        let among: Vec<&Instance> = names
+            .into_iter()
+            .flat_map(|n| self.named(&self.local_dc, n))
+            .collect();
+        self.catalog
+            .local_service_routes_among(&among, &self.local_dc, Some(services))
+    }
+
+    /// Adds one instance to the catalog and the indexes.
+    fn push(&mut self, i: Instance) {
+        let at = self.catalog.instances.len();
+        self.at
+            .entry(i.datacenter.clone())
+            .or_default()
+            .entry(i.service.name.clone())
+            .or_default()
+            .push(at);
+        if i.datacenter == self.local_dc {
+            if let Some(svc) = i.mesh_service() {
+                self.serving
+                    .entry(svc.to_owned())
+                    .or_default()
+                    .insert(i.service.name.clone());
+            }
+        }
+        self.catalog.instances.push(i);
+    }
+
+    /// Removes every instance of `name` in `datacenter` (the last instance moves into each hole).
+    fn remove(&mut self, datacenter: &str, name: &str) {
+        let Some(mut gone) = self.at.get_mut(datacenter).and_then(|m| m.remove(name)) else {
+            return;
+        };
+        if datacenter == self.local_dc {
+            for &p in &gone {
+                if let Some(svc) = self.catalog.instances[p].mesh_service() {
+                    if let Some(names) = self.serving.get_mut(svc) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            self.serving.remove(svc);
+                        }
+                    }
+                }
+            }
+        }
+        // Highest first: what moves into a hole is never one of the instances still to remove.
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        for p in gone {
+            self.catalog.instances.swap_remove(p);
+            let from = self.catalog.instances.len();
+            if let Some(moved) = self.catalog.instances.get(p) {
+                let slot = self
+                    .at
+                    .get_mut(&moved.datacenter)
+                    .and_then(|m| m.get_mut(&moved.service.name))
+                    .and_then(|ps| ps.iter_mut().find(|q| **q == from));
+                if let Some(slot) = slot {
+                    *slot = p;
+                }
+            }
+        }
+    }
+
     /// Applies `delta`; answers how the routes changed.
     pub fn apply(&mut self, delta: Delta) -> RouteChanges {
-        let keys: BTreeSet<(String, String)> = delta
-            .instances
-            .iter()
-            .map(|n| (n.datacenter.clone(), n.name.clone()))
-            .collect();
-        let named = |i: &Instance| keys.contains(&(i.datacenter.clone(), i.service.name.clone()));
         // Whether only services' own routes can move, and which services.
         let mut local_only = delta.config_entries.is_none() && self.policy.is_empty();
         let mut services = BTreeSet::new();
         {
-            let old = self.catalog.instances.iter().filter(|i| named(i));
+            let old = delta
+                .instances
+                .iter()
+                .flat_map(|n| self.named(&n.datacenter, &n.name));
             let new = delta.instances.iter().flat_map(|n| n.instances.iter());
             for i in old.chain(new) {
                 let server = self.wan_federation && i.service.name == "consul";
@@ -125,13 +216,12 @@ impl GatewayRoutes {
                 }
             }
         }
-        let before = local_only.then(|| {
-            self.catalog
-                .local_service_routes(&self.local_dc, Some(&services))
-        });
-        self.catalog.instances.retain(|i| !named(i));
+        let before = local_only.then(|| self.local_routes(&services));
         for n in delta.instances {
-            self.catalog.instances.extend(n.instances);
+            self.remove(&n.datacenter, &n.name);
+            for i in n.instances {
+                self.push(i);
+            }
         }
         if let Some(entries) = delta.config_entries {
             self.catalog.config_entries = entries;
@@ -139,8 +229,7 @@ impl GatewayRoutes {
         let (before, after): (BTreeSet<String>, Vec<RouteDef>) = match before {
             Some(before) => (
                 before.into_iter().map(|r| r.pattern).collect(),
-                self.catalog
-                    .local_service_routes(&self.local_dc, Some(&services)),
+                self.local_routes(&services),
             ),
             None => (self.routes.keys().cloned().collect(), self.all()),
         };
@@ -281,13 +370,24 @@ mod tests {
                 1..5),
             wan in any::<bool>(),
         ) {
+            // The catalog as the deltas make it, kept apart from the one under test.
+            let mut model = start.clone();
             let mut kept = GatewayRoutes::new(catalog(start), "dc1", wan, DatacenterFailover::default());
             for (pool, names) in steps {
                 let previous: BTreeMap<String, RouteDef> =
                     kept.routes().map(|r| (r.pattern.clone(), r.clone())).collect();
-                let changes = kept.apply(delta_from(pool, &names));
-                let whole: BTreeMap<String, RouteDef> = kept
-                    .catalog()
+                let delta = delta_from(pool, &names);
+                for n in &delta.instances {
+                    model.retain(|i| (&i.datacenter, &i.service.name) != (&n.datacenter, &n.name));
+                    model.extend(n.instances.iter().cloned());
+                }
+                let changes = kept.apply(delta);
+                let mut held = kept.catalog().instances.clone();
+                held.sort_by_cached_key(|i| format!("{i:?}"));
+                let mut want = model.clone();
+                want.sort_by_cached_key(|i| format!("{i:?}"));
+                prop_assert_eq!(held, want);
+                let whole: BTreeMap<String, RouteDef> = catalog(model.clone())
                     .gateway_routes("dc1", wan)
                     .into_iter()
                     .map(|r| (r.pattern.clone(), r))
