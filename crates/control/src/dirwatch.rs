@@ -4,8 +4,9 @@
 //! inotify cannot watch (a network file system, the per-user watch limit), nothing is lost: the poll
 //! alone notices edits, as before.
 //!
-//! What wakes: a file closed after writing, renamed in or out, deleted, or its attributes changed (a
-//! `touch`); a directory made (then watched too). Not a write still in progress (`IN_MODIFY`), nor a
+//! Every directory below the granted ones is watched (hidden ones aside, at most [`MAX_DIRS`]). What
+//! wakes: a file closed after writing, renamed in or out, deleted, or its attributes changed (a
+//! `touch`); a directory made (then watched too, with what it holds). Not a write still in progress (`IN_MODIFY`), nor a
 //! new empty file (`IN_CREATE`): the poll would read half a file; nor a hidden name (`.x.tmp` written
 //! before it is renamed over `x`, an editor's swap file), which catalogs skip. One wake at a time: after waking, the
 //! watcher waits for [`DirWatch::taken`] (the control thread about to poll) before it wakes again, so a
@@ -15,7 +16,13 @@
 //! `changed-files`, so it can read those instead of listing every file): each as the granted directory
 //! as the config writes it, `/`, its path below. It answers "unknown" instead when it cannot vouch for
 //! the list: its first call (edits before the watch began), a lost event (queue overflow), a directory
-//! made, moved or removed, or more than [`MAX_HINTS`] names at once.
+//! made, moved or removed, or more than [`MAX_HINTS`] names at once; and always, once a directory
+//! could not be watched or the watcher stopped (its lists would leave that directory out).
+//!
+//! Timed polls use the list too ([`DirWatch::for_timed_poll`]): an unchanged poll of a large catalog
+//! then costs no listing, and a change never waits behind one. Every [`LIST_EVERY`]th timed poll lists
+//! everything all the same, for what inotify cannot see (an edit on a network file system made by
+//! another host).
 
 use crate::consul::watches::Waker;
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
@@ -25,18 +32,27 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Most file names kept between two polls; past it the list is "unknown" (the plugin lists everything).
 pub const MAX_HINTS: usize = 4096;
 
+/// One timed poll in this many lists every file even while the watch vouches for its lists (10 s at the
+/// default 250 ms poll).
+pub const LIST_EVERY: u32 = 40;
+
+/// Most directories watched; past it the watch vouches for no list.
+pub const MAX_DIRS: usize = 1024;
+
 /// The files that changed since the control thread last took them.
 #[derive(Debug)]
 struct Hints {
     /// The list cannot be trusted: the next take answers `None`.
     unknown: bool,
+    /// No list can be trusted (a directory is not watched, the watcher stopped): every take is `None`.
+    blind: bool,
     files: Vec<String>,
 }
 
@@ -53,6 +69,8 @@ pub struct DirWatch {
     hints: Arc<Mutex<Hints>>,
     /// Written on drop: wakes the thread so it returns.
     stop: Arc<OwnedFd>,
+    /// Timed polls so far (every [`LIST_EVERY`]th lists everything).
+    timed: u32,
 }
 
 const WAKING: WatchFlags = WatchFlags::CLOSE_WRITE
@@ -64,37 +82,32 @@ const WAKING: WatchFlags = WatchFlags::CLOSE_WRITE
     .union(WatchFlags::CREATE);
 
 impl DirWatch {
-    /// Watches each of `dirs` (the directory, and how the config writes it) and the directories
-    /// directly in them (a file catalog's datacenters), and calls `wake` when something there changes.
+    /// Watches each of `dirs` (the directory, and how the config writes it) and every directory
+    /// below them (a file catalog's datacenters), and calls `wake` when something there changes.
     /// An error: inotify is unavailable, or none of `dirs` can be watched.
     pub fn start(dirs: &[(PathBuf, String)], wake: Waker) -> std::io::Result<DirWatch> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
-        // Watch descriptor -> the directory, for the top directories (whose new subdirectories get a
-        // watch of their own); and for every watch, how its files are named to the plugin.
-        let mut tops = HashMap::new();
-        let mut shown = HashMap::new();
+        let mut names = Names {
+            dirs: HashMap::new(),
+        };
         let mut last_error = None;
+        let mut watched = false;
+        let mut blind = false;
         for (dir, written) in dirs {
             let written = written.trim_end_matches('/').to_owned();
             match inotify::add_watch(&fd, dir, WAKING | WatchFlags::ONLYDIR) {
                 Ok(wd) => {
-                    tops.insert(wd, (dir.clone(), written.clone()));
-                    shown.insert(wd, written.clone());
-                    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                        if sub.file_type().is_ok_and(|t| t.is_dir()) {
-                            if let Ok(wd) =
-                                inotify::add_watch(&fd, sub.path(), WAKING | WatchFlags::ONLYDIR)
-                            {
-                                let name = sub.file_name();
-                                shown.insert(wd, format!("{written}/{}", name.to_string_lossy()));
-                            }
-                        }
-                    }
+                    watched = true;
+                    names.dirs.insert(wd, (dir.clone(), written.clone()));
+                    blind |= !names.watch_below(&fd, dir, &written);
                 }
-                Err(e) => last_error = Some(std::io::Error::from(e)),
+                Err(e) => {
+                    blind = true;
+                    last_error = Some(std::io::Error::from(e));
+                }
             }
         }
-        if tops.is_empty() {
+        if !watched {
             return Err(
                 last_error.unwrap_or_else(|| std::io::Error::other("no directory to watch"))
             );
@@ -104,14 +117,18 @@ impl DirWatch {
         // Edits made before the watch began are not in any list: the first take says "unknown".
         let hints = Arc::new(Mutex::new(Hints {
             unknown: true,
+            blind,
             files: Vec::new(),
         }));
+        if blind {
+            tracing::warn!("a catalog directory cannot be watched; every poll lists the catalog");
+        }
         let watch = DirWatch {
             pending: pending.clone(),
             hints: hints.clone(),
             stop: stop.clone(),
+            timed: 0,
         };
-        let mut names = Names { tops, shown };
         std::thread::Builder::new()
             .name("meshgate-dirwatch".into())
             .spawn(move || run(&fd, &stop, &mut names, &pending, &hints, &wake))?;
@@ -125,10 +142,22 @@ impl DirWatch {
         self.pending.store(false, Ordering::SeqCst);
         let mut hints = self.hints.lock().ok()?;
         let files = std::mem::take(&mut hints.files);
-        if std::mem::replace(&mut hints.unknown, false) {
+        if std::mem::replace(&mut hints.unknown, false) || hints.blind {
             None
         } else {
             Some(files)
+        }
+    }
+
+    /// As [`DirWatch::taken`], for a poll the schedule made (not a wake): `None` every
+    /// [`LIST_EVERY`]th time, so the plugin lists everything.
+    pub fn for_timed_poll(&mut self) -> Option<Vec<String>> {
+        self.timed = self.timed.wrapping_add(1);
+        let files = self.taken();
+        if self.timed % LIST_EVERY == 0 {
+            None
+        } else {
+            files
         }
     }
 }
@@ -141,10 +170,47 @@ impl Drop for DirWatch {
 
 /// How the watcher names what it sees.
 struct Names {
-    /// Watch descriptor of a top directory -> the directory and how the config writes it.
-    tops: HashMap<i32, (PathBuf, String)>,
-    /// Watch descriptor -> how the plugin names its directory.
-    shown: HashMap<i32, String>,
+    /// Watch descriptor -> the directory, and how the plugin names it (the granted directory as the
+    /// config writes it, `/`, the path below).
+    dirs: HashMap<i32, (PathBuf, String)>,
+}
+
+impl Names {
+    /// Watches every directory below `dir` (named `shown`), hidden ones aside. False when one could not
+    /// be watched, or past [`MAX_DIRS`]: then no list can vouch for what changed there.
+    fn watch_below(&mut self, fd: &OwnedFd, dir: &Path, shown: &str) -> bool {
+        let mut todo = vec![(dir.to_path_buf(), shown.to_owned())];
+        while let Some((dir, shown)) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return false;
+            };
+            for sub in entries.flatten() {
+                let name = sub.file_name();
+                if !sub.file_type().is_ok_and(|t| t.is_dir()) || name.as_bytes().starts_with(b".") {
+                    continue;
+                }
+                if self.dirs.len() >= MAX_DIRS {
+                    return false;
+                }
+                let path = sub.path();
+                let Ok(wd) = inotify::add_watch(fd, &path, WAKING | WatchFlags::ONLYDIR) else {
+                    return false;
+                };
+                let shown = format!("{shown}/{}", name.to_string_lossy());
+                self.dirs.insert(wd, (path.clone(), shown.clone()));
+                todo.push((path, shown));
+            }
+        }
+        true
+    }
+}
+
+/// From now on no list is trusted.
+fn blind(hints: &Mutex<Hints>) {
+    if let Ok(mut h) = hints.lock() {
+        h.blind = true;
+        h.files.clear();
+    }
 }
 
 /// The watcher thread: waits for events (or the stop), wakes the control thread once per batch.
@@ -167,6 +233,7 @@ fn run(
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "catalog directory watch stopped; the poll alone notices edits");
+                blind(hints);
                 return;
             }
         }
@@ -183,23 +250,39 @@ fn run(
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "catalog directory watch stopped; the poll alone notices edits");
+                    blind(hints);
                     return;
                 }
             };
             let flags = event.events();
             let is_dir = flags.contains(ReadFlags::ISDIR);
             if is_dir && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
-                if let (Some((top, written)), Some(name)) =
-                    (names.tops.get(&event.wd()), event.file_name())
+                if let (Some((parent, shown)), Some(name)) =
+                    (names.dirs.get(&event.wd()), event.file_name())
                 {
                     let name = OsStr::from_bytes(name.to_bytes());
-                    if let Ok(wd) =
-                        inotify::add_watch(fd, top.join(name), WAKING | WatchFlags::ONLYDIR)
-                    {
-                        let shown = format!("{written}/{}", name.to_string_lossy());
-                        names.shown.insert(wd, shown);
+                    if !name.as_bytes().starts_with(b".") {
+                        let path = parent.join(name);
+                        let shown = format!("{shown}/{}", name.to_string_lossy());
+                        let watched = names.dirs.len() < MAX_DIRS
+                            && match inotify::add_watch(fd, &path, WAKING | WatchFlags::ONLYDIR) {
+                                Ok(wd) => {
+                                    names.dirs.insert(wd, (path.clone(), shown.clone()));
+                                    // Made with content (moved in): its directories too.
+                                    names.watch_below(fd, &path, &shown)
+                                }
+                                Err(_) => false,
+                            };
+                        if !watched {
+                            tracing::warn!(directory = %path.display(), "a new catalog directory cannot be watched; every poll lists the catalog");
+                            blind(hints);
+                        }
                     }
                 }
+            }
+            if flags.contains(ReadFlags::IGNORED) {
+                // The directory is gone (its removal was reported on its parent).
+                names.dirs.remove(&event.wd());
             }
             let overflow = flags.contains(ReadFlags::QUEUE_OVERFLOW);
             // A file's creation alone does not wake (its CLOSE_WRITE will); a removed watch says nothing;
@@ -215,8 +298,8 @@ fn run(
                 continue;
             }
             // A directory made, moved or removed changes which files there are: no list vouches for it.
-            match (is_dir, names.shown.get(&event.wd()), event.file_name()) {
-                (false, Some(dir), Some(name)) => {
+            match (is_dir, names.dirs.get(&event.wd()), event.file_name()) {
+                (false, Some((_, dir)), Some(name)) => {
                     files.push(format!(
                         "{dir}/{}",
                         String::from_utf8_lossy(name.to_bytes())
@@ -349,6 +432,68 @@ mod tests {
             names_until(&watch, &rx, 1),
             vec!["catalog/dc3/gw.hcl".to_owned()]
         );
+    }
+
+    #[test]
+    fn timed_polls_take_the_list_but_every_nth_lists_everything() {
+        let dir = TempDir::with_demo_catalog("dirwatch-timed", "dc1");
+        let (mut watch, rx) = watching(&dir);
+        assert_eq!(watch.for_timed_poll(), None, "the first take: unknown");
+        for n in 2..LIST_EVERY {
+            assert_eq!(watch.for_timed_poll(), Some(vec![]), "timed poll {n}");
+        }
+        dir.write("catalog/db.hcl", "service { name = \"db\" }\n");
+        assert!(woken(&rx));
+        // The LIST_EVERY-th: everything is listed, and the names it took are not answered again.
+        assert_eq!(watch.for_timed_poll(), None);
+        assert_eq!(watch.for_timed_poll(), Some(vec![]));
+    }
+
+    #[test]
+    fn directories_at_any_depth_are_watched_and_named() {
+        let dir = TempDir::with_demo_catalog("dirwatch-deep", "dc1");
+        let (tx, rx) = channel();
+        let tx = std::sync::Mutex::new(tx);
+        let wake: Waker = Arc::new(move || {
+            let _ = tx.lock().map(|t| t.send(()));
+        });
+        // The granted directory is the catalog's parent: its datacenters are two levels down.
+        let watch = DirWatch::start(&[(dir.0.clone(), ".".into())], wake).expect("inotify");
+        assert_eq!(watch.taken(), None);
+        dir.write("catalog/dc2/api.yaml", "service:\n  name: api\n");
+        assert_eq!(
+            names_until(&watch, &rx, 1),
+            vec!["./catalog/dc2/api.yaml".to_owned()]
+        );
+        // A tree moved in whole: its files are in no list, and its directories are watched from now.
+        std::fs::create_dir_all(dir.0.join("staged/dc3")).expect("mkdir");
+        assert!(woken(&rx));
+        watch.taken();
+        std::fs::rename(dir.0.join("staged"), dir.0.join("catalog/more")).expect("mv");
+        assert!(woken(&rx));
+        assert_eq!(watch.taken(), None, "a directory moved in");
+        dir.write("catalog/more/dc3/gw.hcl", "service { name = \"gw\" }\n");
+        assert_eq!(
+            names_until(&watch, &rx, 1),
+            vec!["./catalog/more/dc3/gw.hcl".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_watch_missing_a_directory_vouches_for_no_list() {
+        let dir = TempDir::with_demo_catalog("dirwatch-blind", "dc1");
+        let wake: Waker = Arc::new(|| {});
+        let watch = DirWatch::start(
+            &[
+                (dir.0.join("catalog"), "catalog".into()),
+                (dir.0.join("nope"), "nope".into()),
+            ],
+            wake,
+        )
+        .expect("one directory is watched");
+        for _ in 0..3 {
+            assert_eq!(watch.taken(), None, "nope/ changes would be in no list");
+        }
     }
 
     #[test]

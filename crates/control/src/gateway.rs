@@ -820,7 +820,8 @@ pub fn start_with(
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         if schedule.due(clock.now()) {
-                            control.tick(&*eng);
+                            let changed = dirwatch.as_mut().and_then(DirWatch::for_timed_poll);
+                            control.tick_with(&*eng, changed);
                         }
                     }
                     Err(RecvTimeoutError::Disconnected) => return,
